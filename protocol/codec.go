@@ -1,0 +1,62 @@
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+)
+
+// Decode parses and validates one frame. Frames longer than max bytes are
+// refused before parsing (max <= 0 means MaxFrame). Every error is a
+// *Failure whose Code is CodeTooLarge, CodeUnknownType or CodeBadFrame, so it
+// can be sent back in an Error frame unchanged.
+func Decode(frame []byte, max int) (Message, error) {
+	if max <= 0 {
+		max = MaxFrame
+	}
+	if len(frame) > max {
+		return nil, Errorf(CodeTooLarge, "frame of %d bytes exceeds limit of %d", len(frame), max)
+	}
+	var head struct {
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(frame, &head); err != nil {
+		return nil, Errorf(CodeBadFrame, "not a JSON object: %v", err)
+	}
+	if head.Type == "" {
+		return nil, Errorf(CodeBadFrame, "type missing")
+	}
+	m := newMessage(head.Type)
+	if m == nil {
+		return nil, Errorf(CodeUnknownType, "unknown type %q", clip(head.Type))
+	}
+	if err := json.Unmarshal(frame, m); err != nil {
+		return nil, Errorf(CodeBadFrame, "%s: %v", head.Type, err)
+	}
+	if err := m.validate(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Encode returns the frame for m: its JSON object with "type" first. It does
+// not validate m; senders build valid messages.
+func Encode(m Message) ([]byte, error) {
+	body, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("protocol: encode %s: %w", m.MsgType(), err)
+	}
+	if len(body) < 2 || body[0] != '{' {
+		return nil, fmt.Errorf("protocol: encode %s: not an object", m.MsgType())
+	}
+	var b bytes.Buffer
+	b.Grow(len(body) + 16 + len(m.MsgType()))
+	b.WriteString(`{"type":"`)
+	b.WriteString(m.MsgType())
+	b.WriteByte('"')
+	if len(body) > 2 {
+		b.WriteByte(',')
+	}
+	b.Write(body[1:])
+	return b.Bytes(), nil
+}
