@@ -1,0 +1,362 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// Executor runs one request on the device. It returns the value of a
+// succeeded request, or an error: a *protocol.Failure keeps its code,
+// ctx.Err() after cancellation or deadline is reported as such, anything
+// else is an internal failure. Execute must honour ctx.
+type Executor interface {
+	Execute(ctx context.Context, req *protocol.Request) (json.RawMessage, error)
+}
+
+// Describer is implemented by executors that can say what they offer; the
+// agent reports it in hello.
+type Describer interface {
+	Describe() (board string, methods []string, resources []protocol.Resource)
+}
+
+var (
+	// ErrOutboxFull is returned by Emit when the outbox is at its bound.
+	ErrOutboxFull = errors.New("agent: outbox full")
+	// ErrRefused marks a permanent refusal by the relay (bad token,
+	// unsupported protocol); the agent retries at the backoff cap.
+	ErrRefused = errors.New("agent: refused by relay")
+
+	errCanceled = errors.New("canceled by relay")
+	errShutdown = errors.New("agent shutting down")
+)
+
+// Agent is a device agent. Create it with New and start it with Run.
+type Agent struct {
+	cfg  Config
+	exec Executor
+	log  *slog.Logger
+
+	jobsCtx    context.Context // parent of every request's context
+	cancelJobs context.CancelCauseFunc
+	jobs       sync.WaitGroup
+
+	mu sync.Mutex // guards the fields below
+	// sess is the live session, nil while disconnected.
+	sess *session
+	// outstanding counts credits granted on sess not yet used by a request.
+	outstanding int
+	running     map[string]*job
+	out         *outbox
+	draining    bool
+	// changed is closed and replaced whenever running or the outbox
+	// changes, so waiters can block without polling.
+	changed chan struct{}
+}
+
+type job struct {
+	req    *protocol.Request
+	cancel context.CancelCauseFunc
+}
+
+// New returns an agent that runs requests on exec.
+func New(cfg Config, exec Executor) (*Agent, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	if exec == nil {
+		return nil, errors.New("agent: nil executor")
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	return &Agent{
+		cfg:        cfg,
+		exec:       exec,
+		log:        cfg.Logger,
+		jobsCtx:    ctx,
+		cancelJobs: cancel,
+		running:    make(map[string]*job),
+		out:        newOutbox(cfg.DedupeCount, cfg.DedupeWindow),
+		changed:    make(chan struct{}),
+	}, nil
+}
+
+// Run keeps a session with the relay until ctx ends, then shuts down in
+// order: it stops pulling work, lets running requests finish (cancelling
+// them after ShutdownGrace), tries to flush the outbox, and closes the
+// session politely. It returns after every goroutine it started is gone.
+func (a *Agent) Run(ctx context.Context) error {
+	sessCtx, stopSessions := context.WithCancel(context.Background())
+	var loop sync.WaitGroup
+	loop.Add(1)
+	go func() {
+		defer loop.Done()
+		a.connLoop(sessCtx)
+	}()
+
+	<-ctx.Done()
+	a.log.Info("agent stopping", "grace", a.cfg.ShutdownGrace)
+	grace := time.NewTimer(a.cfg.ShutdownGrace)
+	defer grace.Stop()
+
+	a.mu.Lock()
+	a.draining = true
+	a.mu.Unlock()
+	if !a.waitFor(grace.C, func() bool { return len(a.running) == 0 }) {
+		a.log.Warn("cancelling requests still running at shutdown")
+	}
+	a.cancelJobs(errShutdown)
+	a.jobs.Wait()
+	a.waitFor(grace.C, func() bool { return a.out.size() == 0 || a.sess == nil })
+
+	stopSessions()
+	loop.Wait()
+	a.mu.Lock()
+	left := a.out.size()
+	a.mu.Unlock()
+	if left > 0 {
+		a.log.Warn("stopped with unacknowledged results or events", "count", left)
+	}
+	return nil
+}
+
+// waitFor blocks until cond (evaluated under a.mu) holds or timeout fires.
+func (a *Agent) waitFor(timeout <-chan time.Time, cond func() bool) bool {
+	for {
+		a.mu.Lock()
+		ok, ch := cond(), a.changed
+		a.mu.Unlock()
+		if ok {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-timeout:
+			return false
+		}
+	}
+}
+
+func (a *Agent) notifyLocked() {
+	close(a.changed)
+	a.changed = make(chan struct{})
+}
+
+// Emit queues a device event. It is sent now if connected, otherwise after
+// the next connect, and kept until acknowledged.
+func (a *Agent) Emit(name string, data json.RawMessage) error {
+	if !protocol.ValidID(name) {
+		return fmt.Errorf("agent: bad event name %q", name)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.out.events) >= a.cfg.OutboxLimit {
+		return ErrOutboxFull
+	}
+	ev := a.out.addEvent(name, data, time.Now())
+	if a.sess != nil {
+		a.sess.send(&ev)
+	}
+	a.notifyLocked()
+	return nil
+}
+
+// Status is a snapshot of the agent for health endpoints and tests.
+type Status struct {
+	Connected bool
+	Running   int
+	Outbox    int
+}
+
+// Status returns the agent's current state.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return Status{Connected: a.sess != nil, Running: len(a.running), Outbox: a.out.size()}
+}
+
+// hello builds the first frame of a session.
+func (a *Agent) hello() *protocol.Hello {
+	h := &protocol.Hello{Agent: a.cfg.Version, Board: "unknown"}
+	if d, ok := a.exec.(Describer); ok {
+		h.Board, h.Methods, h.Resources = d.Describe()
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id := range a.running {
+		h.Running = append(h.Running, id)
+	}
+	h.Journal = protocol.JournalSummary{Outbox: a.out.size(), Entries: len(a.out.done)}
+	return h
+}
+
+// attach makes s the live session: it resends everything unacknowledged
+// and announces the free worker slots.
+func (a *Agent) attach(s *session) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.sess = s
+	a.outstanding = 0
+	for _, r := range a.out.results {
+		s.send(r)
+	}
+	now := time.Now()
+	for _, pe := range a.out.events {
+		ev := pe.ev
+		ev.AgeMs = now.Sub(pe.at).Milliseconds()
+		s.send(&ev)
+	}
+	a.topUpLocked()
+	a.notifyLocked()
+}
+
+func (a *Agent) detach(s *session) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.sess == s {
+		a.sess = nil
+		a.outstanding = 0
+		a.notifyLocked()
+	}
+}
+
+// topUpLocked grants the relay as many credits as there are free worker
+// slots not already promised. While the outbox is full it grants nothing:
+// the device stops taking work rather than drop a result.
+func (a *Agent) topUpLocked() {
+	if a.sess == nil || a.draining || a.out.size() >= a.cfg.OutboxLimit {
+		return
+	}
+	if want := a.cfg.Credits - len(a.running) - a.outstanding; want > 0 {
+		a.outstanding += want
+		a.sess.send(&protocol.Pull{N: want})
+	}
+}
+
+// onRequest handles a request frame from session s.
+func (a *Agent) onRequest(s *session, r *protocol.Request) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.outstanding > 0 {
+		a.outstanding--
+	}
+	switch {
+	case a.draining:
+		// Not started: the lease returns to the relay's queue when this
+		// session closes.
+		return
+	case a.running[r.ID] != nil:
+		// Already running from an earlier session; its result will come.
+		a.log.Debug("duplicate delivery of running request", "id", r.ID)
+	case a.finishedLocked(s, r.ID):
+		a.log.Debug("duplicate delivery answered from outbox", "id", r.ID)
+	case len(a.running) >= a.cfg.Credits:
+		a.log.Warn("relay sent a request beyond the granted credits; ignoring it", "id", r.ID)
+	default:
+		a.startLocked(r)
+		return
+	}
+	a.topUpLocked()
+}
+
+func (a *Agent) finishedLocked(s *session, id string) bool {
+	res, ok := a.out.finished(id)
+	if ok {
+		s.send(res)
+	}
+	return ok
+}
+
+// startLocked runs r in its own goroutine. The deadline is taken from the
+// remaining duration on the monotonic clock, so the board's wall clock
+// never matters.
+func (a *Agent) startLocked(r *protocol.Request) {
+	deadline := time.Now().Add(time.Duration(r.TimeoutMs) * time.Millisecond)
+	ctx, cancelDeadline := context.WithDeadline(a.jobsCtx, deadline)
+	ctx, cancel := context.WithCancelCause(ctx)
+	j := &job{req: r, cancel: cancel}
+	a.running[r.ID] = j
+	a.notifyLocked()
+	a.jobs.Add(1)
+	go func() {
+		defer a.jobs.Done()
+		defer cancelDeadline()
+		res := a.execute(ctx, r)
+		cancel(nil)
+		a.finish(res)
+	}()
+}
+
+// execute runs the executor and turns its outcome into a result.
+func (a *Agent) execute(ctx context.Context, r *protocol.Request) *protocol.Result {
+	start := time.Now()
+	val, err := a.safeExecute(ctx, r)
+	res := &protocol.Result{ID: r.ID, RunMs: time.Since(start).Milliseconds()}
+	cause := context.Cause(ctx)
+	var f *protocol.Failure
+	switch {
+	case errors.Is(cause, errCanceled):
+		res.State, res.Error = protocol.StateCanceled, protocol.Errorf(protocol.CodeCanceled, "canceled by client")
+	case err == nil:
+		res.State = protocol.StateSucceeded
+		if len(val) == 0 {
+			val = json.RawMessage(`{}`)
+		}
+		res.Value = val
+	case errors.Is(cause, errShutdown):
+		res.State, res.Error = protocol.StateFailed, protocol.Errorf(protocol.CodeInterrupted, "agent shut down while the request ran")
+	case errors.As(err, &f):
+		res.State, res.Error = protocol.StateFailed, f
+	case errors.Is(cause, context.DeadlineExceeded) || errors.Is(err, context.DeadlineExceeded):
+		res.State, res.Error = protocol.StateFailed, protocol.Errorf(protocol.CodeTimeout, "deadline passed while running")
+	default:
+		res.State, res.Error = protocol.StateFailed, protocol.Errorf(protocol.CodeInternal, "%v", err)
+	}
+	return res
+}
+
+// safeExecute keeps a panicking handler from taking the agent down.
+func (a *Agent) safeExecute(ctx context.Context, r *protocol.Request) (val json.RawMessage, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			a.log.Error("handler panic", "id", r.ID, "method", r.Method, "panic", p)
+			err = protocol.Errorf(protocol.CodeInternal, "handler panic: %v", p)
+		}
+	}()
+	return a.exec.Execute(ctx, r)
+}
+
+// finish records a result, sends it if connected, and frees the slot.
+func (a *Agent) finish(res *protocol.Result) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.running, res.ID)
+	a.out.addResult(res, time.Now())
+	if a.sess != nil {
+		a.sess.send(res)
+	}
+	a.topUpLocked()
+	a.notifyLocked()
+}
+
+// onCancel cancels a running request; its handler reports canceled.
+func (a *Agent) onCancel(id string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if j := a.running[id]; j != nil {
+		j.cancel(errCanceled)
+	}
+}
+
+func (a *Agent) onAck(m *protocol.Ack) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.out.ack(m.IDs, m.Events)
+	a.topUpLocked()
+	a.notifyLocked()
+}

@@ -1,0 +1,116 @@
+package agent
+
+import (
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// outbox holds what the agent owes the relay (results and events not yet
+// acknowledged) and remembers finished requests so a duplicate delivery is
+// answered instead of run again. It is not safe for concurrent use; Agent
+// guards it with its mutex.
+type outbox struct {
+	maxDone    int
+	doneWindow time.Duration
+
+	results []*protocol.Result // unacknowledged, in completion order
+	unacked map[string]bool    // ids in results
+
+	events  []pendingEvent // unacknowledged, in seq order
+	nextSeq uint64
+
+	done      map[string]doneEntry // finished requests, acked or not
+	doneOrder []string             // ids in finishing order, for eviction
+}
+
+type pendingEvent struct {
+	ev protocol.Event
+	at time.Time // when it happened, on the monotonic clock
+}
+
+type doneEntry struct {
+	res *protocol.Result
+	at  time.Time
+}
+
+func newOutbox(maxDone int, window time.Duration) *outbox {
+	return &outbox{
+		maxDone:    maxDone,
+		doneWindow: window,
+		unacked:    make(map[string]bool),
+		done:       make(map[string]doneEntry),
+		nextSeq:    1,
+	}
+}
+
+// size is the number of entries waiting for an ack.
+func (o *outbox) size() int { return len(o.results) + len(o.events) }
+
+// addResult records a finished request and queues its result.
+func (o *outbox) addResult(res *protocol.Result, now time.Time) {
+	o.results = append(o.results, res)
+	o.unacked[res.ID] = true
+	o.done[res.ID] = doneEntry{res: res, at: now}
+	o.doneOrder = append(o.doneOrder, res.ID)
+	o.evict(now)
+}
+
+// finished returns the result of a request finished within the dedupe
+// window.
+func (o *outbox) finished(id string) (*protocol.Result, bool) {
+	e, ok := o.done[id]
+	return e.res, ok
+}
+
+// evict forgets finished requests beyond the count or age bound, but never
+// one whose result still waits for an ack.
+func (o *outbox) evict(now time.Time) {
+	n := 0
+	for _, id := range o.doneOrder {
+		e := o.done[id]
+		over := len(o.doneOrder)-n > o.maxDone || now.Sub(e.at) > o.doneWindow
+		if !over || o.unacked[id] {
+			break
+		}
+		delete(o.done, id)
+		n++
+	}
+	if n > 0 {
+		o.doneOrder = append(o.doneOrder[:0], o.doneOrder[n:]...)
+	}
+}
+
+// addEvent queues an event and returns it with its sequence number.
+func (o *outbox) addEvent(name string, data []byte, at time.Time) protocol.Event {
+	ev := protocol.Event{Seq: o.nextSeq, Name: name, Data: data}
+	o.nextSeq++
+	o.events = append(o.events, pendingEvent{ev: ev, at: at})
+	return ev
+}
+
+// ack drops acknowledged results and every event up to seq.
+func (o *outbox) ack(ids []string, seq uint64) {
+	if len(ids) > 0 {
+		for _, id := range ids {
+			delete(o.unacked, id)
+		}
+		kept := o.results[:0]
+		for _, r := range o.results {
+			if o.unacked[r.ID] {
+				kept = append(kept, r)
+			}
+		}
+		clear(o.results[len(kept):])
+		o.results = kept
+	}
+	if seq > 0 {
+		n := 0
+		for n < len(o.events) && o.events[n].ev.Seq <= seq {
+			n++
+		}
+		if n > 0 {
+			o.events = append(o.events[:0], o.events[n:]...)
+		}
+	}
+}

@@ -1,0 +1,58 @@
+package agent
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+func TestOutboxAckAndDedupe(t *testing.T) {
+	o := newOutbox(3, time.Hour)
+	now := time.Now()
+	for i := 1; i <= 5; i++ {
+		o.addResult(&protocol.Result{ID: fmt.Sprint("r", i), State: protocol.StateSucceeded}, now)
+	}
+	// Unacknowledged results are never forgotten, even over the count.
+	if _, ok := o.finished("r1"); !ok || len(o.results) != 5 {
+		t.Fatalf("unacked result evicted: %d results", len(o.results))
+	}
+	o.ack([]string{"r1", "r2", "r4"}, 0)
+	if len(o.results) != 2 || o.results[0].ID != "r3" || o.results[1].ID != "r5" {
+		t.Fatalf("after ack: %+v", o.results)
+	}
+	o.addResult(&protocol.Result{ID: "r6", State: protocol.StateSucceeded}, now)
+	// r1, r2 are acked and over the count bound; r3 is not acked, so
+	// eviction stops there (it keeps finishing order).
+	if _, ok := o.finished("r1"); ok {
+		t.Fatal("r1 still remembered beyond the count bound")
+	}
+	if _, ok := o.finished("r3"); !ok {
+		t.Fatal("unacked r3 forgotten")
+	}
+	// Age bound.
+	o.ack([]string{"r3", "r5", "r6"}, 0)
+	o.evict(now.Add(2 * time.Hour))
+	if len(o.done) != 0 {
+		t.Fatalf("old entries kept: %d", len(o.done))
+	}
+}
+
+func TestOutboxEvents(t *testing.T) {
+	o := newOutbox(10, time.Hour)
+	for i := 0; i < 4; i++ {
+		ev := o.addEvent("gpio.edge", nil, time.Now())
+		if ev.Seq != uint64(i+1) {
+			t.Fatalf("seq %d, want %d", ev.Seq, i+1)
+		}
+	}
+	o.ack(nil, 2)
+	if len(o.events) != 2 || o.events[0].ev.Seq != 3 {
+		t.Fatalf("after ack 2: %+v", o.events)
+	}
+	o.ack(nil, 10)
+	if o.size() != 0 {
+		t.Fatalf("size %d after acking all", o.size())
+	}
+}

@@ -1,0 +1,299 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// session is one live WebSocket connection to the relay. The reader runs in
+// runSession's goroutine; the writer is the only goroutine that writes
+// frames.
+type session struct {
+	conn *websocket.Conn
+	ping time.Duration
+	// out carries encoded frames to the writer. It is sized so the whole
+	// outbox fits; if it still fills up the relay is not reading, and the
+	// session is dropped (everything unacknowledged stays in the outbox).
+	out      chan []byte
+	done     chan struct{} // closed when the reader stops
+	failOnce sync.Once
+	failed   chan struct{} // closed by fail to stop the writer
+}
+
+// send queues m for the writer without blocking.
+func (s *session) send(m protocol.Message) {
+	b, err := protocol.Encode(m)
+	if err != nil {
+		s.fail()
+		return
+	}
+	select {
+	case s.out <- b:
+	default:
+		s.fail()
+	}
+}
+
+func (s *session) fail() { s.failOnce.Do(func() { close(s.failed) }) }
+
+// refusal describes why a dial failed, as far as the relay told us.
+type refusal struct {
+	status     int
+	retryAfter time.Duration
+	reason     string
+}
+
+func (r *refusal) Error() string {
+	return fmt.Sprintf("relay answered %d: %s", r.status, r.reason)
+}
+
+// connLoop runs sessions back to back until ctx ends, waiting between them
+// with jittered exponential backoff.
+func (a *Agent) connLoop(ctx context.Context) {
+	bo := newBackoff(a.cfg.BackoffInitial, a.cfg.BackoffMax)
+	for {
+		start := time.Now()
+		connected, err := a.runSession(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if connected && time.Since(start) >= a.cfg.HealthyAfter {
+			bo.Reset()
+		}
+		wait := bo.NextBackOff()
+		var ref *refusal
+		switch {
+		case errors.Is(err, ErrRefused):
+			wait = a.cfg.BackoffMax
+			a.log.Error("RELAY REFUSED THIS DEVICE: check the token and the relay version; retrying at the backoff cap",
+				"err", err, "retry_in", wait)
+		case errors.As(err, &ref) && ref.retryAfter > 0:
+			wait = max(wait, ref.retryAfter)
+			a.log.Warn("relay busy", "err", err, "retry_in", wait)
+		default:
+			a.log.Warn("relay connection lost", "err", err, "retry_in", wait.Round(time.Millisecond))
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// runSession dials, shakes hands and serves one session until it ends.
+// connected reports whether the handshake completed.
+func (a *Agent) runSession(ctx context.Context) (connected bool, err error) {
+	conn, err := a.dial(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close()
+	welcome, err := a.handshake(conn)
+	if err != nil {
+		return false, err
+	}
+	ping := time.Duration(welcome.PingMs) * time.Millisecond
+	if ping <= 0 {
+		ping = a.cfg.PingPeriod
+	}
+	s := &session{
+		conn:   conn,
+		ping:   ping,
+		out:    make(chan []byte, 2*a.cfg.OutboxLimit+a.cfg.Credits+64),
+		done:   make(chan struct{}),
+		failed: make(chan struct{}),
+	}
+	a.log.Info("connected to relay", "session", welcome.Session, "device", welcome.Device, "relay", welcome.Relay)
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.writer(ctx, s)
+	}()
+	a.attach(s)
+	err = a.reader(s)
+	a.detach(s)
+	close(s.done)
+	wg.Wait()
+	return true, err
+}
+
+func (a *Agent) dial(ctx context.Context) (*websocket.Conn, error) {
+	d := websocket.Dialer{
+		Proxy:            http.ProxyFromEnvironment,
+		HandshakeTimeout: a.cfg.HandshakeTimeout,
+		Subprotocols:     []string{protocol.Version},
+		TLSClientConfig:  a.cfg.TLS,
+	}
+	hdr := http.Header{"Authorization": {"Bearer " + a.cfg.Token}}
+	conn, resp, err := d.DialContext(ctx, a.cfg.Relay, hdr)
+	if err != nil {
+		if resp == nil {
+			return nil, fmt.Errorf("agent: dial %s: %w", a.cfg.Relay, err)
+		}
+		ref := &refusal{status: resp.StatusCode, reason: resp.Status}
+		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
+			ref.retryAfter = time.Duration(s) * time.Second
+		}
+		switch resp.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden, http.StatusBadRequest:
+			return nil, fmt.Errorf("%w: %w", ErrRefused, ref)
+		}
+		return nil, ref
+	}
+	if conn.Subprotocol() != protocol.Version {
+		conn.Close()
+		return nil, fmt.Errorf("%w: relay did not agree to subprotocol %s", ErrRefused, protocol.Version)
+	}
+	conn.SetReadLimit(int64(a.cfg.MaxFrame))
+	return conn, nil
+}
+
+// handshake sends hello and waits for welcome.
+func (a *Agent) handshake(conn *websocket.Conn) (*protocol.Welcome, error) {
+	b, err := protocol.Encode(a.hello())
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(a.cfg.HandshakeTimeout)
+	conn.SetWriteDeadline(deadline)
+	if err := conn.WriteMessage(websocket.TextMessage, b); err != nil {
+		return nil, fmt.Errorf("agent: send hello: %w", err)
+	}
+	conn.SetReadDeadline(deadline)
+	_, frame, err := conn.ReadMessage()
+	if err != nil {
+		return nil, fmt.Errorf("agent: wait for welcome: %w", err)
+	}
+	m, err := protocol.Decode(frame, a.cfg.MaxFrame)
+	if err != nil {
+		return nil, fmt.Errorf("agent: welcome: %w", err)
+	}
+	switch m := m.(type) {
+	case *protocol.Welcome:
+		return m, nil
+	case *protocol.Error:
+		if m.Code == protocol.CodeUnknownType || m.Code == "unsupported_version" {
+			return nil, fmt.Errorf("%w: %s: %s", ErrRefused, m.Code, m.Message)
+		}
+		return nil, fmt.Errorf("agent: relay error %s: %s", m.Code, m.Message)
+	default:
+		return nil, fmt.Errorf("agent: expected welcome, got %s", m.MsgType())
+	}
+}
+
+// reader reads frames until the connection fails. It owns the read
+// deadline: every frame, ping or pong from the relay pushes it forward, so
+// a link that goes silent is dropped after 2.5 ping periods.
+func (a *Agent) reader(s *session) error {
+	dead := protocol.DeadAfter(s.ping)
+	extend := func() { s.conn.SetReadDeadline(time.Now().Add(dead)) }
+	extend()
+	s.conn.SetPongHandler(func(string) error { extend(); return nil })
+	s.conn.SetPingHandler(func(data string) error {
+		extend()
+		err := s.conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(a.cfg.WriteTimeout))
+		if errors.Is(err, websocket.ErrCloseSent) {
+			return nil
+		}
+		return err
+	})
+	for {
+		_, frame, err := s.conn.ReadMessage()
+		if err != nil {
+			return fmt.Errorf("agent: read: %w", err)
+		}
+		extend()
+		m, err := protocol.Decode(frame, a.cfg.MaxFrame)
+		if err != nil {
+			return a.violation(s, err)
+		}
+		switch m := m.(type) {
+		case *protocol.Request:
+			a.onRequest(s, m)
+		case *protocol.Cancel:
+			a.onCancel(m.ID)
+		case *protocol.Ack:
+			a.onAck(m)
+		case *protocol.Error:
+			return fmt.Errorf("agent: relay reported %s: %s", m.Code, m.Message)
+		default:
+			return a.violation(s, protocol.Errorf(protocol.CodeBadState, "%s is not sent to agents", m.MsgType()))
+		}
+	}
+}
+
+// violation reports a protocol error to the relay and ends the session.
+func (a *Agent) violation(s *session, err error) error {
+	var f *protocol.Failure
+	if !errors.As(err, &f) {
+		f = protocol.Errorf(protocol.CodeBadFrame, "%v", err)
+	}
+	a.log.Warn("protocol violation by relay", "code", f.Code, "msg", f.Message)
+	b, _ := protocol.Encode(&protocol.Error{Code: f.Code, Message: f.Message})
+	deadline := time.Now().Add(a.cfg.WriteTimeout)
+	// The writer may be mid-frame; WriteControl is safe concurrently, a
+	// data frame is not, so the error text travels in the close reason.
+	code := websocket.CloseProtocolError
+	if f.Code == protocol.CodeTooLarge {
+		code = websocket.CloseMessageTooBig
+	}
+	reason := string(b)
+	if len(reason) > 120 {
+		reason = reason[:120]
+	}
+	s.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), deadline)
+	return fmt.Errorf("agent: %w", err)
+}
+
+// writer is the only goroutine writing data frames. It sends queued frames
+// and pings, and on shutdown a polite close frame.
+func (a *Agent) writer(ctx context.Context, s *session) {
+	tick := time.NewTicker(s.ping)
+	defer tick.Stop()
+	write := func(typ int, b []byte) bool {
+		s.conn.SetWriteDeadline(time.Now().Add(a.cfg.WriteTimeout))
+		if err := s.conn.WriteMessage(typ, b); err != nil {
+			s.conn.Close() // unblocks the reader
+			return false
+		}
+		return true
+	}
+	for {
+		select {
+		case b := <-s.out:
+			if !write(websocket.TextMessage, b) {
+				return
+			}
+		case <-tick.C:
+			if !write(websocket.PingMessage, nil) {
+				return
+			}
+		case <-s.failed:
+			a.log.Warn("relay is not reading; dropping the session")
+			s.conn.Close()
+			return
+		case <-s.done:
+			return
+		case <-ctx.Done():
+			write(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "agent shutting down"))
+			// Let the reader see the relay's close reply, but not forever.
+			s.conn.SetReadDeadline(time.Now().Add(time.Second))
+			<-s.done
+			return
+		}
+	}
+}
