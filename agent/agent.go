@@ -43,6 +43,10 @@ type Agent struct {
 	exec Executor
 	log  *slog.Logger
 
+	// j is the durable journal behind the outbox; nil without a state
+	// directory, when the agent remembers only in memory.
+	j *journal
+
 	jobsCtx    context.Context // parent of every request's context
 	cancelJobs context.CancelCauseFunc
 	jobs       sync.WaitGroup
@@ -55,6 +59,8 @@ type Agent struct {
 	running     map[string]*job
 	out         *outbox
 	draining    bool
+	// compactAt is the journal size that triggers the next compaction.
+	compactAt int64
 	// changed is closed and replaced whenever running or the outbox
 	// changes, so waiters can block without polling.
 	changed chan struct{}
@@ -74,7 +80,7 @@ func New(cfg Config, exec Executor) (*Agent, error) {
 		return nil, errors.New("agent: nil executor")
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	return &Agent{
+	a := &Agent{
 		cfg:        cfg,
 		exec:       exec,
 		log:        cfg.Logger,
@@ -83,7 +89,22 @@ func New(cfg Config, exec Executor) (*Agent, error) {
 		running:    make(map[string]*job),
 		out:        newOutbox(cfg.DedupeCount, cfg.DedupeWindow),
 		changed:    make(chan struct{}),
-	}, nil
+	}
+	if cfg.StateDir != "" {
+		if err := a.openJournal(); err != nil {
+			cancel(nil)
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+// Close releases the journal. Call it after Run has returned.
+func (a *Agent) Close() error {
+	if a.j == nil {
+		return nil
+	}
+	return a.j.close()
 }
 
 // Run keeps a session with the relay until ctx ends, then shuts down in
@@ -154,16 +175,40 @@ func (a *Agent) Emit(name string, data json.RawMessage) error {
 		return fmt.Errorf("agent: bad event name %q", name)
 	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	if len(a.out.events) >= a.cfg.OutboxLimit {
+		a.mu.Unlock()
 		return ErrOutboxFull
 	}
 	ev := a.out.addEvent(name, data, time.Now())
-	if a.sess != nil {
-		a.sess.send(&ev)
+	pos := a.recordLocked(record{Op: opEvent, Event: &ev})
+	a.mu.Unlock()
+
+	err := a.durable(pos)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if pe, ok := a.out.markEventDurable(ev.Seq); ok && a.sess != nil {
+		a.sess.send(pe.frame(time.Now()))
 	}
 	a.notifyLocked()
-	return nil
+	return err
+}
+
+// recordLocked adds journal records in the same critical section as the
+// state change they describe, so that a compaction always sees both or
+// neither. It returns the position to pass to durable.
+func (a *Agent) recordLocked(recs ...record) uint64 {
+	if a.j == nil {
+		return 0
+	}
+	return a.j.add(recs...)
+}
+
+// durable waits until the journal holds everything up to pos.
+func (a *Agent) durable(pos uint64) error {
+	if a.j == nil {
+		return nil
+	}
+	return a.j.wait(pos)
 }
 
 // Status is a snapshot of the agent for health endpoints and tests.
@@ -171,13 +216,19 @@ type Status struct {
 	Connected bool
 	Running   int
 	Outbox    int
+	// Syncs counts journal fsyncs since start.
+	Syncs uint64
 }
 
 // Status returns the agent's current state.
 func (a *Agent) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return Status{Connected: a.sess != nil, Running: len(a.running), Outbox: a.out.size()}
+	st := Status{Connected: a.sess != nil, Running: len(a.running), Outbox: a.out.size()}
+	if a.j != nil {
+		st.Syncs = a.j.syncs.Load()
+	}
+	return st
 }
 
 // hello builds the first frame of a session.
@@ -203,13 +254,15 @@ func (a *Agent) attach(s *session) {
 	a.sess = s
 	a.outstanding = 0
 	for _, r := range a.out.results {
-		s.send(r)
+		if r.durable {
+			s.send(r.res)
+		}
 	}
 	now := time.Now()
-	for _, pe := range a.out.events {
-		ev := pe.ev
-		ev.AgeMs = now.Sub(pe.at).Milliseconds()
-		s.send(&ev)
+	for i := range a.out.events {
+		if pe := &a.out.events[i]; pe.durable {
+			s.send(pe.frame(now))
+		}
 	}
 	a.topUpLocked()
 	a.notifyLocked()
@@ -281,12 +334,22 @@ func (a *Agent) startLocked(r *protocol.Request) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	j := &job{req: r, cancel: cancel}
 	a.running[r.ID] = j
+	// "started" must be on disk before the hardware is touched: after a
+	// crash it is what stops the request from running twice.
+	pos := a.recordLocked(record{Op: opStart, ID: r.ID, Idem: r.Idempotent, Time: time.Now().UnixMilli()})
 	a.notifyLocked()
 	a.jobs.Add(1)
 	go func() {
 		defer a.jobs.Done()
 		defer cancelDeadline()
-		res := a.execute(ctx, r)
+		var res *protocol.Result
+		if err := a.durable(pos); err != nil {
+			a.log.Error("journal failed; not running the request", "id", r.ID, "err", err)
+			res = &protocol.Result{ID: r.ID, State: protocol.StateFailed,
+				Error: protocol.Errorf(protocol.CodeInternal, "agent journal unavailable: %v", err)}
+		} else {
+			res = a.execute(ctx, r)
+		}
 		cancel(nil)
 		a.finish(res)
 	}()
@@ -333,14 +396,24 @@ func (a *Agent) safeExecute(ctx context.Context, r *protocol.Request) (val json.
 
 // finish records a result, sends it if connected, and frees the slot.
 func (a *Agent) finish(res *protocol.Result) {
+	now := time.Now()
+	a.mu.Lock()
+	delete(a.running, res.ID)
+	a.out.addResult(res, now)
+	pos := a.recordLocked(record{Op: opResult, ID: res.ID, Result: res, Time: now.UnixMilli()})
+	a.mu.Unlock()
+
+	// The result reaches disk before it reaches the relay.
+	if err := a.durable(pos); err != nil {
+		a.log.Error("result not journaled; sending it anyway", "id", res.ID, "err", err)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	delete(a.running, res.ID)
-	a.out.addResult(res, time.Now())
-	if a.sess != nil {
-		a.sess.send(res)
+	if r, ok := a.out.markResultDurable(res.ID); ok && a.sess != nil {
+		a.sess.send(r)
 	}
 	a.topUpLocked()
+	a.maybeCompactLocked()
 	a.notifyLocked()
 }
 
@@ -357,6 +430,15 @@ func (a *Agent) onAck(m *protocol.Ack) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.out.ack(m.IDs, m.Events)
+	// Acks are journaled lazily: losing one only causes a resend.
+	recs := make([]record, 0, len(m.IDs)+1)
+	for _, id := range m.IDs {
+		recs = append(recs, record{Op: opAck, ID: id})
+	}
+	if m.Events > 0 {
+		recs = append(recs, record{Op: opEventAck, Seq: m.Events})
+	}
+	a.recordLocked(recs...)
 	a.topUpLocked()
 	a.notifyLocked()
 }

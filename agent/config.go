@@ -49,6 +49,12 @@ type Config struct {
 	// ShutdownGrace is how long running requests may finish, and the
 	// outbox may drain, after Run's context ends.
 	ShutdownGrace time.Duration
+	// StateDir holds the journal. Empty means no journal: finished
+	// requests are remembered in memory only and a restart forgets them.
+	StateDir string
+	// CompactBytes is the journal size above which it is rewritten with
+	// only what must be remembered.
+	CompactBytes int64
 	// Version is reported in hello.
 	Version string
 	// TLS is used for wss:// relays; nil means system roots.
@@ -72,6 +78,7 @@ func DefaultConfig() Config {
 		DedupeCount:      10000,
 		DedupeWindow:     24 * time.Hour,
 		ShutdownGrace:    5 * time.Second,
+		CompactBytes:     1 << 20,
 		Version:          "dev",
 	}
 }
@@ -114,6 +121,9 @@ func (c *Config) fill() error {
 	}
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = d.ShutdownGrace
+	}
+	if c.CompactBytes == 0 {
+		c.CompactBytes = d.CompactBytes
 	}
 	if c.Version == "" {
 		c.Version = d.Version

@@ -14,8 +14,8 @@ type outbox struct {
 	maxDone    int
 	doneWindow time.Duration
 
-	results []*protocol.Result // unacknowledged, in completion order
-	unacked map[string]bool    // ids in results
+	results []pendingResult // unacknowledged, in completion order
+	unacked map[string]bool // ids in results
 
 	events  []pendingEvent // unacknowledged, in seq order
 	nextSeq uint64
@@ -24,9 +24,17 @@ type outbox struct {
 	doneOrder []string             // ids in finishing order, for eviction
 }
 
+// pendingResult is a result owed to the relay. It is sent only once
+// durable: a result must be on disk before anyone learns of it.
+type pendingResult struct {
+	res     *protocol.Result
+	durable bool
+}
+
 type pendingEvent struct {
-	ev protocol.Event
-	at time.Time // when it happened, on the monotonic clock
+	ev      protocol.Event
+	at      time.Time // when it happened, on the monotonic clock
+	durable bool
 }
 
 type doneEntry struct {
@@ -49,7 +57,7 @@ func (o *outbox) size() int { return len(o.results) + len(o.events) }
 
 // addResult records a finished request and queues its result.
 func (o *outbox) addResult(res *protocol.Result, now time.Time) {
-	o.results = append(o.results, res)
+	o.results = append(o.results, pendingResult{res: res})
 	o.unacked[res.ID] = true
 	o.done[res.ID] = doneEntry{res: res, at: now}
 	o.doneOrder = append(o.doneOrder, res.ID)
@@ -89,6 +97,36 @@ func (o *outbox) addEvent(name string, data []byte, at time.Time) protocol.Event
 	return ev
 }
 
+// markResultDurable flags the result of id as safely on disk and returns
+// it if it is still owed to the relay.
+func (o *outbox) markResultDurable(id string) (*protocol.Result, bool) {
+	for i := range o.results {
+		if o.results[i].res.ID == id {
+			o.results[i].durable = true
+			return o.results[i].res, true
+		}
+	}
+	return nil, false
+}
+
+// markEventDurable flags event seq as on disk and returns it if still owed.
+func (o *outbox) markEventDurable(seq uint64) (*pendingEvent, bool) {
+	for i := range o.events {
+		if o.events[i].ev.Seq == seq {
+			o.events[i].durable = true
+			return &o.events[i], true
+		}
+	}
+	return nil, false
+}
+
+// frame returns the event as sent now, with its age filled in.
+func (pe *pendingEvent) frame(now time.Time) *protocol.Event {
+	ev := pe.ev
+	ev.AgeMs = now.Sub(pe.at).Milliseconds()
+	return &ev
+}
+
 // ack drops acknowledged results and every event up to seq.
 func (o *outbox) ack(ids []string, seq uint64) {
 	if len(ids) > 0 {
@@ -97,7 +135,7 @@ func (o *outbox) ack(ids []string, seq uint64) {
 		}
 		kept := o.results[:0]
 		for _, r := range o.results {
-			if o.unacked[r.ID] {
+			if o.unacked[r.res.ID] {
 				kept = append(kept, r)
 			}
 		}

@@ -19,7 +19,7 @@ func TestOutboxAckAndDedupe(t *testing.T) {
 		t.Fatalf("unacked result evicted: %d results", len(o.results))
 	}
 	o.ack([]string{"r1", "r2", "r4"}, 0)
-	if len(o.results) != 2 || o.results[0].ID != "r3" || o.results[1].ID != "r5" {
+	if len(o.results) != 2 || o.results[0].res.ID != "r3" || o.results[1].res.ID != "r5" {
 		t.Fatalf("after ack: %+v", o.results)
 	}
 	o.addResult(&protocol.Result{ID: "r6", State: protocol.StateSucceeded}, now)

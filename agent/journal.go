@@ -1,0 +1,285 @@
+package agent
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// The journal is the agent's durable memory: an append-only file of
+// checksummed records that says which requests were started, how they
+// ended, what the relay acknowledged, and which events are still owed.
+//
+// Record framing: 4-byte little-endian payload length, 4-byte CRC-32C of the
+// payload, then the payload (one JSON object). A record that is short, too
+// long or fails its checksum ends the log: everything from it on is a torn
+// or corrupt tail and is truncated at open. The journal never refuses to
+// start.
+//
+// Writes are group-committed: records are buffered by add, and wait makes
+// them durable with one write and one fsync for everything buffered so far,
+// however many goroutines are waiting. Records nobody waits for (acks) ride
+// along with the next sync; losing one in a crash only means a result is
+// sent again, which the relay acknowledges without recording it twice.
+//
+// The file is compacted by rewriting it with the minimal records for the
+// current state (temp file, fsync, rename, fsync of the directory), so its
+// size stays bounded by what the agent must remember.
+
+const (
+	journalFile = "journal"
+	// maxRecord bounds one record: a result frame plus framing.
+	maxRecord   = protocol.MaxFrame + 4096
+	recordHead  = 8
+	journalPerm = 0o600
+)
+
+// Journal operations.
+const (
+	opStart    = "start"  // request started; hardware may have been touched
+	opResult   = "result" // request finished with Result
+	opAck      = "ack"    // relay acknowledged the result of ID
+	opEvent    = "event"  // event owed to the relay
+	opEventAck = "evack"  // relay acknowledged events up to Seq
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// record is one journal entry.
+type record struct {
+	Op     string           `json:"op"`
+	ID     string           `json:"id,omitempty"`
+	Idem   bool             `json:"idem,omitempty"`
+	Result *protocol.Result `json:"result,omitempty"`
+	Event  *protocol.Event  `json:"event,omitempty"`
+	Seq    uint64           `json:"seq,omitempty"`
+	// Time is the wall clock in Unix milliseconds, used only for the dedupe
+	// window; a board without an RTC merely forgets early.
+	Time int64 `json:"t,omitempty"`
+}
+
+// journal is safe for concurrent use.
+type journal struct {
+	dir   string
+	syncs atomic.Uint64 // fsyncs done, for tests and status
+
+	mu       sync.Mutex // guards the fields below
+	cond     *sync.Cond // signalled when durable, flushing or err change
+	f        *os.File
+	pending  []byte // encoded records not yet written
+	appended uint64 // logical bytes ever added
+	durable  uint64 // logical bytes known to be on disk
+	flushing bool   // a goroutine is writing and syncing outside mu
+	size     int64  // current file size
+	err      error  // sticky write error
+}
+
+// openJournal opens or creates the journal in dir and returns the records
+// that survived, dropping a torn or corrupt tail.
+func openJournal(dir string) (j *journal, recs []record, dropped int, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, 0, fmt.Errorf("agent: journal dir: %w", err)
+	}
+	path := filepath.Join(dir, journalFile)
+	data, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, 0, fmt.Errorf("agent: read journal: %w", err)
+	}
+	recs, good := decodeRecords(data)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, journalPerm)
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("agent: open journal: %w", err)
+	}
+	if good < len(data) {
+		if err := f.Truncate(int64(good)); err != nil {
+			f.Close()
+			return nil, nil, 0, fmt.Errorf("agent: truncate journal tail: %w", err)
+		}
+		f.Sync()
+	}
+	if _, err := f.Seek(int64(good), 0); err != nil {
+		f.Close()
+		return nil, nil, 0, fmt.Errorf("agent: journal: %w", err)
+	}
+	j = &journal{dir: dir, f: f, size: int64(good)}
+	j.cond = sync.NewCond(&j.mu)
+	return j, recs, len(data) - good, nil
+}
+
+// decodeRecords parses framed records from data and returns them with the
+// length of the valid prefix.
+func decodeRecords(data []byte) (recs []record, good int) {
+	for {
+		rest := data[good:]
+		if len(rest) < recordHead {
+			return recs, good
+		}
+		n := int(binary.LittleEndian.Uint32(rest))
+		sum := binary.LittleEndian.Uint32(rest[4:])
+		if n == 0 || n > maxRecord || len(rest)-recordHead < n {
+			return recs, good
+		}
+		payload := rest[recordHead : recordHead+n]
+		if crc32.Checksum(payload, crcTable) != sum {
+			return recs, good
+		}
+		var r record
+		if err := json.Unmarshal(payload, &r); err != nil || r.Op == "" {
+			return recs, good
+		}
+		recs = append(recs, r)
+		good += recordHead + n
+	}
+}
+
+func appendRecord(buf []byte, r record) []byte {
+	payload, err := json.Marshal(r)
+	if err != nil {
+		// Only a bug in this package can get here: records hold plain data.
+		panic(fmt.Sprintf("agent: encode journal record: %v", err))
+	}
+	var head [recordHead]byte
+	binary.LittleEndian.PutUint32(head[:], uint32(len(payload)))
+	binary.LittleEndian.PutUint32(head[4:], crc32.Checksum(payload, crcTable))
+	buf = append(buf, head[:]...)
+	return append(buf, payload...)
+}
+
+// add buffers records and returns the position wait needs to make them
+// durable. It does no I/O.
+func (j *journal) add(recs ...record) uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	before := len(j.pending)
+	for _, r := range recs {
+		j.pending = appendRecord(j.pending, r)
+	}
+	j.appended += uint64(len(j.pending) - before)
+	return j.appended
+}
+
+// wait returns once everything added up to pos is on disk. Whoever finds no
+// flush in progress writes and syncs all buffered records for everyone.
+func (j *journal) wait(pos uint64) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for j.durable < pos && j.err == nil {
+		if j.flushing {
+			j.cond.Wait()
+			continue
+		}
+		j.flushing = true
+		buf, target, f := j.pending, j.appended, j.f
+		j.pending = nil
+		j.mu.Unlock()
+		_, err := f.Write(buf)
+		if err == nil {
+			err = f.Sync()
+			j.syncs.Add(1)
+		}
+		j.mu.Lock()
+		j.flushing = false
+		if err != nil {
+			j.err = fmt.Errorf("agent: journal write: %w", err)
+		} else {
+			j.durable = max(j.durable, target)
+			j.size += int64(len(buf))
+		}
+		j.cond.Broadcast()
+	}
+	return j.err
+}
+
+// sync makes everything added so far durable.
+func (j *journal) sync() error {
+	j.mu.Lock()
+	pos := j.appended
+	j.mu.Unlock()
+	return j.wait(pos)
+}
+
+// fileSize is the journal's size on disk.
+func (j *journal) fileSize() int64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.size
+}
+
+// compact replaces the file with recs, which must describe the whole state
+// the caller holds, including everything added so far. The caller prevents
+// concurrent add calls (the agent holds its lock).
+func (j *journal) compact(recs []record) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for j.flushing {
+		j.cond.Wait()
+	}
+	if j.err != nil {
+		return j.err
+	}
+	var buf []byte
+	for _, r := range recs {
+		buf = appendRecord(buf, r)
+	}
+	path := filepath.Join(j.dir, journalFile)
+	tmp := path + ".tmp"
+	if err := writeFileSync(tmp, buf); err != nil {
+		return fmt.Errorf("agent: compact journal: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("agent: compact journal: %w", err)
+	}
+	if d, err := os.Open(j.dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, journalPerm)
+	if err != nil {
+		j.err = fmt.Errorf("agent: reopen journal: %w", err)
+		return j.err
+	}
+	j.f.Close()
+	j.f = f
+	j.size = int64(len(buf))
+	j.pending = nil
+	j.durable = j.appended
+	j.syncs.Add(2)
+	j.cond.Broadcast()
+	return nil
+}
+
+func writeFileSync(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, journalPerm)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// close flushes what is buffered and closes the file.
+func (j *journal) close() error {
+	err := j.sync()
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if cerr := j.f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,154 @@
+package agent
+
+import (
+	"slices"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// openJournal opens the journal in the state directory, rebuilds the
+// outbox from it and compacts it. A request found started without a result
+// was interrupted by a crash or power cut: it is reported failed with code
+// interrupted instead of being run again, unless it was idempotent.
+func (a *Agent) openJournal() error {
+	j, recs, dropped, err := openJournal(a.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	if dropped > 0 {
+		a.log.Warn("journal: dropped a torn or corrupt tail", "bytes", dropped)
+	}
+	a.j = j
+
+	type entry struct {
+		started, idem, acked bool
+		res                  *protocol.Result
+		t                    int64
+	}
+	byID := make(map[string]*entry)
+	var order []string
+	events := make(map[uint64]*protocol.Event)
+	var maxSeq, evAcked uint64
+	get := func(id string) *entry {
+		e := byID[id]
+		if e == nil {
+			e = &entry{}
+			byID[id] = e
+			order = append(order, id)
+		}
+		return e
+	}
+	for _, r := range recs {
+		switch r.Op {
+		case opStart:
+			e := get(r.ID)
+			e.started, e.idem, e.t = true, r.Idem, r.Time
+		case opResult:
+			if e := get(r.ID); e.res == nil && r.Result != nil {
+				e.res, e.t = r.Result, r.Time
+			}
+		case opAck:
+			get(r.ID).acked = true
+		case opEvent:
+			if r.Event != nil {
+				events[r.Event.Seq] = r.Event
+				maxSeq = max(maxSeq, r.Event.Seq)
+			}
+		case opEventAck:
+			evAcked = max(evAcked, r.Seq)
+		}
+	}
+
+	now := time.Now()
+	interrupted := 0
+	for _, id := range order {
+		e := byID[id]
+		if e.res == nil {
+			if !e.started || e.idem {
+				continue // idempotent: forgotten, so a redelivery runs it again
+			}
+			e.res = &protocol.Result{ID: id, State: protocol.StateFailed,
+				Error: protocol.Errorf(protocol.CodeInterrupted, "agent restarted while the request ran; not run again")}
+			e.t = now.UnixMilli()
+			interrupted++
+		}
+		a.out.addResult(e.res, time.UnixMilli(e.t))
+		a.out.markResultDurable(id)
+		if e.acked {
+			a.out.ack([]string{id}, 0)
+		}
+	}
+	seqs := make([]uint64, 0, len(events))
+	for s := range events {
+		if s > evAcked {
+			seqs = append(seqs, s)
+		}
+	}
+	slices.Sort(seqs)
+	for _, s := range seqs {
+		a.out.events = append(a.out.events, pendingEvent{ev: *events[s], at: now, durable: true})
+	}
+	a.out.nextSeq = max(maxSeq, evAcked) + 1
+	if interrupted > 0 {
+		a.log.Warn("requests interrupted by the last shutdown will be reported failed", "count", interrupted)
+	}
+	a.log.Info("journal replayed", "records", len(recs), "remembered", len(a.out.done), "owed", a.out.size())
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.compactLocked()
+}
+
+// maybeCompactLocked rewrites the journal when it has grown past the
+// threshold. The threshold follows the live state so a large outbox does
+// not cause a rewrite after every request.
+func (a *Agent) maybeCompactLocked() {
+	if a.j == nil || a.j.fileSize() < a.compactAt {
+		return
+	}
+	if err := a.compactLocked(); err != nil {
+		a.log.Error("journal compaction failed", "err", err)
+	}
+}
+
+// compactLocked writes the minimal records for the current state: running
+// requests, remembered results with their ack state, and owed events.
+func (a *Agent) compactLocked() error {
+	var recs []record
+	now := time.Now().UnixMilli()
+	for id, j := range a.running {
+		recs = append(recs, record{Op: opStart, ID: id, Idem: j.req.Idempotent, Time: now})
+	}
+	for _, id := range a.out.doneOrder {
+		e := a.out.done[id]
+		recs = append(recs, record{Op: opResult, ID: id, Result: e.res, Time: e.at.UnixMilli()})
+		if !a.out.unacked[id] {
+			recs = append(recs, record{Op: opAck, ID: id})
+		}
+	}
+	floor := a.out.nextSeq - 1
+	for _, pe := range a.out.events {
+		ev := pe.ev
+		recs = append(recs, record{Op: opEvent, Event: &ev})
+	}
+	if len(a.out.events) > 0 {
+		floor = a.out.events[0].ev.Seq - 1
+	}
+	// The acknowledged floor keeps event numbering increasing across
+	// restarts even when no event is owed.
+	if floor > 0 {
+		recs = append(recs, record{Op: opEventAck, Seq: floor})
+	}
+	if err := a.j.compact(recs); err != nil {
+		return err
+	}
+	for i := range a.out.results {
+		a.out.results[i].durable = true
+	}
+	for i := range a.out.events {
+		a.out.events[i].durable = true
+	}
+	a.compactAt = max(a.cfg.CompactBytes, 2*a.j.fileSize())
+	return nil
+}
