@@ -1,0 +1,130 @@
+// Command tether-agent runs on device B: it connects out to a tether relay,
+// pulls requests when it is free and runs them on the board's peripherals.
+//
+//	tether-agent --relay ws://relay:8080 --token-file /etc/tether/token --board periph --config /etc/tether/agent.yaml
+//	tether-agent --relay ws://127.0.0.1:8080 --token TOKEN --board mock
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/tetherhq/tether/agent"
+	"github.com/tetherhq/tether/hw"
+	"github.com/tetherhq/tether/hw/mock"
+)
+
+// version is stamped at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "tether-agent:", err)
+		os.Exit(1)
+	}
+}
+
+// board is what the agent runs requests on: an executor that also
+// describes itself, watches inputs and can drive outputs safe.
+type board interface {
+	agent.Executor
+	agent.Describer
+	Run(ctx context.Context, emit func(string, json.RawMessage)) error
+	Halt() error
+	Close() error
+}
+
+func run(args []string) error {
+	cfg, err := loadConfig(args, os.Getenv)
+	if err != nil {
+		return err
+	}
+	if cfg.showVersion {
+		fmt.Println("tether-agent", version)
+		return nil
+	}
+	log := newLogger(cfg.LogFormat, cfg.LogLevel)
+	slog.SetDefault(log)
+
+	b, err := openBoard(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	// Outputs start from their safe state, also after a crash-restart.
+	if err := b.Halt(); err != nil {
+		log.Warn("could not drive outputs to their safe state", "err", err)
+	}
+
+	acfg := agent.DefaultConfig()
+	acfg.Relay = cfg.Relay
+	acfg.Token = cfg.token
+	acfg.Credits = cfg.Credits
+	acfg.StateDir = cfg.State
+	acfg.Version = version
+	acfg.Logger = log
+	if cfg.PingPeriod > 0 {
+		acfg.PingPeriod = cfg.PingPeriod
+	}
+	a, err := agent.New(acfg, b)
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	log.Info("tether-agent starting", "version", version, "relay", cfg.Relay, "board", cfg.Board, "credits", acfg.Credits)
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		err := b.Run(ctx, func(name string, data json.RawMessage) {
+			if err := a.Emit(name, data); err != nil {
+				log.Warn("event not queued", "name", name, "err", err)
+			}
+		})
+		if err != nil && !errors.Is(err, context.Canceled) {
+			log.Error("input watcher stopped", "err", err)
+		}
+	}()
+	err = a.Run(ctx)
+	stop()
+	wg.Wait()
+	if herr := b.Halt(); herr != nil {
+		log.Warn("could not drive outputs to their safe state", "err", herr)
+	}
+	log.Info("tether-agent stopped")
+	return err
+}
+
+func openBoard(cfg *config, log *slog.Logger) (board, error) {
+	switch cfg.Board {
+	case "mock":
+		return mock.New(mock.Options{Version: version, ExecLog: cfg.ExecLog, Delay: cfg.MockDelay})
+	case "periph":
+		return hw.Open(cfg.Hardware, hw.Options{Version: version, Logger: log})
+	default:
+		return nil, fmt.Errorf("--board must be mock or periph, got %q", cfg.Board)
+	}
+}
+
+func newLogger(format, level string) *slog.Logger {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		lv = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	if strings.EqualFold(format, "json") {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}

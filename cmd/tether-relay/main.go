@@ -1,0 +1,177 @@
+// Command tether-relay runs the tether relay server and manages its
+// credentials.
+//
+//	tether-relay serve [--listen ADDR] [--data DIR]
+//	tether-relay device add ID [--data DIR]
+//	tether-relay device list [--data DIR]
+//	tether-relay client add NAME [--data DIR]
+//	tether-relay client list [--data DIR]
+//	tether-relay --version
+//
+// --data defaults to $TETHER_DATA. The add commands print the new secret as
+// the last line of stdout; they work while the relay runs.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/tetherhq/tether/relay"
+)
+
+// version is stamped at build time: -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+const usage = `usage:
+  tether-relay serve [--listen ADDR] [--data DIR] [--log-level LEVEL]
+  tether-relay device add ID [--data DIR]
+  tether-relay device list [--data DIR]
+  tether-relay client add NAME [--data DIR]
+  tether-relay client list [--data DIR]
+  tether-relay --version
+
+--data defaults to $TETHER_DATA.
+`
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "tether-relay:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("missing command")
+	}
+	switch args[0] {
+	case "--version", "-version", "version":
+		fmt.Fprintln(stdout, "tether-relay", version)
+		return nil
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	case "serve":
+		return serve(args[1:], stderr)
+	case "device", "client":
+		if len(args) < 2 {
+			return fmt.Errorf("%s: want add or list", args[0])
+		}
+		return admin(args[0], args[1], args[2:], stdout, stderr)
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+func serve(args []string, stderr io.Writer) error {
+	cfg := relay.DefaultConfig()
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "address to listen on")
+	fs.StringVar(&cfg.DataDir, "data", os.Getenv("TETHER_DATA"), "data directory (env TETHER_DATA)")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return fmt.Errorf("serve: unexpected argument %q", pos[0])
+	}
+	if cfg.DataDir == "" {
+		return errors.New("serve: --data or TETHER_DATA is required")
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("serve: --log-level: %w", err)
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	cfg.Version = version
+
+	srv, err := relay.New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err = srv.ListenAndServe(ctx)
+	if cerr := srv.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func admin(kind, verb string, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet(kind+" "+verb, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("data", os.Getenv("TETHER_DATA"), "data directory (env TETHER_DATA)")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if *dir == "" {
+		return errors.New("--data or TETHER_DATA is required")
+	}
+	switch verb {
+	case "add":
+		if len(pos) != 1 {
+			return fmt.Errorf("%s add: want exactly one name", kind)
+		}
+		add, what := relay.AddDevice, "token for device"
+		if kind == "client" {
+			add, what = relay.AddClient, "API key for client"
+		}
+		secret, err := add(*dir, pos[0])
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s %s (shown once; only its hash is stored):\n%s\n", what, pos[0], secret)
+		return nil
+	case "list":
+		if len(pos) != 0 {
+			return fmt.Errorf("%s list: unexpected argument %q", kind, pos[0])
+		}
+		list := relay.ListDevices
+		if kind == "client" {
+			list = relay.ListClients
+		}
+		creds, err := list(*dir)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tCREATED")
+		for _, c := range creds {
+			fmt.Fprintf(tw, "%s\t%s\n", c.Name, c.Created.Format("2006-01-02 15:04:05Z07:00"))
+		}
+		return tw.Flush()
+	}
+	return fmt.Errorf("%s: unknown subcommand %q, want add or list", kind, verb)
+}
+
+// parseInterspersed parses flags that may come before, between or after
+// positional arguments ("device add ID --data DIR").
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}

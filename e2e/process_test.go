@@ -1,0 +1,229 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// binaries builds the three commands once per test run.
+func binaries(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "tether-e2e-bin-")
+		if buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", binDir+"/", "../cmd/tether-relay", "../cmd/tether-agent", "../cmd/tether")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+func cleanupBinaries() {
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// proc is a started binary whose stderr is kept for failure reports.
+type proc struct {
+	cmd  *exec.Cmd
+	out  *bytes.Buffer
+	done chan error
+}
+
+func startProc(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(binaries(t), name), args...)
+	var out bytes.Buffer
+	sw := &syncWriter{w: &out}
+	cmd.Stdout, cmd.Stderr = sw, sw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, out: &out, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("%s output:\n%s", name, p.output())
+		}
+	})
+	return p
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
+}
+
+func (p *proc) output() string {
+	if sw, ok := p.cmd.Stderr.(*syncWriter); ok {
+		sw.mu.Lock()
+		defer sw.mu.Unlock()
+	}
+	return p.out.String()
+}
+
+// kill sends SIGKILL and reaps the process.
+func (p *proc) kill() {
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.wait(10 * time.Second)
+}
+
+func (p *proc) wait(d time.Duration) (error, bool) {
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return err, true
+	case <-time.After(d):
+		return nil, false
+	}
+}
+
+// admin runs a tether-relay admin command and returns the secret it
+// prints on its last line.
+func admin(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(binaries(t), "tether-relay"), args...).Output()
+	if err != nil {
+		t.Fatalf("tether-relay %v: %v", args, err)
+	}
+	var last string
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if l := strings.TrimSpace(sc.Text()); l != "" {
+			last = l
+		}
+	}
+	return last
+}
+
+func startRelayProc(t *testing.T, dir, addr string) *proc {
+	t.Helper()
+	p := startProc(t, "tether-relay", "serve", "--listen", addr, "--data", dir)
+	c := &api{t: t, base: "http://" + addr}
+	eventually(t, 10*time.Second, "relay healthz", func() bool {
+		req, _ := c.client().Get(c.base + "/healthz")
+		if req != nil {
+			req.Body.Close()
+			return req.StatusCode == 200
+		}
+		return false
+	})
+	return p
+}
+
+func TestProcessesRelayKilledAndRestarted(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	tok := admin(t, "device", "add", "pi-1", "--data", dir)
+	key := admin(t, "client", "add", "app", "--data", dir)
+	relayProc := startRelayProc(t, dir, addr)
+	c := &api{t: t, base: "http://" + addr, key: key}
+
+	startProc(t, "tether-agent", "--relay", "ws://"+addr, "--token", tok, "--board", "mock",
+		"--state", t.TempDir(), "--mock-delay", "200ms")
+	eventually(t, 10*time.Second, "agent online", func() bool { return c.device("pi-1").Online })
+	wantState(t, c.call("pi-1", "sys.ping", "hi"), protocol.StateSucceeded, "")
+
+	var ids []string
+	for i := 0; i < 6; i++ {
+		_, rec := c.submit("pi-1", "sys.ping", i, "")
+		ids = append(ids, rec.ID)
+	}
+	relayProc.cmd.Process.Signal(syscall.SIGKILL)
+	relayProc.wait(10 * time.Second)
+	startRelayProc(t, dir, addr)
+	for _, id := range ids {
+		wantState(t, c.wait(id, 30*time.Second), protocol.StateSucceeded, "")
+	}
+	eventually(t, 30*time.Second, "agent reconnected by itself", func() bool { return c.device("pi-1").Online })
+}
+
+func TestProcessesAgentKilledMidRequest(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	tok := admin(t, "device", "add", "pi-1", "--data", dir)
+	key := admin(t, "client", "add", "app", "--data", dir)
+	startRelayProc(t, dir, addr)
+	c := &api{t: t, base: "http://" + addr, key: key}
+	state := t.TempDir()
+	execLog := filepath.Join(t.TempDir(), "exec.log")
+	args := []string{"--relay", "ws://" + addr, "--token", tok, "--board", "mock", "--state", state,
+		"--mock-exec-log", execLog, "--credits", "2"}
+	agentProc := startProc(t, "tether-agent", args...)
+	eventually(t, 10*time.Second, "agent online", func() bool { return c.device("pi-1").Online })
+
+	_, rec := c.submit("pi-1", "gpio.pulse", map[string]any{"pin": "GPIO5", "level": "high", "duration": "20s"}, "")
+	// With a second worker slot, reading the pin shows the pulse has begun.
+	eventually(t, 10*time.Second, "pulse started", func() bool {
+		return strings.Contains(string(c.call("pi-1", "gpio.read", map[string]any{"pin": "GPIO5"}).Result), "high")
+	})
+	agentProc.cmd.Process.Signal(syscall.SIGKILL)
+	agentProc.wait(10 * time.Second)
+
+	// Restarted on the same journal, the agent reports the pulse it was
+	// running as interrupted instead of pulsing again.
+	agent2 := startProc(t, "tether-agent", args...)
+	wantState(t, c.wait(rec.ID, 30*time.Second), protocol.StateFailed, protocol.CodeInterrupted)
+	wantState(t, c.call("pi-1", "sys.ping", nil), protocol.StateSucceeded, "")
+	data, _ := os.ReadFile(execLog)
+	if n := strings.Count(string(data), rec.ID); n != 1 {
+		t.Fatalf("pulse executed %d times", n)
+	}
+
+	// SIGTERM stops the agent cleanly and promptly.
+	agent2.cmd.Process.Signal(syscall.SIGTERM)
+	err, ok := agent2.wait(15 * time.Second)
+	if !ok || err != nil {
+		t.Fatalf("agent after SIGTERM: exited=%v err=%v", ok, err)
+	}
+	eventually(t, 10*time.Second, "offline", func() bool { return !c.device("pi-1").Online })
+}

@@ -1,0 +1,205 @@
+package hw
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"periph.io/x/conn/v3/gpio"
+)
+
+// MaxPulse bounds gpio.pulse, so a typo cannot hold a pin for hours.
+const MaxPulse = 60 * time.Second
+
+// gpioLine is one configured GPIO pin. Levels named "logical" are what
+// requests and events see; wire levels are what the pin sees.
+type gpioLine struct {
+	cfg       GPIOConfig
+	pin       gpio.PinIO // nil when unavailable
+	err       error      // why the pin is unavailable
+	out       bool
+	initial   gpio.Level // logical
+	safe      gpio.Level // logical
+	pull      gpio.Pull
+	watch     bool // edges become events
+	lock      busLock
+	activeLow bool
+	// last is the last logical level reported for a watched input. Only the
+	// active Run's watcher touches it (Run is exclusive).
+	last gpio.Level
+}
+
+func newGPIOLine(c GPIOConfig, pin gpio.PinIO) *gpioLine {
+	l := &gpioLine{
+		cfg:       c,
+		pin:       pin,
+		out:       c.Direction == "out",
+		initial:   c.Initial == "high",
+		pull:      gpio.Float,
+		watch:     c.Direction == "in" && c.Edge != "" && c.Edge != "none",
+		lock:      newBusLock(),
+		activeLow: c.ActiveLow,
+	}
+	l.safe = l.initial
+	if c.Safe != "" {
+		l.safe = c.Safe == "high"
+	}
+	switch c.Pull {
+	case "up":
+		l.pull = gpio.PullUp
+	case "down":
+		l.pull = gpio.PullDown
+	}
+	return l
+}
+
+// wire converts between logical and wire levels (the conversion is its own
+// inverse).
+func (l *gpioLine) wire(v gpio.Level) gpio.Level { return v != gpio.Level(l.activeLow) }
+
+// setup puts the pin in its configured state. Watched inputs listen for
+// both edges: the watcher tracks the level itself and filters by the
+// configured edge, which keeps debouncing correct for rising- or
+// falling-only pins.
+func (l *gpioLine) setup() error {
+	if l.out {
+		if err := l.pin.Out(l.wire(l.initial)); err != nil {
+			return fmt.Errorf("hw: gpio %s (%s) as output: %w", l.cfg.Name, l.cfg.Pin, err)
+		}
+		return nil
+	}
+	edge := gpio.NoEdge
+	if l.watch {
+		edge = gpio.BothEdges
+	}
+	if err := l.pin.In(l.pull, edge); err != nil {
+		return fmt.Errorf("hw: gpio %s (%s) as input: %w", l.cfg.Name, l.cfg.Pin, err)
+	}
+	l.last = l.wire(l.pin.Read())
+	return nil
+}
+
+func (l *gpioLine) info() map[string]any {
+	m := map[string]any{"pin": l.cfg.Pin, "direction": l.cfg.Direction}
+	if l.activeLow {
+		m["active_low"] = true
+	}
+	if !l.out {
+		m["pull"] = l.pull.String()
+		if l.watch {
+			m["edge"] = l.cfg.Edge
+		}
+	}
+	return m
+}
+
+// gpioFor finds the named pin and checks it can be used.
+func (b *Board) gpioFor(p params, output bool) (*gpioLine, error) {
+	name, err := p.str("pin")
+	if err != nil {
+		return nil, err
+	}
+	l, err := find(b, b.gpios, KindGPIO, "pin", name)
+	if err != nil {
+		return nil, err
+	}
+	if output && !l.out {
+		return nil, protocol.Errorf(protocol.CodeNotPermitted, "pin: %q is an input", name)
+	}
+	if l.err != nil {
+		return nil, unavailable(KindGPIO, name, l.err)
+	}
+	return l, nil
+}
+
+type levelResult struct {
+	Level string `json:"level"`
+}
+
+func (b *Board) gpioRead(ctx context.Context, raw json.RawMessage) (any, error) {
+	p, err := decodeParams(raw, "pin")
+	if err != nil {
+		return nil, err
+	}
+	l, err := b.gpioFor(p, false)
+	if err != nil {
+		return nil, err
+	}
+	return levelResult{Level: levelName(l.wire(l.pin.Read()))}, nil
+}
+
+func (b *Board) gpioWrite(ctx context.Context, raw json.RawMessage) (any, error) {
+	p, err := decodeParams(raw, "pin", "level")
+	if err != nil {
+		return nil, err
+	}
+	l, err := b.gpioFor(p, true)
+	if err != nil {
+		return nil, err
+	}
+	level, err := p.level("level")
+	if err != nil {
+		return nil, err
+	}
+	if err := l.lock.lock(ctx); err != nil {
+		return nil, fmt.Errorf("hw: waiting for gpio %s: %w", l.cfg.Name, err)
+	}
+	defer l.lock.unlock()
+	if err := l.pin.Out(l.wire(level)); err != nil {
+		return nil, fmt.Errorf("hw: gpio %s write: %w", l.cfg.Name, err)
+	}
+	return struct{}{}, nil
+}
+
+// gpioPulse drives the pin, waits and restores the level it had before. The
+// pin stays locked for the whole pulse so writes cannot interleave. If the
+// request's context ends early the level is restored and the context error
+// returned; if the board is halted meanwhile the safe level is left alone.
+func (b *Board) gpioPulse(ctx context.Context, raw json.RawMessage) (any, error) {
+	p, err := decodeParams(raw, "pin", "level", "duration")
+	if err != nil {
+		return nil, err
+	}
+	l, err := b.gpioFor(p, true)
+	if err != nil {
+		return nil, err
+	}
+	level, err := p.level("level")
+	if err != nil {
+		return nil, err
+	}
+	d, err := p.duration("duration", MaxPulse)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.lock.lock(ctx); err != nil {
+		return nil, fmt.Errorf("hw: waiting for gpio %s: %w", l.cfg.Name, err)
+	}
+	defer l.lock.unlock()
+	halted := b.haltSignal()
+	prev := l.pin.Read()
+	if err := l.pin.Out(l.wire(level)); err != nil {
+		return nil, fmt.Errorf("hw: gpio %s pulse: %w", l.cfg.Name, err)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	var waitErr error
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		waitErr = fmt.Errorf("hw: gpio %s pulse cut short: %w", l.cfg.Name, ctx.Err())
+	case <-halted:
+		return nil, protocol.Errorf(protocol.CodeHWError, "gpio %s: board halted during pulse; pin left at its safe level", l.cfg.Name)
+	case <-b.closed:
+		return nil, protocol.Errorf(protocol.CodeHWError, "gpio %s: %v during pulse", l.cfg.Name, ErrClosed)
+	}
+	if err := l.pin.Out(prev); err != nil {
+		return nil, fmt.Errorf("hw: gpio %s restore after pulse: %w", l.cfg.Name, err)
+	}
+	if waitErr != nil {
+		return nil, waitErr
+	}
+	return struct{}{}, nil
+}

@@ -1,0 +1,134 @@
+package hw
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+
+	"periph.io/x/conn/v3/gpio"
+	"periph.io/x/conn/v3/gpio/gpioreg"
+	"periph.io/x/conn/v3/i2c"
+	"periph.io/x/conn/v3/i2c/i2creg"
+	"periph.io/x/conn/v3/spi"
+	"periph.io/x/conn/v3/spi/spireg"
+	"periph.io/x/host/v3"
+	"periph.io/x/host/v3/distro"
+)
+
+// gpioNodes are the device nodes periph reaches GPIO through: the kernel's
+// character device (all boards, including the Pi 5) and the Pi's register
+// window.
+var gpioNodes = []string{"/dev/gpiochip0", "/dev/gpiomem"}
+
+// Open initialises periph's host drivers and opens what cfg names on the
+// real hardware. If GPIO pins are configured but every GPIO device node
+// refuses this process, Open fails with an error (wrapping ErrGPIOAccess)
+// naming the node and the group to join. A pin, bus or port that is missing
+// or cannot be opened makes only that resource unavailable.
+//
+// Open touches global state (periph's driver registry), so only a program's
+// main should call it.
+func Open(cfg Config, opts Options) (*Board, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if _, err := host.Init(); err != nil {
+		return nil, fmt.Errorf("hw: init periph host drivers: %w", err)
+	}
+	if len(cfg.GPIO)+len(cfg.PWM) > 0 {
+		if err := checkGPIOAccess(gpioNodes); err != nil {
+			return nil, err
+		}
+	}
+	res := Resources{
+		Pins:   map[string]gpio.PinIO{},
+		I2C:    map[string]i2c.Bus{},
+		SPI:    map[string]spi.Port{},
+		Errors: map[string]error{},
+	}
+	openPin := func(name string) {
+		if p := gpioreg.ByName(name); p != nil {
+			res.Pins[name] = p
+		} else {
+			res.Errors[name] = fmt.Errorf("hw: pin %s not found by periph's GPIO drivers on this board", name)
+		}
+	}
+	for _, g := range cfg.GPIO {
+		openPin(g.Pin)
+	}
+	for _, p := range cfg.PWM {
+		openPin(p.Pin)
+	}
+	var opened []io.Closer
+	for _, c := range cfg.I2C {
+		bus, err := i2creg.Open(c.Bus)
+		if err != nil {
+			res.Errors[c.Bus] = openError("i2c bus", c.Bus, "/dev/i2c-"+c.Bus, err)
+			continue
+		}
+		res.I2C[c.Bus] = bus
+		opened = append(opened, bus)
+	}
+	for _, c := range cfg.SPI {
+		port, err := spireg.Open(c.Port)
+		if err != nil {
+			res.Errors[c.Port] = openError("spi port", c.Port, spidevNode(c.Port), err)
+			continue
+		}
+		res.SPI[c.Port] = port
+		opened = append(opened, port)
+	}
+	b, err := NewBoard(boardName(), cfg, res, opts)
+	if err != nil {
+		for _, c := range opened {
+			c.Close()
+		}
+		return nil, err
+	}
+	return b, nil
+}
+
+// openError explains why a bus or port did not open, adding the device
+// node's permission problem when there is one.
+func openError(kind, name, node string, err error) error {
+	if hint := nodeAccessProblem(node); hint != "" {
+		return fmt.Errorf("hw: open %s %s: %s: %w", kind, name, hint, err)
+	}
+	return fmt.Errorf("hw: open %s %s: %w", kind, name, err)
+}
+
+// spidevNode maps periph's "SPI0.1" to "/dev/spidev0.1".
+func spidevNode(port string) string {
+	return "/dev/spidev" + strings.TrimPrefix(strings.ToUpper(port), "SPI")
+}
+
+// checkGPIOAccess fails when at least one GPIO node exists and every node
+// that exists refuses this process. Nodes that do not exist are left to
+// periph (a board without them simply has no such pins).
+func checkGPIOAccess(nodes []string) error {
+	var problems []string
+	for _, n := range nodes {
+		switch p := nodeAccessProblem(n); p {
+		case "":
+			if nodeExists(n) {
+				return nil
+			}
+		default:
+			problems = append(problems, p)
+		}
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrGPIOAccess, strings.Join(problems, "; "))
+}
+
+// boardName is the device tree model ("Raspberry Pi 4 Model B Rev 1.4") or,
+// off a device tree, the OS and architecture.
+func boardName() string {
+	if m := strings.TrimSpace(strings.Trim(distro.DTModel(), "\x00")); m != "" && !strings.Contains(m, "unknown") {
+		return m
+	}
+	return runtime.GOOS + "/" + runtime.GOARCH
+}

@@ -1,0 +1,401 @@
+package relay
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+func TestAgentHandshakeRefusals(t *testing.T) {
+	e := newEnv(t)
+	tests := []struct {
+		name     string
+		token    string
+		protos   []string
+		status   int
+		code     string
+		contains string
+	}{
+		{"no token", "", []string{protocol.Version}, 401, codeUnauthorized, ""},
+		{"wrong token", DeviceTokenPrefix + "nope", []string{protocol.Version}, 401, codeUnauthorized, ""},
+		{"client key as token", e.key, []string{protocol.Version}, 401, codeUnauthorized, ""},
+		{"no subprotocol", e.token, nil, 400, codeBadRequest, "unsupported subprotocol, want tether.v1"},
+		{"other subprotocol", e.token, []string{"tether.v0"}, 400, codeBadRequest, "want tether.v1"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, resp, err := dialRaw(e, tc.token, tc.protos)
+			if err == nil {
+				conn.Close()
+				t.Fatal("handshake succeeded")
+			}
+			if resp == nil {
+				t.Fatalf("no response: %v", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.status, body)
+			}
+			if got := apiCode(t, body); got != tc.code {
+				t.Errorf("code %q, want %q", got, tc.code)
+			}
+			if !strings.Contains(string(body), tc.contains) {
+				t.Errorf("body %s lacks %q", body, tc.contains)
+			}
+		})
+	}
+	t.Run("accepted", func(t *testing.T) {
+		conn, resp, err := dialRaw(e, e.token, []string{protocol.Version})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if resp.StatusCode != http.StatusSwitchingProtocols || conn.Subprotocol() != protocol.Version {
+			t.Fatalf("status %d subprotocol %q", resp.StatusCode, conn.Subprotocol())
+		}
+	})
+}
+
+func TestSubmitDeliverResultAck(t *testing.T) {
+	e := newEnv(t)
+	a := dialAgent(e, e.token)
+	if !e.device("dev1").Online {
+		t.Fatal("device not online after hello")
+	}
+	a.send(&protocol.Pull{N: 1})
+	rec := e.submit(protocol.Submit{Method: "sys.ping", Params: json.RawMessage(`{"x":1}`), Timeout: protocol.Duration(3 * time.Second)})
+	if rec.State != protocol.StateQueued || rec.ID == "" || rec.Device != "dev1" {
+		t.Fatalf("submit answered %+v", rec)
+	}
+	req := nextAs[*protocol.Request](a)
+	if req.ID != rec.ID || req.Method != "sys.ping" || string(req.Params) != `{"x":1}` || req.Attempt != 1 {
+		t.Fatalf("request %+v", req)
+	}
+	if req.TimeoutMs <= 0 || req.TimeoutMs > 3000 {
+		t.Fatalf("timeout_ms %d, want remaining time within 3000", req.TimeoutMs)
+	}
+	if got := e.record(rec.ID, ""); got.State != protocol.StateDelivered || got.Attempts != 1 {
+		t.Fatalf("after delivery: %+v", got)
+	}
+	a.succeed(rec.ID, `{"pong":true}`)
+	got := e.record(rec.ID, "")
+	if got.State != protocol.StateSucceeded || string(got.Result) != `{"pong":true}` || got.Finished == nil {
+		t.Fatalf("after result: %+v", got)
+	}
+}
+
+func TestSubmitWaitReturnsFinished(t *testing.T) {
+	e := newEnv(t)
+	a := dialAgent(e, e.token)
+	a.send(&protocol.Pull{N: 1})
+	answered := make(chan struct{})
+	go func() {
+		defer close(answered)
+		select {
+		case b := <-a.frames:
+			m, err := protocol.Decode(b, 0)
+			if err != nil {
+				return
+			}
+			if req, ok := m.(*protocol.Request); ok {
+				a.conn.WriteJSON(map[string]any{"type": "result", "id": req.ID, "state": "succeeded", "value": 42})
+			}
+		case <-time.After(waitLimit):
+		}
+	}()
+	st, body := e.do("POST", "/v1/devices/dev1/requests?wait=5s", protocol.Submit{Method: "sys.ping"})
+	<-answered
+	if st != http.StatusOK {
+		t.Fatalf("status %d: %s", st, body)
+	}
+	rec := decode[protocol.Record](t, body)
+	if rec.State != protocol.StateSucceeded || string(rec.Result) != "42" {
+		t.Fatalf("record %+v", rec)
+	}
+}
+
+func TestQueuedWhileOfflineDeliveredOnConnect(t *testing.T) {
+	e := newEnv(t)
+	r1 := e.submit(protocol.Submit{Method: "a"})
+	r2 := e.submit(protocol.Submit{Method: "b"})
+	if d := e.device("dev1"); d.Online || d.Queued != 2 {
+		t.Fatalf("device %+v, want offline with 2 queued", d)
+	}
+	a := dialAgent(e, e.token)
+	a.send(&protocol.Pull{N: 5})
+	for _, want := range []string{r1.ID, r2.ID} {
+		if got := nextAs[*protocol.Request](a); got.ID != want {
+			t.Fatalf("delivered %s, want %s", got.ID, want)
+		}
+	}
+}
+
+func TestCreditsBoundOutstanding(t *testing.T) {
+	e := newEnv(t)
+	a := dialAgent(e, e.token)
+	var ids []string
+	for i := 0; i < 3; i++ {
+		ids = append(ids, e.submit(protocol.Submit{Method: "m"}).ID)
+	}
+	a.quiet(30 * time.Millisecond) // no credits, no work
+	for i, want := range ids {
+		a.send(&protocol.Pull{N: 1})
+		req := nextAs[*protocol.Request](a)
+		if req.ID != want {
+			t.Fatalf("request %d is %s, want %s", i, req.ID, want)
+		}
+		// One credit, one request: nothing more until the next pull.
+		a.quiet(30 * time.Millisecond)
+		a.succeed(req.ID, `{}`)
+	}
+}
+
+func TestLeaseRedeliveryAndUndeliverable(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MaxAttempts = 2 })
+	rec := e.submit(protocol.Submit{Method: "m"})
+	for attempt := 1; attempt <= 2; attempt++ {
+		a := dialAgent(e, e.token)
+		a.send(&protocol.Pull{N: 1})
+		req := nextAs[*protocol.Request](a)
+		if req.ID != rec.ID || req.Attempt != attempt {
+			t.Fatalf("delivery %d: %+v", attempt, req)
+		}
+		a.close()
+		waitFor(t, "requeue after drop", func() bool { return e.record(rec.ID, "").State == protocol.StateQueued })
+		if got := e.record(rec.ID, ""); got.Attempts != attempt {
+			t.Fatalf("attempts %d, want %d", got.Attempts, attempt)
+		}
+	}
+	a := dialAgent(e, e.token)
+	a.send(&protocol.Pull{N: 1})
+	got := e.record(rec.ID, "5s")
+	if got.State != protocol.StateFailed || got.Error == nil || got.Error.Code != protocol.CodeUndeliverable {
+		t.Fatalf("record %+v, want failed/undeliverable", got)
+	}
+	a.quiet(30 * time.Millisecond)
+}
+
+func TestHelloRunningReleases(t *testing.T) {
+	for _, replace := range []bool{false, true} {
+		name := "after drop"
+		if replace {
+			name = "replacing live session"
+		}
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t)
+			first := e.submit(protocol.Submit{Method: "m"})
+			second := e.submit(protocol.Submit{Method: "m"})
+			a := dialAgent(e, e.token)
+			a.send(&protocol.Pull{N: 1})
+			if req := nextAs[*protocol.Request](a); req.ID != first.ID {
+				t.Fatalf("got %s", req.ID)
+			}
+			if !replace {
+				a.close()
+				waitFor(t, "offline", func() bool { return !e.device("dev1").Online })
+			}
+			b := dialAgent(e, e.token, first.ID)
+			if replace {
+				if code := a.closed(); code != websocket.CloseNormalClosure {
+					t.Fatalf("old session closed with %d", code)
+				}
+			}
+			got := e.record(first.ID, "")
+			if got.State != protocol.StateDelivered || got.Attempts != 1 {
+				t.Fatalf("re-leased record %+v", got)
+			}
+			// The re-lease used no credit: one pull brings the second request.
+			b.send(&protocol.Pull{N: 1})
+			if req := nextAs[*protocol.Request](b); req.ID != second.ID {
+				t.Fatalf("pull delivered %s, want %s", req.ID, second.ID)
+			}
+			b.succeed(first.ID, `1`)
+			if got := e.record(first.ID, ""); got.State != protocol.StateSucceeded || got.Attempts != 1 {
+				t.Fatalf("final %+v", got)
+			}
+		})
+	}
+}
+
+func TestFirstResultWinsDuplicatesAcked(t *testing.T) {
+	e := newEnv(t)
+	a := dialAgent(e, e.token)
+	a.send(&protocol.Pull{N: 1})
+	rec := e.submit(protocol.Submit{Method: "m"})
+	nextAs[*protocol.Request](a)
+	a.succeed(rec.ID, `"first"`)
+	a.send(&protocol.Result{ID: rec.ID, State: protocol.StateFailed, Error: &protocol.Failure{Code: "hw_error"}})
+	if ack := nextAs[*protocol.Ack](a); len(ack.IDs) != 1 || ack.IDs[0] != rec.ID {
+		t.Fatalf("duplicate ack %+v", ack)
+	}
+	a.succeed("r-unknown", `1`)
+	if got := e.record(rec.ID, ""); got.State != protocol.StateSucceeded || string(got.Result) != `"first"` {
+		t.Fatalf("record %+v", got)
+	}
+}
+
+func TestCancel(t *testing.T) {
+	e := newEnv(t)
+	t.Run("queued", func(t *testing.T) {
+		rec := e.submit(protocol.Submit{Method: "m"})
+		st, body := e.do("DELETE", "/v1/requests/"+rec.ID, nil)
+		got := decode[protocol.Record](t, body)
+		if st != http.StatusOK || got.State != protocol.StateCanceled || got.Error.Code != protocol.CodeCanceled {
+			t.Fatalf("status %d record %+v", st, got)
+		}
+		st, body = e.do("DELETE", "/v1/requests/"+rec.ID, nil)
+		if st != http.StatusConflict || apiCode(t, body) != protocol.CodeBadState || !strings.Contains(string(body), `"state":"canceled"`) {
+			t.Fatalf("second cancel: %d %s", st, body)
+		}
+	})
+	t.Run("delivered", func(t *testing.T) {
+		a := dialAgent(e, e.token)
+		a.send(&protocol.Pull{N: 1})
+		rec := e.submit(protocol.Submit{Method: "m"})
+		nextAs[*protocol.Request](a)
+		st, body := e.do("DELETE", "/v1/requests/"+rec.ID, nil)
+		if got := decode[protocol.Record](t, body); st != http.StatusAccepted || got.State != protocol.StateDelivered {
+			t.Fatalf("status %d record %+v", st, got)
+		}
+		if c := nextAs[*protocol.Cancel](a); c.ID != rec.ID {
+			t.Fatalf("cancel for %s", c.ID)
+		}
+		a.send(&protocol.Result{ID: rec.ID, State: protocol.StateCanceled, Error: &protocol.Failure{Code: protocol.CodeCanceled, Message: "stopped"}})
+		nextAs[*protocol.Ack](a)
+		if got := e.record(rec.ID, ""); got.State != protocol.StateCanceled {
+			t.Fatalf("record %+v", got)
+		}
+	})
+	t.Run("unknown", func(t *testing.T) {
+		if st, body := e.do("DELETE", "/v1/requests/nope", nil); st != http.StatusNotFound || apiCode(t, body) != protocol.CodeNotFound {
+			t.Fatalf("%d %s", st, body)
+		}
+	})
+}
+
+func TestQueuedRequestExpires(t *testing.T) {
+	e := newEnv(t)
+	rec := e.submit(protocol.Submit{Method: "m", Timeout: protocol.Duration(30 * time.Millisecond)})
+	got := e.record(rec.ID, "5s")
+	if got.State != protocol.StateExpired || got.Error == nil || got.Error.Code != protocol.CodeExpired {
+		t.Fatalf("record %+v", got)
+	}
+	// An agent connecting later gets nothing.
+	a := dialAgent(e, e.token)
+	a.send(&protocol.Pull{N: 1})
+	a.quiet(30 * time.Millisecond)
+}
+
+func TestAgentBadFrames(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MaxFrame = 2048 })
+	tests := []struct {
+		name     string
+		hello    bool
+		frame    []byte
+		wantCode string
+		close    int
+	}{
+		{"malformed JSON", true, []byte(`{"type":`), protocol.CodeBadFrame, websocket.CloseProtocolError},
+		{"oversized", true, []byte(`{"type":"pull","n":1,"pad":"` + strings.Repeat("x", 4096) + `"}`), protocol.CodeTooLarge, websocket.CloseMessageTooBig},
+		{"oversized within slack", true, []byte(`{"type":"pull","pad":"` + strings.Repeat("x", 3*2048) + `"}`), protocol.CodeTooLarge, websocket.CloseMessageTooBig},
+		{"unknown type", true, []byte(`{"type":"bogus"}`), protocol.CodeUnknownType, websocket.CloseProtocolError},
+		{"invalid pull", true, []byte(`{"type":"pull","n":0}`), protocol.CodeBadFrame, websocket.CloseProtocolError},
+		{"welcome from agent", true, []byte(`{"type":"welcome","session":"s","device":"d","max_frame":2048,"ping_ms":1}`), protocol.CodeBadState, websocket.ClosePolicyViolation},
+		{"second hello", true, []byte(`{"type":"hello","agent":"x"}`), protocol.CodeBadState, websocket.ClosePolicyViolation},
+		{"pull before hello", false, []byte(`{"type":"pull","n":1}`), protocol.CodeBadState, websocket.ClosePolicyViolation},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var a *testAgent
+			if tc.hello {
+				a = dialAgent(e, e.token)
+			} else {
+				a = connect(e, e.token)
+			}
+			// The relay may answer (and close) while a large frame is still
+			// being written in fragments, so a failed write is fine here.
+			a.conn.WriteMessage(websocket.TextMessage, tc.frame)
+			ef := nextAs[*protocol.Error](a)
+			if ef.Code != tc.wantCode {
+				t.Fatalf("error frame %+v, want code %s", ef, tc.wantCode)
+			}
+			if code := a.closed(); code != tc.close {
+				t.Fatalf("close code %d, want %d", code, tc.close)
+			}
+		})
+	}
+}
+
+func TestHelloTimeout(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.HelloTimeout = 30 * time.Millisecond })
+	a := connect(e, e.token)
+	if ef := nextAs[*protocol.Error](a); ef.Code != protocol.CodeBadState {
+		t.Fatalf("error frame %+v", ef)
+	}
+	if code := a.closed(); code != websocket.ClosePolicyViolation {
+		t.Fatalf("close code %d", code)
+	}
+}
+
+func TestRelayPingsAndDropsSilentAgent(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.PingPeriod = 20 * time.Millisecond })
+	pinged := make(chan struct{}, 1)
+	// Answer no pongs: the relay must give up after DeadAfter(PingPeriod).
+	a := connect(e, e.token, func(c *websocket.Conn) {
+		c.SetPingHandler(func(string) error {
+			select {
+			case pinged <- struct{}{}:
+			default:
+			}
+			return nil
+		})
+	})
+	a.send(&protocol.Hello{Agent: "test/1"})
+	nextAs[*protocol.Welcome](a)
+	select {
+	case <-pinged:
+	case <-time.After(waitLimit):
+		t.Fatal("no ping")
+	}
+	if code := a.closed(); code != websocket.CloseGoingAway {
+		t.Fatalf("close code %d", code)
+	}
+	waitFor(t, "offline", func() bool { return !e.device("dev1").Online })
+}
+
+func TestShutdownClosesSessionsPolitely(t *testing.T) {
+	e := newEnv(t)
+	a := dialAgent(e, e.token)
+	e.stopRun()
+	if code := a.closed(); code != websocket.CloseGoingAway {
+		t.Fatalf("close code %d", code)
+	}
+	<-e.runDone
+}
+
+// A frame far beyond MaxFrame is cut off by gorilla's hard read limit: the
+// relay reads none of it and the connection ends (1009 if the close frame
+// gets through before the reset).
+func TestAgentHugeFrameCutOff(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MaxFrame = 1024 })
+	a := dialAgent(e, e.token)
+	a.conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"pull","pad":"`+strings.Repeat("x", 64*1024)+`"}`))
+	select {
+	case <-a.done:
+	case <-time.After(waitLimit):
+		t.Fatal("connection not closed")
+	}
+	var ce *websocket.CloseError
+	if errors.As(a.err(), &ce) && ce.Code != websocket.CloseMessageTooBig {
+		t.Fatalf("close code %d", ce.Code)
+	}
+	waitFor(t, "offline", func() bool { return !e.device("dev1").Online })
+}

@@ -1,0 +1,298 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// Error codes of the REST API beyond those of package protocol.
+const (
+	codeUnauthorized     = "unauthorized"
+	codeBadRequest       = "bad_request"
+	codeMethodNotAllowed = "method_not_allowed"
+	codeUnavailable      = "unavailable"
+)
+
+// defaultEventLimit is how many events one events call returns unless
+// ?limit= says otherwise.
+const defaultEventLimit = 100
+
+// Handler returns the relay's HTTP handler: the agent WebSocket and the
+// client REST API.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	routes := []struct {
+		method, path string
+		h            http.HandlerFunc
+	}{
+		{"GET", "/healthz", s.handleHealth},
+		{"GET", "/v1/agent", s.handleAgent},
+		{"GET", "/v1/devices", s.client(s.handleDevices)},
+		{"GET", "/v1/devices/{id}", s.client(s.handleDevice)},
+		{"POST", "/v1/devices/{id}/requests", s.client(s.handleSubmit)},
+		{"GET", "/v1/devices/{id}/events", s.client(s.handleEvents)},
+		{"GET", "/v1/requests/{id}", s.client(s.handleGet)},
+		{"DELETE", "/v1/requests/{id}", s.client(s.handleCancel)},
+	}
+	allow := make(map[string][]string)
+	var paths []string
+	for _, r := range routes {
+		mux.HandleFunc(r.method+" "+r.path, r.h)
+		if allow[r.path] == nil {
+			paths = append(paths, r.path)
+		}
+		allow[r.path] = append(allow[r.path], r.method)
+	}
+	// The bare path patterns catch every other method, so 405s are JSON
+	// like everything else.
+	for _, p := range paths {
+		methods := strings.Join(allow[p], ", ")
+		mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", methods)
+			writeError(w, http.StatusMethodNotAllowed, codeMethodNotAllowed, r.Method+" not allowed; use "+methods)
+		})
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, protocol.CodeNotFound, "no such endpoint")
+	})
+	return mux
+}
+
+// client wraps h with client-key authentication.
+func (s *Server) client(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := s.AuthenticateClient(bearer(r.Header.Get("Authorization"))); !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="tether"`)
+			writeError(w, http.StatusUnauthorized, codeUnauthorized, "missing or invalid client key")
+			return
+		}
+		h(w, r)
+	}
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}
+
+func (s *Server) handleDevices(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"devices": s.Devices()})
+}
+
+func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
+	info, err := s.Device(r.PathValue("id"))
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, info)
+}
+
+func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
+	wait, err := s.parseWait(r)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	var sub protocol.Submit
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxFrame)))
+	if err := dec.Decode(&sub); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge,
+				fmt.Sprintf("body exceeds %d bytes", s.cfg.MaxFrame))
+			return
+		}
+		writeError(w, http.StatusBadRequest, codeBadRequest, "malformed JSON body: "+err.Error())
+		return
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, codeBadRequest, "malformed JSON body: trailing data")
+		return
+	}
+	rec, err := s.Submit(r.Context(), r.PathValue("id"), sub)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	s.answerRecord(w, r, rec, wait, http.StatusAccepted)
+}
+
+func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
+	wait, err := s.parseWait(r)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	rec, err := s.Request(r.PathValue("id"))
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	s.answerRecord(w, r, rec, wait, http.StatusOK)
+}
+
+// answerRecord writes rec, first waiting up to wait for it to end. A
+// finished record is 200; an unfinished one gets status live.
+func (s *Server) answerRecord(w http.ResponseWriter, r *http.Request, rec protocol.Record, wait time.Duration, live int) {
+	if wait > 0 && !protocol.Terminal(rec.State) {
+		ctx, cancel := context.WithTimeout(r.Context(), wait)
+		defer cancel()
+		var err error
+		if rec, err = s.WaitRequest(ctx, rec.ID); err != nil {
+			s.writeErr(w, err)
+			return
+		}
+		if r.Context().Err() != nil {
+			return // the client went away
+		}
+	}
+	status := live
+	if protocol.Terminal(rec.State) {
+		status = http.StatusOK
+	}
+	writeJSON(w, status, rec)
+}
+
+func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
+	rec, err := s.Cancel(r.PathValue("id"))
+	switch {
+	case errors.Is(err, ErrTerminal):
+		writeJSON(w, http.StatusConflict, struct {
+			Error   protocol.Failure `json:"error"`
+			Request protocol.Record  `json:"request"`
+		}{
+			Error:   protocol.Failure{Code: protocol.CodeBadState, Message: "request already " + rec.State},
+			Request: rec,
+		})
+	case err != nil:
+		s.writeErr(w, err)
+	case protocol.Terminal(rec.State):
+		writeJSON(w, http.StatusOK, rec)
+	default:
+		writeJSON(w, http.StatusAccepted, rec)
+	}
+}
+
+func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	q := r.URL.Query()
+	var after uint64
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, protocol.CodeBadParams, "after: want a sequence number")
+			return
+		}
+		after = n
+	}
+	limit := defaultEventLimit
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			writeError(w, http.StatusBadRequest, protocol.CodeBadParams, "limit: want a positive number")
+			return
+		}
+		limit = n
+	}
+	wait, err := s.parseWait(r)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		// Take the channel before reading, so an event stored in between
+		// still wakes us.
+		changed, err := s.DeviceChanged(id)
+		if err != nil {
+			s.writeErr(w, err)
+			return
+		}
+		evs, err := s.Events(id, after, limit)
+		if err != nil {
+			s.writeErr(w, err)
+			return
+		}
+		if len(evs) > 0 || wait <= 0 {
+			writeJSON(w, http.StatusOK, map[string]any{"events": evs})
+			return
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			wait = 0
+		case <-s.shutdown:
+			wait = 0
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+// parseWait reads ?wait= as a Go duration ("5s") or milliseconds, capped
+// at MaxWait.
+func (s *Server) parseWait(r *http.Request) (time.Duration, error) {
+	v := r.URL.Query().Get("wait")
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		ms, merr := strconv.ParseInt(v, 10, 64)
+		if merr != nil {
+			return 0, protocol.Errorf(protocol.CodeBadParams, "wait: want a duration like 10s")
+		}
+		d = time.Duration(ms) * time.Millisecond
+	}
+	if d < 0 {
+		return 0, protocol.Errorf(protocol.CodeBadParams, "wait must not be negative")
+	}
+	return min(d, s.cfg.MaxWait), nil
+}
+
+// writeErr maps an error to its status and code.
+func (s *Server) writeErr(w http.ResponseWriter, err error) {
+	var f *protocol.Failure
+	switch {
+	case errors.As(err, &f):
+		writeError(w, http.StatusBadRequest, f.Code, f.Message)
+	case errors.Is(err, ErrUnknownDevice):
+		writeError(w, http.StatusNotFound, protocol.CodeNotFound, "unknown device")
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, protocol.CodeNotFound, "unknown request")
+	case errors.Is(err, ErrQueueFull):
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusTooManyRequests, protocol.CodeQueueFull, "device queue is full")
+	case errors.Is(err, ErrClosed):
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "relay is shutting down")
+	default:
+		s.log.Error("request failed", "err", err)
+		writeError(w, http.StatusInternalServerError, protocol.CodeInternal, "internal error")
+	}
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, protocol.APIError{Error: protocol.Failure{Code: code, Message: msg}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b = []byte(`{"error":{"code":"internal","message":"encoding failed"}}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}

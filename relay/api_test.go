@@ -1,0 +1,225 @@
+package relay
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+func TestHealthzNeedsNoAuth(t *testing.T) {
+	e := newEnv(t)
+	resp, err := http.Get(e.ts.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]bool
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || resp.StatusCode != 200 || !body["ok"] {
+		t.Fatalf("status %d body %v err %v", resp.StatusCode, body, err)
+	}
+}
+
+func TestClientAuth(t *testing.T) {
+	e := newEnv(t)
+	tests := []struct{ name, header string }{
+		{"missing", ""},
+		{"wrong key", "Bearer " + ClientKeyPrefix + "nope"},
+		{"device token", "Bearer " + e.token},
+		{"not bearer", "Basic " + e.key},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", e.ts.URL+"/v1/devices", nil)
+			if tc.header != "" {
+				req.Header.Set("Authorization", tc.header)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var body protocol.APIError
+			json.NewDecoder(resp.Body).Decode(&body)
+			if resp.StatusCode != http.StatusUnauthorized || body.Error.Code != codeUnauthorized {
+				t.Fatalf("status %d body %+v", resp.StatusCode, body)
+			}
+		})
+	}
+}
+
+func TestAPIErrors(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MaxFrame = 1024 })
+	big := `{"method":"m","params":{"pad":"` + strings.Repeat("x", 2000) + `"}}`
+	tests := []struct {
+		name, method, path string
+		body               any
+		status             int
+		code               string
+	}{
+		{"unknown device info", "GET", "/v1/devices/nope", nil, 404, protocol.CodeNotFound},
+		{"unknown device submit", "POST", "/v1/devices/nope/requests", protocol.Submit{Method: "m"}, 404, protocol.CodeNotFound},
+		{"unknown device events", "GET", "/v1/devices/nope/events", nil, 404, protocol.CodeNotFound},
+		{"unknown request", "GET", "/v1/requests/r-nope", nil, 404, protocol.CodeNotFound},
+		{"malformed JSON", "POST", "/v1/devices/dev1/requests", `{"method":`, 400, codeBadRequest},
+		{"trailing data", "POST", "/v1/devices/dev1/requests", `{"method":"m"} {}`, 400, codeBadRequest},
+		{"oversized body", "POST", "/v1/devices/dev1/requests", big, 413, protocol.CodeTooLarge},
+		{"missing method", "POST", "/v1/devices/dev1/requests", `{}`, 400, protocol.CodeBadParams},
+		{"bad timeout", "POST", "/v1/devices/dev1/requests", `{"method":"m","timeout":"-1s"}`, 400, protocol.CodeBadParams},
+		{"bad params", "POST", "/v1/devices/dev1/requests", `{"method":"m","params":"x"}`, 202, ""},
+		{"bad wait", "POST", "/v1/devices/dev1/requests?wait=soon", protocol.Submit{Method: "m"}, 400, protocol.CodeBadParams},
+		{"bad after", "GET", "/v1/devices/dev1/events?after=-1", nil, 400, protocol.CodeBadParams},
+		{"method not allowed", "PUT", "/v1/devices/dev1/requests", nil, 405, codeMethodNotAllowed},
+		{"no such endpoint", "GET", "/v2/nothing", nil, 404, protocol.CodeNotFound},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st, body := e.do(tc.method, tc.path, tc.body)
+			if st != tc.status {
+				t.Fatalf("status %d, want %d: %s", st, tc.status, body)
+			}
+			if tc.code != "" {
+				if got := apiCode(t, body); got != tc.code {
+					t.Fatalf("code %q, want %q: %s", got, tc.code, body)
+				}
+			}
+		})
+	}
+}
+
+func TestQueueFull(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.QueueLimit = 2 })
+	e.submit(protocol.Submit{Method: "m"})
+	e.submit(protocol.Submit{Method: "m"})
+	req, _ := http.NewRequest("POST", e.ts.URL+"/v1/devices/dev1/requests", strings.NewReader(`{"method":"m"}`))
+	req.Header.Set("Authorization", "Bearer "+e.key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body protocol.APIError
+	json.NewDecoder(resp.Body).Decode(&body)
+	if resp.StatusCode != http.StatusTooManyRequests || body.Error.Code != protocol.CodeQueueFull || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("status %d body %+v retry-after %q", resp.StatusCode, body, resp.Header.Get("Retry-After"))
+	}
+}
+
+func TestDevicesList(t *testing.T) {
+	e := newEnv(t)
+	if _, err := AddDevice(e.cfg.DataDir, "dev2"); err != nil {
+		t.Fatal(err)
+	}
+	a := dialAgent(e, e.token)
+	_ = a
+	st, body := e.do("GET", "/v1/devices", nil)
+	if st != 200 {
+		t.Fatalf("status %d", st)
+	}
+	got := decode[struct{ Devices []protocol.DeviceInfo }](t, body).Devices
+	if len(got) != 2 || got[0].ID != "dev1" || !got[0].Online || got[0].Agent != "test/1" ||
+		got[0].LastSeen == nil || got[1].ID != "dev2" || got[1].Online {
+		t.Fatalf("devices %s", body)
+	}
+}
+
+func TestGetWaitTimesOutWithCurrentState(t *testing.T) {
+	e := newEnv(t)
+	rec := e.submit(protocol.Submit{Method: "m"})
+	start := time.Now()
+	st, body := e.do("GET", "/v1/requests/"+rec.ID+"?wait=30ms", nil)
+	if st != 200 || decode[protocol.Record](t, body).State != protocol.StateQueued {
+		t.Fatalf("%d %s", st, body)
+	}
+	if time.Since(start) < 30*time.Millisecond {
+		t.Fatal("wait returned early")
+	}
+}
+
+func TestEvents(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.EventsKept = 3 })
+	a := dialAgent(e, e.token)
+	sendEvent := func(seq uint64) {
+		t.Helper()
+		a.send(&protocol.Event{Seq: seq, Name: "gpio.edge", Data: json.RawMessage(`{"pin":"GPIO27"}`), AgeMs: 1000})
+		if ack := nextAs[*protocol.Ack](a); ack.Events != seq {
+			t.Fatalf("ack %+v, want events %d", ack, seq)
+		}
+	}
+	sendEvent(1)
+	sendEvent(2)
+	sendEvent(1) // duplicate: acked, not stored again
+	events := func(query string) []protocol.EventRecord {
+		t.Helper()
+		st, body := e.do("GET", "/v1/devices/dev1/events"+query, nil)
+		if st != 200 {
+			t.Fatalf("status %d: %s", st, body)
+		}
+		return decode[struct{ Events []protocol.EventRecord }](t, body).Events
+	}
+	got := events("?after=0")
+	if len(got) != 2 || got[0].Seq != 1 || got[1].Seq != 2 || got[0].Name != "gpio.edge" {
+		t.Fatalf("events %+v", got)
+	}
+	if age := time.Since(got[0].Time); age < time.Second || age > time.Minute {
+		t.Fatalf("event time %v is not now-age", got[0].Time)
+	}
+	if got := events("?after=2"); len(got) != 0 {
+		t.Fatalf("after=2: %+v", got)
+	}
+
+	// A long-poll is woken by the next event.
+	polled := make(chan []protocol.EventRecord, 1)
+	go func() {
+		st, body := e.do("GET", "/v1/devices/dev1/events?after=2&wait=5s", nil)
+		if st != 200 {
+			polled <- nil
+			return
+		}
+		polled <- decode[struct{ Events []protocol.EventRecord }](t, body).Events
+	}()
+	sendEvent(3)
+	select {
+	case got := <-polled:
+		if len(got) != 1 || got[0].Seq != 3 {
+			t.Fatalf("long-poll got %+v", got)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("long-poll not woken")
+	}
+
+	// Only EventsKept remain.
+	sendEvent(4)
+	sendEvent(5)
+	if got := events("?after=0"); len(got) != 3 || got[0].Seq != 3 {
+		t.Fatalf("after trimming: %+v", got)
+	}
+}
+
+func TestResultRetention(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.ResultRetention = 20 * time.Millisecond })
+	rec := e.submit(protocol.Submit{Method: "m"})
+	e.do("DELETE", "/v1/requests/"+rec.ID, nil)
+	waitFor(t, "deletion of the finished request", func() bool {
+		st, _ := e.do("GET", "/v1/requests/"+rec.ID, nil)
+		return st == http.StatusNotFound
+	})
+}
+
+func TestMaxRetained(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MaxRetained = 1 })
+	first := e.submit(protocol.Submit{Method: "m"})
+	second := e.submit(protocol.Submit{Method: "m"})
+	e.do("DELETE", "/v1/requests/"+first.ID, nil)
+	e.do("DELETE", "/v1/requests/"+second.ID, nil)
+	waitFor(t, "deletion of the oldest result", func() bool {
+		st, _ := e.do("GET", "/v1/requests/"+first.ID, nil)
+		return st == http.StatusNotFound
+	})
+	if got := e.record(second.ID, ""); got.State != protocol.StateCanceled {
+		t.Fatalf("newest result %+v", got)
+	}
+}

@@ -1,0 +1,365 @@
+package relay
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// Secret prefixes tell a device token from a client key at a glance (and in
+// leaked-secret scanners).
+const (
+	DeviceTokenPrefix = "tdv_"
+	ClientKeyPrefix   = "tck_"
+)
+
+const (
+	credentialsFile = "credentials.json"
+	credentialsLock = "credentials.lock"
+	secretBytes     = 32
+)
+
+// credentials is the on-disk form of DIR/credentials.json.
+type credentials struct {
+	Devices []credEntry `json:"devices"`
+	Clients []credEntry `json:"clients"`
+}
+
+// credEntry is one device or client. Only the SHA-256 of its secret is kept.
+type credEntry struct {
+	Name    string    `json:"name"`
+	SHA256  string    `json:"sha256"`
+	Created time.Time `json:"created"`
+}
+
+// Credential describes a registered device or client, without its secret.
+type Credential struct {
+	Name    string
+	Created time.Time
+}
+
+// ValidName reports whether s can be a device id or client name: a
+// protocol.ValidID made only of [A-Za-z0-9._-], so it is safe in URL paths.
+func ValidName(s string) bool {
+	if !protocol.ValidID(s) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			c == '.' || c == '_' || c == '-'
+		if !ok {
+			return false
+		}
+	}
+	return s != "." && s != ".."
+}
+
+// AddDevice registers device id in dir and returns its new token. It works
+// whether or not a relay is running on dir.
+func AddDevice(dir, id string) (token string, err error) {
+	return addCredential(dir, id, DeviceTokenPrefix, func(c *credentials) *[]credEntry { return &c.Devices })
+}
+
+// AddClient registers client name in dir and returns its new API key.
+func AddClient(dir, name string) (key string, err error) {
+	return addCredential(dir, name, ClientKeyPrefix, func(c *credentials) *[]credEntry { return &c.Clients })
+}
+
+// ListDevices returns the registered devices, sorted by id.
+func ListDevices(dir string) ([]Credential, error) {
+	c, err := readCredentials(dir)
+	if err != nil {
+		return nil, err
+	}
+	return listOf(c.Devices), nil
+}
+
+// ListClients returns the registered clients, sorted by name.
+func ListClients(dir string) ([]Credential, error) {
+	c, err := readCredentials(dir)
+	if err != nil {
+		return nil, err
+	}
+	return listOf(c.Clients), nil
+}
+
+func listOf(es []credEntry) []Credential {
+	out := make([]Credential, 0, len(es))
+	for _, e := range es {
+		out = append(out, Credential{Name: e.Name, Created: e.Created})
+	}
+	slices.SortFunc(out, func(a, b Credential) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+func addCredential(dir, name, prefix string, list func(*credentials) *[]credEntry) (string, error) {
+	if !ValidName(name) {
+		return "", fmt.Errorf("%w: %q (want 1..%d of [A-Za-z0-9._-])", ErrInvalidName, name, protocol.MaxIDLen)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("relay: credentials: %w", err)
+	}
+	unlock, err := lockFile(filepath.Join(dir, credentialsLock))
+	if err != nil {
+		return "", fmt.Errorf("relay: credentials lock: %w", err)
+	}
+	defer unlock()
+
+	c, err := readCredentials(dir)
+	if err != nil {
+		return "", err
+	}
+	l := list(c)
+	for _, e := range *l {
+		if e.Name == name {
+			return "", fmt.Errorf("%w: %q", ErrExists, name)
+		}
+	}
+	secret, err := newSecret(prefix)
+	if err != nil {
+		return "", err
+	}
+	*l = append(*l, credEntry{Name: name, SHA256: hashSecret(secret), Created: time.Now().UTC()})
+	if err := writeCredentials(dir, c); err != nil {
+		return "", err
+	}
+	return secret, nil
+}
+
+func newSecret(prefix string) (string, error) {
+	b := make([]byte, secretBytes)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("relay: random: %w", err)
+	}
+	return prefix + base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+func hashSecret(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(h[:])
+}
+
+// readCredentials reads dir's credentials; a missing file is empty.
+func readCredentials(dir string) (*credentials, error) {
+	b, err := os.ReadFile(filepath.Join(dir, credentialsFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return &credentials{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("relay: credentials: %w", err)
+	}
+	var c credentials
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("relay: credentials %s: %w", filepath.Join(dir, credentialsFile), err)
+	}
+	return &c, nil
+}
+
+// writeCredentials replaces the file atomically: a reader sees the old or
+// the new file, never a torn one, and after a crash one of them survives.
+func writeCredentials(dir string, c *credentials) error {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return fmt.Errorf("relay: credentials: %w", err)
+	}
+	b = append(b, '\n')
+	tmp, err := os.CreateTemp(dir, credentialsFile+".tmp*")
+	if err != nil {
+		return fmt.Errorf("relay: credentials: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return fmt.Errorf("relay: credentials: %w", err)
+	}
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return fmt.Errorf("relay: credentials: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("relay: credentials: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("relay: credentials: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, credentialsFile)); err != nil {
+		return fmt.Errorf("relay: credentials: %w", err)
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("relay: sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("relay: sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// credCache is the running relay's view of credentials.json. It re-reads
+// the file whenever a stat shows it changed, so a device added by the admin
+// command can connect at once.
+type credCache struct {
+	dir string
+	log *slog.Logger
+
+	mu sync.Mutex
+	// Guarded by mu:
+	stat    fs.FileInfo          // of the file last loaded; nil if none
+	devices map[string]credEntry // by SHA-256 hex
+	clients map[string]credEntry // by SHA-256 hex
+	names   map[string]credEntry // device id → entry
+}
+
+func newCredCache(dir string, log *slog.Logger) (*credCache, error) {
+	c := &credCache{dir: dir, log: log}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.refreshLocked(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// refreshLocked reloads the file if it changed since the last load. If the
+// new file cannot be read, the old credentials stay in force.
+func (c *credCache) refreshLocked() error {
+	path := filepath.Join(c.dir, credentialsFile)
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		fi, err = nil, nil
+	}
+	if err != nil {
+		return fmt.Errorf("relay: credentials: %w", err)
+	}
+	if c.devices != nil && sameFile(c.stat, fi) {
+		return nil
+	}
+	creds := &credentials{}
+	if fi != nil {
+		if creds, err = readCredentials(c.dir); err != nil {
+			return err
+		}
+	}
+	c.stat = fi
+	c.devices = indexByHash(creds.Devices)
+	c.clients = indexByHash(creds.Clients)
+	c.names = make(map[string]credEntry, len(creds.Devices))
+	for _, e := range creds.Devices {
+		c.names[e.Name] = e
+	}
+	return nil
+}
+
+func sameFile(a, b fs.FileInfo) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
+}
+
+func indexByHash(es []credEntry) map[string]credEntry {
+	m := make(map[string]credEntry, len(es))
+	for _, e := range es {
+		m[strings.ToLower(e.SHA256)] = e
+	}
+	return m
+}
+
+// lookupLocked finds the entry whose hash matches secret. The map lookup
+// narrows to one candidate; the constant-time compare of the hash bytes is
+// what decides.
+func lookupLocked(m map[string]credEntry, secret string) (string, bool) {
+	sum := sha256.Sum256([]byte(secret))
+	e, ok := m[hex.EncodeToString(sum[:])]
+	if !ok {
+		return "", false
+	}
+	want, err := hex.DecodeString(e.SHA256)
+	if err != nil || subtle.ConstantTimeCompare(want, sum[:]) != 1 {
+		return "", false
+	}
+	return e.Name, true
+}
+
+// reloadLocked is refreshLocked for callers that keep serving with the
+// last good credentials when the file is broken.
+func (c *credCache) reloadLocked() {
+	if err := c.refreshLocked(); err != nil {
+		c.log.Error("credentials not reloaded; keeping the previous ones", "err", err)
+	}
+}
+
+// device returns the device id owning token.
+func (c *credCache) device(token string) (string, bool) {
+	if !strings.HasPrefix(token, DeviceTokenPrefix) {
+		return "", false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reloadLocked()
+	return lookupLocked(c.devices, token)
+}
+
+// client returns the client name owning key.
+func (c *credCache) client(key string) (string, bool) {
+	if !strings.HasPrefix(key, ClientKeyPrefix) {
+		return "", false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reloadLocked()
+	return lookupLocked(c.clients, key)
+}
+
+// hasDevice reports whether id is a registered device.
+func (c *credCache) hasDevice(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reloadLocked()
+	_, ok := c.names[id]
+	return ok
+}
+
+// deviceIDs returns all registered device ids, sorted.
+func (c *credCache) deviceIDs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reloadLocked()
+	ids := make([]string, 0, len(c.names))
+	for id := range c.names {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// bearer extracts the token of an "Authorization: Bearer" header.
+func bearer(h string) string {
+	const p = "bearer "
+	if len(h) < len(p) || !strings.EqualFold(h[:len(p)], p) {
+		return ""
+	}
+	return strings.TrimSpace(h[len(p):])
+}

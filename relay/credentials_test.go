@@ -1,0 +1,112 @@
+package relay
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+func TestValidName(t *testing.T) {
+	tests := []struct {
+		name string
+		ok   bool
+	}{
+		{"pi-1", true},
+		{"Board_2.lab", true},
+		{"", false},
+		{"a b", false},
+		{"a/b", false},
+		{"a%2f", false},
+		{"..", false},
+		{strings.Repeat("a", protocol.MaxIDLen), true},
+		{strings.Repeat("a", protocol.MaxIDLen+1), false},
+	}
+	for _, tc := range tests {
+		if got := ValidName(tc.name); got != tc.ok {
+			t.Errorf("ValidName(%q) = %v", tc.name, got)
+		}
+	}
+}
+
+func TestAddCredentials(t *testing.T) {
+	dir := t.TempDir()
+	tok, err := AddDevice(dir, "pi1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(tok, DeviceTokenPrefix) || len(tok) != len(DeviceTokenPrefix)+43 {
+		t.Fatalf("token %q", tok)
+	}
+	if _, err := AddDevice(dir, "pi1"); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate: %v", err)
+	}
+	if _, err := AddDevice(dir, "bad/name"); !errors.Is(err, ErrInvalidName) {
+		t.Fatalf("bad name: %v", err)
+	}
+	key, err := AddClient(dir, "pi1") // clients and devices are separate namespaces
+	if err != nil || !strings.HasPrefix(key, ClientKeyPrefix) {
+		t.Fatalf("client: %q %v", key, err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, credentialsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(raw), tok) || strings.Contains(string(raw), key) || !strings.Contains(string(raw), hashSecret(tok)) {
+		t.Fatal("credentials file must hold hashes, not secrets")
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, credentialsFile)); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v", fi.Mode())
+	}
+	devs, err := ListDevices(dir)
+	if err != nil || len(devs) != 1 || devs[0].Name != "pi1" {
+		t.Fatalf("list %+v %v", devs, err)
+	}
+}
+
+func TestAddCredentialsConcurrently(t *testing.T) {
+	dir := t.TempDir()
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := AddDevice(dir, "d"+string(rune('a'+i))); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	devs, err := ListDevices(dir)
+	if err != nil || len(devs) != 8 {
+		t.Fatalf("%d devices, %v: the lock must serialize updates", len(devs), err)
+	}
+}
+
+func TestCredentialsReloadWhileRunning(t *testing.T) {
+	e := newEnv(t)
+	tok, err := AddDevice(e.cfg.DataDir, "late")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, resp, err := dialRaw(e, tok, []string{protocol.Version})
+	if err != nil {
+		t.Fatalf("new device refused (%v): %v", resp.Status, err)
+	}
+	conn.Close()
+	if st, body := e.do("GET", "/v1/devices/late", nil); st != 200 {
+		t.Fatalf("%d %s", st, body)
+	}
+	// A new client key works at once too.
+	key, err := AddClient(e.cfg.DataDir, "cli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := e.srv.AuthenticateClient(key); !ok {
+		t.Fatal("new client key refused")
+	}
+}

@@ -1,0 +1,50 @@
+// Package relay is the tether relay server: the middleman between device-A
+// clients and tether-agents running on hardware (device B).
+//
+// A Server keeps one durable queue of requests per device in a bbolt
+// database (DIR/relay.db), hands queued requests to the device's agent over
+// the tether.v1 WebSocket (GET /v1/agent) only against the credits the agent
+// granted with pull frames, leases each delivered request to the session
+// that received it, records the first result for every request, and serves
+// the client REST API (/v1/devices, /v1/requests) with long-polling.
+//
+// Credentials live outside the database, in DIR/credentials.json, so that the
+// admin commands (AddDevice, AddClient) work whether the relay runs or not:
+// bbolt holds an exclusive lock on its file, a JSON file rewritten atomically
+// under an flock does not. The running relay notices a changed file on the
+// next authentication. Only SHA-256 hashes of secrets are stored.
+//
+// # Durability
+//
+// Every state change is committed to bbolt before anyone is told about it:
+// a request before its id is returned to the submitter, a delivery (with its
+// attempt count) before the request frame is written to the agent, a result
+// before the ack, an event before its ack. Commits go through bbolt's Batch,
+// so concurrent submitters share fsyncs. Each stored request carries a
+// revision number and a commit never overwrites a newer revision, so commits
+// of the same request issued from different goroutines cannot reorder.
+// The in-memory state is the authority for decisions (first result wins,
+// queue bound); a plain GET may observe a state a few milliseconds before it
+// is durable, but no acknowledgement is sent before it is.
+//
+// On start the queues are rebuilt from the store: delivered requests become
+// queued again at the head, in submission order, followed by the queued ones.
+//
+// # Redelivery
+//
+// When a session ends, its leased requests return to the head of the queue
+// in submission order. A request whose attempts have reached MaxAttempts is
+// not sent again: when it comes up for delivery it fails with code
+// undeliverable. An agent that reconnects and lists request ids in
+// hello.running gets them leased back without a resend and without spending
+// credits.
+//
+// # Goroutines
+//
+// Each agent session has exactly one reader (the HTTP handler goroutine) and
+// one writer goroutine. Only the writer writes: control frames arrive on a
+// bounded channel, requests and cancels are pulled from the hub whenever the
+// writer is woken, and pings are sent on a ticker. Run owns the sweeper
+// (expiry of queued requests, result retention) and, on return, has waited
+// for every session to end.
+package relay

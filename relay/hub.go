@@ -1,0 +1,579 @@
+package relay
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// maxCredits bounds the credits a session can accumulate, so a misbehaving
+// agent cannot overflow the counter with endless pulls.
+const maxCredits = 1 << 20
+
+// hub is the relay's request state machine: device queues, leases, results
+// and events. Decisions are made under mu; commits happen after mu is
+// released, and nothing is acknowledged before its commit returns.
+type hub struct {
+	cfg Config
+	st  *store
+	log *slog.Logger
+
+	mu sync.Mutex
+	// Guarded by mu:
+	live     map[string]*entry  // queued, delivered, and terminal but not yet settled
+	devices  map[string]*device // by id, created on first use
+	retained []retainedRef      // settled requests, oldest first
+	nextSeq  uint64             // Seq of the next submit
+}
+
+// retainedRef points at a finished request kept in the store.
+type retainedRef struct {
+	id       string
+	finished time.Time
+}
+
+// newHub rebuilds the in-memory state from st. No other goroutine can see
+// h yet, so the ...Locked helpers are called without the lock.
+func newHub(cfg Config, st *store) (*hub, error) {
+	h := &hub{
+		cfg:     cfg,
+		st:      st,
+		log:     cfg.Logger,
+		live:    make(map[string]*entry),
+		devices: make(map[string]*device),
+		nextSeq: 1,
+	}
+	metas, seqs, err := st.loadDevices()
+	if err != nil {
+		return nil, err
+	}
+	for id, m := range metas {
+		d := h.deviceLocked(id)
+		d.meta = m
+	}
+	for id, seq := range seqs {
+		h.deviceLocked(id).lastSeq = seq
+	}
+
+	var pending []storedRequest
+	err = st.loadRequests(func(r storedRequest) {
+		h.nextSeq = max(h.nextSeq, r.Seq+1)
+		if protocol.Terminal(r.State) {
+			fin := r.Created
+			if r.Finished != nil {
+				fin = *r.Finished
+			}
+			h.retained = append(h.retained, retainedRef{id: r.ID, finished: fin})
+			return
+		}
+		pending = append(pending, r)
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(h.retained, func(a, b retainedRef) int { return a.finished.Compare(b.finished) })
+	// Delivered requests lost their session with the restart: they go
+	// first, then the queued ones, each group in submission order.
+	slices.SortFunc(pending, func(a, b storedRequest) int {
+		ad, bd := a.State == protocol.StateDelivered, b.State == protocol.StateDelivered
+		if ad != bd {
+			if ad {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(a.Seq, b.Seq)
+	})
+	for _, r := range pending {
+		r.State = protocol.StateQueued
+		e := &entry{rec: r.Record, seq: r.Seq, rev: r.Rev, deadline: r.Deadline, done: make(chan struct{})}
+		h.live[r.ID] = e
+		d := h.deviceLocked(r.Device)
+		d.queue = append(d.queue, e)
+	}
+	return h, nil
+}
+
+// deviceLocked returns the state of device id, creating it if needed.
+func (h *hub) deviceLocked(id string) *device {
+	d := h.devices[id]
+	if d == nil {
+		d = newDevice(id)
+		h.devices[id] = d
+	}
+	return d
+}
+
+// commit makes c durable and then settles its finished entries, waking
+// their waiters. Entries are settled even when the commit fails: the error
+// is returned so the caller withholds its acknowledgement.
+func (h *hub) commit(c *changes) error {
+	err := h.st.putRequests(c.recs)
+	if err != nil {
+		h.log.Error("commit failed", "err", err)
+	}
+	if len(c.done) > 0 {
+		h.mu.Lock()
+		for _, e := range c.done {
+			h.settleLocked(e)
+		}
+		h.mu.Unlock()
+	}
+	return err
+}
+
+// settleLocked retires a committed terminal entry from memory; from now on
+// the store answers for it.
+func (h *hub) settleLocked(e *entry) {
+	if h.live[e.rec.ID] != e {
+		return
+	}
+	delete(h.live, e.rec.ID)
+	close(e.done)
+	h.retained = append(h.retained, retainedRef{id: e.rec.ID, finished: *e.rec.Finished})
+}
+
+// submit stores a new request for device and queues it.
+func (h *hub) submit(dev string, sub protocol.Submit) (protocol.Record, error) {
+	timeout := time.Duration(sub.Timeout)
+	if timeout <= 0 {
+		timeout = h.cfg.DefaultTimeout
+	}
+	timeout = min(timeout, h.cfg.MaxTimeout)
+
+	h.mu.Lock()
+	d := h.deviceLocked(dev)
+	if len(d.queue)+d.reserved >= h.cfg.QueueLimit {
+		h.mu.Unlock()
+		return protocol.Record{}, fmt.Errorf("%w: device %s has %d queued requests", ErrQueueFull, dev, h.cfg.QueueLimit)
+	}
+	d.reserved++
+	seq := h.nextSeq
+	h.nextSeq++
+	h.mu.Unlock()
+
+	now := time.Now()
+	e := &entry{
+		rec: protocol.Record{
+			ID:         newID("r"),
+			Device:     dev,
+			Method:     sub.Method,
+			Params:     sub.Params,
+			State:      protocol.StateQueued,
+			Idempotent: sub.Idempotent,
+			Timeout:    protocol.Duration(timeout),
+			Created:    now.UTC(),
+		},
+		seq:      seq,
+		rev:      1,
+		deadline: now.Add(timeout),
+		done:     make(chan struct{}),
+	}
+	// e is not shared yet, so it can be read without the lock.
+	err := h.st.putRequests([]storedRequest{e.storedLocked()})
+
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d.reserved--
+	if err != nil {
+		return protocol.Record{}, err
+	}
+	h.live[e.rec.ID] = e
+	d.queue = append(d.queue, e)
+	if d.sess != nil {
+		d.sess.poke()
+	}
+	return e.rec, nil
+}
+
+// get returns request id from memory or, once settled, from the store.
+func (h *hub) get(id string) (protocol.Record, error) {
+	h.mu.Lock()
+	if e := h.live[id]; e != nil {
+		rec := e.rec
+		h.mu.Unlock()
+		return rec, nil
+	}
+	h.mu.Unlock()
+	r, err := h.st.getRequest(id)
+	if err != nil {
+		return protocol.Record{}, err
+	}
+	return r.Record, nil
+}
+
+// wait blocks until request id is settled, ctx ends or stop is closed, and
+// returns its record at that moment.
+func (h *hub) wait(ctx context.Context, id string, stop <-chan struct{}) (protocol.Record, error) {
+	h.mu.Lock()
+	e := h.live[id]
+	var done chan struct{}
+	if e != nil {
+		done = e.done
+	}
+	h.mu.Unlock()
+	if done != nil {
+		select {
+		case <-done:
+		case <-ctx.Done():
+		case <-stop:
+		}
+	}
+	return h.get(id)
+}
+
+// cancel cancels a queued request at once or asks the agent to stop a
+// delivered one. For a finished request it returns the record and
+// ErrTerminal.
+func (h *hub) cancel(id string) (protocol.Record, error) {
+	h.mu.Lock()
+	e := h.live[id]
+	if e == nil {
+		h.mu.Unlock()
+		rec, err := h.get(id)
+		if err != nil {
+			return rec, err
+		}
+		return rec, fmt.Errorf("%w: %s is %s", ErrTerminal, id, rec.State)
+	}
+	switch e.rec.State {
+	case protocol.StateQueued:
+		var c changes
+		h.deviceLocked(e.rec.Device).removeLocked(e)
+		c.finishLocked(e, protocol.StateCanceled, protocol.Errorf(protocol.CodeCanceled, "canceled by a client before delivery"), time.Now())
+		rec := e.rec
+		h.mu.Unlock()
+		return rec, h.commit(&c)
+	case protocol.StateDelivered:
+		if !e.cancelAsked && e.sess != nil {
+			e.cancelAsked = true
+			e.sess.cancels = append(e.sess.cancels, id)
+			e.sess.poke()
+		}
+		rec := e.rec
+		h.mu.Unlock()
+		return rec, nil
+	default:
+		rec := e.rec
+		h.mu.Unlock()
+		return rec, fmt.Errorf("%w: %s is %s", ErrTerminal, id, rec.State)
+	}
+}
+
+// addCredits grants s n more credits.
+func (h *hub) addCredits(s *session, n int) {
+	h.mu.Lock()
+	s.credits = min(s.credits+n, maxCredits)
+	h.mu.Unlock()
+	s.poke()
+}
+
+// seen notes traffic from s's device.
+func (h *hub) seen(s *session) {
+	h.mu.Lock()
+	h.deviceLocked(s.device).meta.LastSeen = time.Now().UTC()
+	h.mu.Unlock()
+}
+
+// work is what a session's writer must send next.
+type work struct {
+	cancels  []string
+	requests []protocol.Request
+}
+
+// takeWork leases up to s's credits of queued requests to s and commits
+// the deliveries; the writer sends the frames only after that. Requests
+// found expired or out of attempts on the way are finished instead.
+func (h *hub) takeWork(s *session) (work, error) {
+	var (
+		c   changes
+		out work
+	)
+	now := time.Now()
+	h.mu.Lock()
+	d := h.deviceLocked(s.device)
+	if d.sess != s {
+		h.mu.Unlock()
+		return out, nil
+	}
+	out.cancels, s.cancels = s.cancels, nil
+	for s.credits > 0 && len(d.queue) > 0 {
+		e := d.popLocked()
+		switch {
+		case !now.Before(e.deadline):
+			c.finishLocked(e, protocol.StateExpired, protocol.Errorf(protocol.CodeExpired, "deadline passed before delivery"), now)
+		case e.rec.Attempts >= h.cfg.MaxAttempts:
+			c.finishLocked(e, protocol.StateFailed, protocol.Errorf(protocol.CodeUndeliverable,
+				"delivered %d times without a result", e.rec.Attempts), now)
+		default:
+			e.rec.Attempts++
+			e.rec.State = protocol.StateDelivered
+			e.sess = s
+			s.leases[e.rec.ID] = e
+			s.credits--
+			c.touchLocked(e)
+			out.requests = append(out.requests, protocol.Request{
+				ID:         e.rec.ID,
+				Method:     e.rec.Method,
+				Params:     e.rec.Params,
+				TimeoutMs:  remainingMs(e.deadline, now),
+				Attempt:    e.rec.Attempts,
+				Idempotent: e.rec.Idempotent,
+			})
+		}
+	}
+	h.mu.Unlock()
+	if err := h.commit(&c); err != nil {
+		return work{}, err
+	}
+	return out, nil
+}
+
+// attach makes s the device's session, replacing (and stopping) an older
+// one, and re-leases the requests hello says are still running.
+func (h *hub) attach(s *session, hello *protocol.Hello) error {
+	var c changes
+	now := time.Now()
+	running := make(map[string]bool, len(hello.Running))
+	for _, id := range hello.Running {
+		running[id] = true
+	}
+
+	h.mu.Lock()
+	d := h.deviceLocked(s.device)
+	if old := d.sess; old != nil {
+		h.releaseLocked(d, old, running, s, &c, now)
+		old.stop(closeReplaced, "replaced by a newer session")
+	}
+	d.sess = s
+	for _, id := range hello.Running {
+		e := h.live[id]
+		if e == nil || e.rec.Device != d.id || e.rec.State != protocol.StateQueued {
+			continue
+		}
+		d.removeLocked(e)
+		e.rec.State = protocol.StateDelivered
+		e.rec.Attempts = max(e.rec.Attempts, 1)
+		e.sess = s
+		s.leases[id] = e
+		c.touchLocked(e)
+	}
+	d.meta = deviceMeta{
+		LastSeen:  now.UTC(),
+		Agent:     hello.Agent,
+		Board:     hello.Board,
+		Methods:   hello.Methods,
+		Resources: hello.Resources,
+	}
+	meta := d.meta
+	d.notifyLocked()
+	h.mu.Unlock()
+
+	if err := h.commit(&c); err != nil {
+		return err
+	}
+	return h.st.putDevice(s.device, meta)
+}
+
+// detach ends s: its leased requests go back to the head of the queue.
+func (h *hub) detach(s *session) {
+	var c changes
+	now := time.Now()
+	h.mu.Lock()
+	d := h.deviceLocked(s.device)
+	if d.sess != s {
+		// Never attached, or replaced: attach already released the leases.
+		h.mu.Unlock()
+		return
+	}
+	h.releaseLocked(d, s, nil, nil, &c, now)
+	d.sess = nil
+	d.meta.LastSeen = now.UTC()
+	meta := d.meta
+	d.notifyLocked()
+	h.mu.Unlock()
+
+	if err := h.commit(&c); err != nil {
+		h.log.Error("requeue after session end", "device", s.device, "err", err)
+	}
+	if err := h.st.putDevice(s.device, meta); err != nil {
+		h.log.Error("save device", "device", s.device, "err", err)
+	}
+}
+
+// releaseLocked takes every lease from old. Leases listed in keep move to
+// the session to; the others go back to the head of the queue in submission
+// order, except those a client asked to cancel, which end canceled.
+func (h *hub) releaseLocked(d *device, old *session, keep map[string]bool, to *session, c *changes, now time.Time) {
+	leases := make([]*entry, 0, len(old.leases))
+	for _, e := range old.leases {
+		leases = append(leases, e)
+	}
+	clear(old.leases)
+	slices.SortFunc(leases, func(a, b *entry) int { return cmp.Compare(a.seq, b.seq) })
+	var back []*entry
+	for _, e := range leases {
+		if to != nil && keep[e.rec.ID] {
+			e.sess = to
+			to.leases[e.rec.ID] = e
+			if e.cancelAsked {
+				to.cancels = append(to.cancels, e.rec.ID)
+			}
+			continue
+		}
+		if e.cancelAsked {
+			c.finishLocked(e, protocol.StateCanceled, protocol.Errorf(protocol.CodeCanceled, "canceled by a client; the agent went away"), now)
+			continue
+		}
+		e.sess = nil
+		e.rec.State = protocol.StateQueued
+		c.touchLocked(e)
+		back = append(back, e)
+	}
+	d.pushFrontLocked(back)
+}
+
+// result records res unless the request already ended. It returns once the
+// outcome for res.ID is durable, so the caller can ack.
+func (h *hub) result(s *session, res *protocol.Result) error {
+	var c changes
+	h.mu.Lock()
+	e := h.live[res.ID]
+	if e == nil || e.rec.Device != s.device {
+		// Unknown, another device's, or settled long ago: ack so the agent
+		// drops it.
+		h.mu.Unlock()
+		return nil
+	}
+	if protocol.Terminal(e.rec.State) {
+		// A first result is being committed; ack this one after it.
+		done := e.done
+		h.mu.Unlock()
+		select {
+		case <-done:
+		case <-s.quit:
+		}
+		return nil
+	}
+	if e.rec.State == protocol.StateQueued {
+		h.deviceLocked(e.rec.Device).removeLocked(e)
+	} else if e.sess != nil {
+		delete(e.sess.leases, e.rec.ID)
+	}
+	if res.State == protocol.StateSucceeded {
+		e.rec.Result = res.Value
+	}
+	e.rec.RunMs = res.RunMs
+	c.finishLocked(e, res.State, res.Error, time.Now())
+	h.mu.Unlock()
+	return h.commit(&c)
+}
+
+// event stores ev for s's device unless its seq was seen before.
+func (h *hub) event(s *session, ev *protocol.Event) error {
+	now := time.Now()
+	h.mu.Lock()
+	d := h.deviceLocked(s.device)
+	if ev.Seq <= d.lastSeq {
+		h.mu.Unlock()
+		return nil
+	}
+	prev := d.lastSeq
+	d.lastSeq = ev.Seq
+	h.mu.Unlock()
+
+	rec := protocol.EventRecord{
+		Seq:  ev.Seq,
+		Name: ev.Name,
+		Data: ev.Data,
+		Time: now.Add(-time.Duration(ev.AgeMs) * time.Millisecond).UTC(),
+	}
+	err := h.st.putEvent(s.device, rec, h.cfg.EventsKept)
+
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err != nil {
+		if d.lastSeq == ev.Seq {
+			d.lastSeq = prev
+		}
+		return err
+	}
+	d.notifyLocked()
+	return nil
+}
+
+// sweep expires queued requests past their deadline and deletes finished
+// ones beyond the retention limits.
+func (h *hub) sweep(now time.Time) {
+	var c changes
+	var drop []string
+	cutoff := now.Add(-h.cfg.ResultRetention)
+
+	h.mu.Lock()
+	for _, d := range h.devices {
+		kept := d.queue[:0]
+		for _, e := range d.queue {
+			if now.Before(e.deadline) {
+				kept = append(kept, e)
+				continue
+			}
+			c.finishLocked(e, protocol.StateExpired, protocol.Errorf(protocol.CodeExpired, "deadline passed while queued"), now)
+		}
+		clear(d.queue[len(kept):])
+		d.queue = kept
+	}
+	for len(h.retained) > 0 && (h.retained[0].finished.Before(cutoff) || len(h.retained) > h.cfg.MaxRetained) {
+		drop = append(drop, h.retained[0].id)
+		h.retained = h.retained[1:]
+	}
+	h.mu.Unlock()
+
+	if err := h.commit(&c); err != nil {
+		h.log.Error("sweep: expire", "err", err)
+	}
+	if err := h.st.deleteRequests(drop); err != nil {
+		h.log.Error("sweep: delete old results", "err", err)
+	}
+}
+
+// deviceInfo describes device id.
+func (h *hub) deviceInfo(id string) protocol.DeviceInfo {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d := h.deviceLocked(id)
+	info := protocol.DeviceInfo{
+		ID:        id,
+		Online:    d.sess != nil,
+		Agent:     d.meta.Agent,
+		Board:     d.meta.Board,
+		Methods:   d.meta.Methods,
+		Resources: d.meta.Resources,
+		Queued:    len(d.queue),
+	}
+	if !d.meta.LastSeen.IsZero() {
+		t := d.meta.LastSeen
+		info.LastSeen = &t
+	}
+	return info
+}
+
+// changed returns a channel closed at the next event or presence change of
+// device id.
+func (h *hub) changed(id string) <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.deviceLocked(id).changed
+}
+
+// lastEventSeq returns the highest event seq stored for device id.
+func (h *hub) lastEventSeq(id string) uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.deviceLocked(id).lastSeq
+}

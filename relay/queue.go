@@ -1,0 +1,117 @@
+package relay
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"slices"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// entry is a live (not yet settled) request. Its fields are guarded by
+// hub.mu.
+type entry struct {
+	rec      protocol.Record
+	seq      uint64    // submission order
+	rev      uint64    // revision of the last committed change
+	deadline time.Time // rec.Created + rec.Timeout on the relay's clock
+	// sess holds the lease while the request is delivered.
+	sess *session
+	// cancelAsked is set once a client asked to cancel a delivered request.
+	cancelAsked bool
+	// done is closed once the request's terminal state is committed.
+	done chan struct{}
+}
+
+func (e *entry) storedLocked() storedRequest {
+	return storedRequest{Record: e.rec, Seq: e.seq, Deadline: e.deadline, Rev: e.rev}
+}
+
+// device is the relay's state for one device. Its fields are guarded by
+// hub.mu.
+type device struct {
+	id       string
+	queue    []*entry // queued requests, head first
+	reserved int      // submits being committed; they count against the bound
+	sess     *session // current agent session, or nil when offline
+	meta     deviceMeta
+	lastSeq  uint64 // highest event seq stored
+	// changed is closed and replaced on every event and presence change,
+	// so waiters need no registration.
+	changed chan struct{}
+}
+
+func newDevice(id string) *device {
+	return &device{id: id, changed: make(chan struct{})}
+}
+
+func (d *device) notifyLocked() {
+	close(d.changed)
+	d.changed = make(chan struct{})
+}
+
+// removeLocked takes e out of the queue; it reports whether e was queued.
+func (d *device) removeLocked(e *entry) bool {
+	i := slices.Index(d.queue, e)
+	if i < 0 {
+		return false
+	}
+	d.queue = slices.Delete(d.queue, i, i+1)
+	return true
+}
+
+// popLocked removes and returns the head of the queue.
+func (d *device) popLocked() *entry {
+	e := d.queue[0]
+	d.queue[0] = nil
+	d.queue = d.queue[1:]
+	return e
+}
+
+// pushFrontLocked puts es, already in order, at the head of the queue.
+func (d *device) pushFrontLocked(es []*entry) {
+	if len(es) == 0 {
+		return
+	}
+	d.queue = append(slices.Clip(es), d.queue...)
+}
+
+// changes collects request updates made under hub.mu so they can be
+// committed after the lock is released.
+type changes struct {
+	recs []storedRequest
+	done []*entry // entries that reached a terminal state
+}
+
+// touchLocked records e's current state as a new revision.
+func (c *changes) touchLocked(e *entry) {
+	e.rev++
+	c.recs = append(c.recs, e.storedLocked())
+}
+
+// finishLocked moves e to a terminal state. The caller has already taken e
+// out of its queue or lease.
+func (c *changes) finishLocked(e *entry, state string, fail *protocol.Failure, now time.Time) {
+	t := now.UTC()
+	e.rec.State = state
+	e.rec.Error = fail
+	e.rec.Finished = &t
+	e.sess = nil
+	c.touchLocked(e)
+	c.done = append(c.done, e)
+}
+
+// remainingMs is the time from now to deadline in whole milliseconds, at
+// least 1 so that the request frame stays valid.
+func remainingMs(deadline, now time.Time) int64 {
+	ms := deadline.Sub(now).Milliseconds()
+	return max(1, min(ms, protocol.MaxTimeoutMs))
+}
+
+// newID returns prefix followed by 96 random bits in hex.
+func newID(prefix string) string {
+	b := make([]byte, 12)
+	rand.Read(b) // never fails (crypto/rand, Go 1.24+)
+	return prefix + hex.EncodeToString(b)
+}

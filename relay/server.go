@@ -1,0 +1,262 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// Server is a tether relay. Create it with New, serve Handler (or call
+// ListenAndServe), run Run for its background work, and Close it at the end.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	st       *store
+	creds    *credCache
+	hub      *hub
+	upgrader websocket.Upgrader
+	sessions tracker
+
+	shutdownOnce sync.Once
+	shutdown     chan struct{} // closed when the server stops serving
+	closeOnce    sync.Once
+	closeErr     error
+}
+
+// New opens the store in cfg.DataDir, rebuilds the queues from it and loads
+// the credentials.
+func New(cfg Config) (*Server, error) {
+	cfg = cfg.withDefaults()
+	if cfg.DataDir == "" {
+		return nil, errors.New("relay: DataDir is required")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("relay: data dir: %w", err)
+	}
+	creds, err := newCredCache(cfg.DataDir, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	st, err := openStore(filepath.Join(cfg.DataDir, "relay.db"))
+	if err != nil {
+		return nil, err
+	}
+	h, err := newHub(cfg, st)
+	if err != nil {
+		st.close()
+		return nil, err
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		st:       st,
+		creds:    creds,
+		hub:      h,
+		shutdown: make(chan struct{}),
+		upgrader: websocket.Upgrader{
+			Subprotocols:     []string{protocol.Version},
+			HandshakeTimeout: cfg.WriteTimeout,
+		},
+	}
+	s.sessions.live = make(map[*session]struct{})
+	return s, nil
+}
+
+// Config returns the effective configuration, defaults filled in.
+func (s *Server) Config() Config { return s.cfg }
+
+// Run does the relay's background work (expiry of queued requests, result
+// retention) until ctx ends. It then ends long-polls, closes every agent
+// session with a close frame, and returns once all of them have stopped.
+func (s *Server) Run(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.stopServing()
+			s.sessions.wait()
+			return nil
+		case now := <-t.C:
+			s.hub.sweep(now)
+		}
+	}
+}
+
+// stopServing refuses new sessions, ends long-polls and asks every session
+// to close.
+func (s *Server) stopServing() {
+	s.shutdownOnce.Do(func() { close(s.shutdown) })
+	s.sessions.closeAll(websocket.CloseGoingAway, "relay shutting down")
+}
+
+// Close stops serving, waits for the sessions to end and closes the store.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.stopServing()
+		s.sessions.wait()
+		s.closeErr = s.st.close()
+	})
+	return s.closeErr
+}
+
+// ListenAndServe serves on cfg.Listen until ctx ends, then shuts down
+// gracefully: it stops accepting, ends long-polls, closes agent sessions
+// with a close frame and waits for all of it. It does not Close the store.
+func (s *Server) ListenAndServe(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("relay: listen: %w", err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve is ListenAndServe on an existing listener, which it closes.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	s.log.Info("relay listening", "addr", ln.Addr().String(), "version", s.cfg.Version)
+
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	serveErr := make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		serveErr <- hs.Serve(ln)
+	}()
+	go func() {
+		defer wg.Done()
+		s.Run(runCtx)
+	}()
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+	}
+	// Stop accepting first, then end sessions and long-polls; Shutdown
+	// waits for the HTTP requests, which end once shutdown is closed.
+	stopRun()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	if serr := hs.Shutdown(sctx); serr != nil {
+		hs.Close()
+		if err == nil {
+			err = fmt.Errorf("relay: shutdown: %w", serr)
+		}
+	}
+	wg.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("relay: serve: %w", err)
+	}
+	s.log.Info("relay stopped")
+	return nil
+}
+
+// handleAgent serves GET /v1/agent: authentication and subprotocol are
+// checked before the upgrade so refusals are plain HTTP with a JSON body.
+func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
+	dev, ok := s.creds.device(bearer(r.Header.Get("Authorization")))
+	if !ok {
+		writeError(w, http.StatusUnauthorized, codeUnauthorized, "missing or invalid device token")
+		return
+	}
+	if !websocket.IsWebSocketUpgrade(r) {
+		writeError(w, http.StatusBadRequest, codeBadRequest, "WebSocket upgrade required")
+		return
+	}
+	if !slices.Contains(websocket.Subprotocols(r), protocol.Version) {
+		writeError(w, http.StatusBadRequest, codeBadRequest, "unsupported subprotocol, want "+protocol.Version)
+		return
+	}
+	if !s.sessions.add() {
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "relay is shutting down")
+		return
+	}
+	defer s.sessions.done()
+
+	conn, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader has answered
+	}
+	sess := newSession(conn, dev, &s.cfg, s.hub)
+	s.sessions.register(sess)
+	defer s.sessions.unregister(sess)
+	sess.run()
+}
+
+// tracker owns the agent sessions so that shutdown can close them and wait.
+type tracker struct {
+	wg sync.WaitGroup
+
+	mu sync.Mutex
+	// Guarded by mu:
+	closed    bool
+	closeCode int
+	closeText string
+	live      map[*session]struct{}
+}
+
+// add counts a session about to start; it fails once shutdown began.
+func (t *tracker) add() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
+	t.wg.Add(1)
+	return true
+}
+
+func (t *tracker) done() { t.wg.Done() }
+
+// register makes s reachable for closeAll. A session registered after
+// closeAll is stopped at once.
+func (t *tracker) register(s *session) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.live[s] = struct{}{}
+	if t.closed {
+		s.stop(t.closeCode, t.closeText)
+	}
+}
+
+func (t *tracker) unregister(s *session) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.live, s)
+}
+
+func (t *tracker) closeAll(code int, text string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.closed {
+		t.closed, t.closeCode, t.closeText = true, code, text
+	}
+	for s := range t.live {
+		s.stop(code, text)
+	}
+}
+
+func (t *tracker) wait() { t.wg.Wait() }

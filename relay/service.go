@@ -1,0 +1,122 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// ClientService is what a client transport needs from the relay. The REST
+// API is built on it, and so will be the /v1/client WebSocket: submit, get,
+// cancel and wait for requests, read devices, and follow a device's events
+// and presence. *Server implements it.
+type ClientService interface {
+	// AuthenticateClient returns the client name owning key.
+	AuthenticateClient(key string) (name string, ok bool)
+	// Devices describes every registered device.
+	Devices() []protocol.DeviceInfo
+	// Device describes one device, or fails with ErrUnknownDevice.
+	Device(id string) (protocol.DeviceInfo, error)
+	// Submit stores and queues a request; the record it returns is durable.
+	Submit(ctx context.Context, device string, sub protocol.Submit) (protocol.Record, error)
+	// Request returns a request's current record, or ErrNotFound.
+	Request(id string) (protocol.Record, error)
+	// WaitRequest blocks until the request is terminal, ctx ends or the
+	// server stops, and returns its record at that moment.
+	WaitRequest(ctx context.Context, id string) (protocol.Record, error)
+	// Cancel cancels a request: a queued one ends canceled at once, a
+	// delivered one gets a cancel sent to its agent (and stays delivered
+	// until the agent answers). A finished one yields ErrTerminal and its
+	// record.
+	Cancel(id string) (protocol.Record, error)
+	// Events returns up to limit stored events of device with Seq > after.
+	Events(device string, after uint64, limit int) ([]protocol.EventRecord, error)
+	// DeviceChanged returns a channel closed at the device's next event or
+	// presence change. Read the state, then wait on a fresh channel; no
+	// unsubscription is needed.
+	DeviceChanged(device string) (<-chan struct{}, error)
+	// Done is closed when the server stops serving; long waits end there.
+	Done() <-chan struct{}
+}
+
+var _ ClientService = (*Server)(nil)
+
+// AuthenticateClient returns the client name owning key.
+func (s *Server) AuthenticateClient(key string) (string, bool) { return s.creds.client(key) }
+
+// Devices describes every device registered in the credentials.
+func (s *Server) Devices() []protocol.DeviceInfo {
+	ids := s.creds.deviceIDs()
+	out := make([]protocol.DeviceInfo, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, s.hub.deviceInfo(id))
+	}
+	return out
+}
+
+// Device describes device id.
+func (s *Server) Device(id string) (protocol.DeviceInfo, error) {
+	if err := s.checkDevice(id); err != nil {
+		return protocol.DeviceInfo{}, err
+	}
+	return s.hub.deviceInfo(id), nil
+}
+
+func (s *Server) checkDevice(id string) error {
+	if !s.creds.hasDevice(id) {
+		return fmt.Errorf("%w: %q", ErrUnknownDevice, id)
+	}
+	return nil
+}
+
+// Submit validates sub, stores it durably for device and queues it.
+// Validation failures are *protocol.Failure with code bad_params.
+func (s *Server) Submit(ctx context.Context, device string, sub protocol.Submit) (protocol.Record, error) {
+	if err := sub.Validate(); err != nil {
+		return protocol.Record{}, err
+	}
+	if err := s.checkDevice(device); err != nil {
+		return protocol.Record{}, err
+	}
+	select {
+	case <-s.shutdown:
+		return protocol.Record{}, ErrClosed
+	default:
+	}
+	return s.hub.submit(device, sub)
+}
+
+// Request returns request id's current record.
+func (s *Server) Request(id string) (protocol.Record, error) { return s.hub.get(id) }
+
+// WaitRequest blocks until request id is terminal, ctx ends or the server
+// stops serving, and returns its record at that moment.
+func (s *Server) WaitRequest(ctx context.Context, id string) (protocol.Record, error) {
+	return s.hub.wait(ctx, id, s.shutdown)
+}
+
+// Cancel cancels request id; see ClientService.
+func (s *Server) Cancel(id string) (protocol.Record, error) { return s.hub.cancel(id) }
+
+// Events returns up to limit events of device with Seq > after, oldest
+// first.
+func (s *Server) Events(device string, after uint64, limit int) ([]protocol.EventRecord, error) {
+	if err := s.checkDevice(device); err != nil {
+		return nil, err
+	}
+	limit = min(max(limit, 1), s.cfg.EventsKept)
+	return s.st.events(device, after, limit)
+}
+
+// DeviceChanged returns a channel closed at device's next event or
+// presence change.
+func (s *Server) DeviceChanged(device string) (<-chan struct{}, error) {
+	if err := s.checkDevice(device); err != nil {
+		return nil, err
+	}
+	return s.hub.changed(device), nil
+}
+
+// Done is closed when the server stops serving.
+func (s *Server) Done() <-chan struct{} { return s.shutdown }

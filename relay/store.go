@@ -1,0 +1,310 @@
+package relay
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// Bucket layout of relay.db:
+//
+//	requests: id → rev (8 bytes, big endian) ‖ JSON storedRequest
+//	devices:  id → JSON deviceMeta
+//	events:   device id → bucket: seq (8 bytes, big endian) → JSON protocol.EventRecord
+var (
+	bucketRequests = []byte("requests")
+	bucketDevices  = []byte("devices")
+	bucketEvents   = []byte("events")
+)
+
+// batchDelay is how long bbolt's Batch waits for company before it commits.
+// It is the latency a lone submit pays for letting concurrent submits share
+// one fsync; bbolt's 10ms default is too much for an interactive API.
+const batchDelay = time.Millisecond
+
+// storedRequest is a request as persisted: the public record plus what the
+// relay needs to rebuild its queues.
+type storedRequest struct {
+	protocol.Record
+	// Seq orders requests by submission; queues are rebuilt in Seq order.
+	Seq uint64 `json:"seq"`
+	// Deadline is Created + Timeout on the relay's clock.
+	Deadline time.Time `json:"deadline"`
+	// Rev increases with every change; a commit never replaces a newer
+	// revision. It is stored in front of the JSON, not inside it.
+	Rev uint64 `json:"-"`
+}
+
+// deviceMeta is what the relay remembers about a device between sessions.
+type deviceMeta struct {
+	LastSeen  time.Time           `json:"last_seen"`
+	Agent     string              `json:"agent,omitempty"`
+	Board     string              `json:"board,omitempty"`
+	Methods   []string            `json:"methods,omitempty"`
+	Resources []protocol.Resource `json:"resources,omitempty"`
+}
+
+// store is the relay's bbolt database.
+type store struct {
+	db *bolt.DB
+}
+
+func openStore(path string) (*store, error) {
+	// The timeout turns a second relay on the same directory into an error
+	// instead of a hang.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("relay: open %s: %w", path, err)
+	}
+	db.MaxBatchDelay = batchDelay
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketRequests, bucketDevices, bucketEvents} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("relay: init %s: %w", path, err)
+	}
+	return &store{db: db}, nil
+}
+
+func (s *store) close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("relay: close store: %w", err)
+	}
+	return nil
+}
+
+func seqKey(n uint64) []byte {
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], n)
+	return k[:]
+}
+
+func encodeRequest(r *storedRequest) ([]byte, error) {
+	body, err := json.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("relay: encode request %s: %w", r.ID, err)
+	}
+	return append(seqKey(r.Rev), body...), nil
+}
+
+func decodeRequest(v []byte) (storedRequest, error) {
+	var r storedRequest
+	if len(v) < 8 {
+		return r, fmt.Errorf("relay: stored request too short")
+	}
+	if err := json.Unmarshal(v[8:], &r); err != nil {
+		return r, fmt.Errorf("relay: decode stored request: %w", err)
+	}
+	r.Rev = binary.BigEndian.Uint64(v[:8])
+	return r, nil
+}
+
+// putRequests commits recs durably. A record whose stored revision is the
+// same or newer is skipped, so the function is idempotent (Batch may run it
+// twice) and commits racing from different goroutines cannot go backwards.
+func (s *store) putRequests(recs []storedRequest) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	vals := make([][]byte, len(recs))
+	for i := range recs {
+		v, err := encodeRequest(&recs[i])
+		if err != nil {
+			return err
+		}
+		vals[i] = v
+	}
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketRequests)
+		for i := range recs {
+			key := []byte(recs[i].ID)
+			if old := b.Get(key); len(old) >= 8 && binary.BigEndian.Uint64(old[:8]) >= recs[i].Rev {
+				continue
+			}
+			if err := b.Put(key, vals[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("relay: commit requests: %w", err)
+	}
+	return nil
+}
+
+// getRequest returns the stored request id.
+func (s *store) getRequest(id string) (storedRequest, error) {
+	var (
+		r   storedRequest
+		err error
+	)
+	verr := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketRequests).Get([]byte(id))
+		if v == nil {
+			err = ErrNotFound
+			return nil
+		}
+		r, err = decodeRequest(v)
+		return nil
+	})
+	if verr != nil {
+		return r, fmt.Errorf("relay: read request %s: %w", id, verr)
+	}
+	return r, err
+}
+
+// deleteRequests removes finished requests.
+func (s *store) deleteRequests(ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketRequests)
+		for _, id := range ids {
+			if err := b.Delete([]byte(id)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("relay: delete requests: %w", err)
+	}
+	return nil
+}
+
+// loadRequests calls fn for every stored request.
+func (s *store) loadRequests(fn func(storedRequest)) error {
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRequests).ForEach(func(k, v []byte) error {
+			r, err := decodeRequest(v)
+			if err != nil {
+				return fmt.Errorf("%s: %w", k, err)
+			}
+			fn(r)
+			return nil
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("relay: load requests: %w", err)
+	}
+	return nil
+}
+
+// putDevice commits a device's metadata.
+func (s *store) putDevice(id string, m deviceMeta) error {
+	v, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("relay: encode device %s: %w", id, err)
+	}
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDevices).Put([]byte(id), v)
+	})
+	if err != nil {
+		return fmt.Errorf("relay: commit device %s: %w", id, err)
+	}
+	return nil
+}
+
+// loadDevices returns every device's metadata and its last event seq.
+func (s *store) loadDevices() (map[string]deviceMeta, map[string]uint64, error) {
+	metas := make(map[string]deviceMeta)
+	seqs := make(map[string]uint64)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		err := tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+			var m deviceMeta
+			if err := json.Unmarshal(v, &m); err != nil {
+				return fmt.Errorf("device %s: %w", k, err)
+			}
+			metas[string(k)] = m
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketEvents).ForEachBucket(func(k []byte) error {
+			if last, _ := tx.Bucket(bucketEvents).Bucket(k).Cursor().Last(); len(last) == 8 {
+				seqs[string(k)] = binary.BigEndian.Uint64(last)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("relay: load devices: %w", err)
+	}
+	return metas, seqs, nil
+}
+
+// putEvent commits ev for device and drops events more than kept
+// sequence numbers behind it.
+func (s *store) putEvent(device string, ev protocol.EventRecord, kept int) error {
+	v, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("relay: encode event: %w", err)
+	}
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		b, err := tx.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(device))
+		if err != nil {
+			return err
+		}
+		if err := b.Put(seqKey(ev.Seq), v); err != nil {
+			return err
+		}
+		if ev.Seq <= uint64(kept) {
+			return nil
+		}
+		// Collect first: deleting under a moving cursor can skip keys.
+		cut := ev.Seq - uint64(kept)
+		var old [][]byte
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= cut; k, _ = c.Next() {
+			old = append(old, append([]byte(nil), k...))
+		}
+		for _, k := range old {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("relay: commit event %s/%d: %w", device, ev.Seq, err)
+	}
+	return nil
+}
+
+// events returns up to limit events of device with Seq > after, oldest first.
+func (s *store) events(device string, after uint64, limit int) ([]protocol.EventRecord, error) {
+	out := []protocol.EventRecord{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEvents).Bucket([]byte(device))
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
+			var ev protocol.EventRecord
+			if err := json.Unmarshal(v, &ev); err != nil {
+				return fmt.Errorf("event %d: %w", binary.BigEndian.Uint64(k), err)
+			}
+			out = append(out, ev)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("relay: read events of %s: %w", device, err)
+	}
+	return out, nil
+}
