@@ -88,7 +88,16 @@ func startProc(t *testing.T, name string, args ...string) *proc {
 
 type syncWriter struct {
 	mu sync.Mutex
-	w  *bytes.Buffer
+	w  interface {
+		Write([]byte) (int, error)
+		String() string
+	}
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.String()
 }
 
 func (s *syncWriter) Write(b []byte) (int, error) {

@@ -12,7 +12,7 @@ import (
 	"periph.io/x/conn/v3/i2c/i2creg"
 	"periph.io/x/conn/v3/spi"
 	"periph.io/x/conn/v3/spi/spireg"
-	"periph.io/x/host/v3"
+	"periph.io/x/conn/v3/driver/driverreg"
 	"periph.io/x/host/v3/distro"
 )
 
@@ -33,7 +33,7 @@ func Open(cfg Config, opts Options) (*Board, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if _, err := host.Init(); err != nil {
+	if _, err := driverreg.Init(); err != nil {
 		return nil, fmt.Errorf("hw: init periph host drivers: %w", err)
 	}
 	if len(cfg.GPIO)+len(cfg.PWM) > 0 {
