@@ -43,6 +43,9 @@ type Agent struct {
 	exec Executor
 	log  *slog.Logger
 
+	// token is the device token in use; in-band rotation replaces it.
+	token tokenBox
+
 	// j is the durable journal behind the outbox; nil without a state
 	// directory, when the agent remembers only in memory.
 	j *journal
@@ -90,6 +93,7 @@ func New(cfg Config, exec Executor) (*Agent, error) {
 		out:        newOutbox(cfg.DedupeCount, cfg.DedupeWindow),
 		changed:    make(chan struct{}),
 	}
+	a.token.set(cfg.Token)
 	if cfg.StateDir != "" {
 		if err := a.openJournal(); err != nil {
 			cancel(nil)
@@ -357,6 +361,12 @@ func (a *Agent) startLocked(r *protocol.Request) {
 
 // execute runs the executor and turns its outcome into a result.
 func (a *Agent) execute(ctx context.Context, r *protocol.Request) *protocol.Result {
+	if ctx.Err() != nil {
+		// Over before it started (a request redelivered past its deadline,
+		// a cancel or shutdown while the start was being journaled): the
+		// hardware is not touched.
+		return notStarted(r.ID, context.Cause(ctx))
+	}
 	start := time.Now()
 	val, err := a.safeExecute(ctx, r)
 	res := &protocol.Result{ID: r.ID, RunMs: time.Since(start).Milliseconds()}
@@ -379,6 +389,21 @@ func (a *Agent) execute(ctx context.Context, r *protocol.Request) *protocol.Resu
 		res.State, res.Error = protocol.StateFailed, protocol.Errorf(protocol.CodeTimeout, "deadline passed while running")
 	default:
 		res.State, res.Error = protocol.StateFailed, protocol.Errorf(protocol.CodeInternal, "%v", err)
+	}
+	return res
+}
+
+// notStarted is the result of a request whose context ended before the
+// executor was called.
+func notStarted(id string, cause error) *protocol.Result {
+	res := &protocol.Result{ID: id, State: protocol.StateFailed}
+	switch {
+	case errors.Is(cause, errCanceled):
+		res.State, res.Error = protocol.StateCanceled, protocol.Errorf(protocol.CodeCanceled, "canceled by client before it started")
+	case errors.Is(cause, context.DeadlineExceeded):
+		res.State, res.Error = protocol.StateExpired, protocol.Errorf(protocol.CodeExpired, "deadline passed before it started")
+	default:
+		res.Error = protocol.Errorf(protocol.CodeInterrupted, "agent shut down before the request ran")
 	}
 	return res
 }

@@ -17,8 +17,14 @@ type Config struct {
 	// Relay is the relay's base URL (ws:// or wss://). If it has no path,
 	// /v1/agent is appended.
 	Relay string
-	// Token is the device token sent as a Bearer credential.
+	// Token is the device token sent as a Bearer credential. It may be
+	// empty when TLS carries a client certificate (mutual TLS).
 	Token string
+	// TokenFile is where a token received by in-band rotation is stored
+	// (atomically). Empty means the rotated token is kept in memory only.
+	TokenFile string
+	// Insecure allows plain ws:// to a non-loopback relay.
+	Insecure bool
 	// Credits is the number of requests run at once (free worker slots).
 	// Hardware is usually serial, so the default is 1.
 	Credits int
@@ -132,8 +138,8 @@ func (c *Config) fill() error {
 		c.Logger = slog.Default()
 	}
 	switch {
-	case c.Token == "":
-		return errors.New("agent: no device token")
+	case c.Token == "" && !hasClientCert(c.TLS):
+		return errors.New("agent: no device token or client certificate")
 	case c.Credits < 1 || c.Credits > protocol.MaxPull:
 		return fmt.Errorf("agent: credits must be 1..%d, got %d", protocol.MaxPull, c.Credits)
 	case c.BackoffMax < c.BackoffInitial:
@@ -145,6 +151,9 @@ func (c *Config) fill() error {
 	}
 	if u.Scheme != "ws" && u.Scheme != "wss" {
 		return fmt.Errorf("agent: relay URL %q: scheme must be ws or wss", c.Relay)
+	}
+	if err := checkTransport(u, c.Insecure); err != nil {
+		return err
 	}
 	if u.Path == "" || u.Path == "/" {
 		u.Path = "/v1/agent"

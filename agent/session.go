@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"sync"
@@ -77,7 +78,9 @@ func (a *Agent) connLoop(ctx context.Context) {
 			a.log.Error("RELAY REFUSED THIS DEVICE: check the token and the relay version; retrying at the backoff cap",
 				"err", err, "retry_in", wait)
 		case errors.As(err, &ref) && ref.retryAfter > 0:
-			wait = max(wait, ref.retryAfter)
+			// Never earlier than asked; the jitter spreads the agents
+			// told the same whole second over that second.
+			wait = max(wait, ref.retryAfter+rand.N(time.Second))
 			a.log.Warn("relay busy", "err", err, "retry_in", wait)
 		default:
 			a.log.Warn("relay connection lost", "err", err, "retry_in", wait.Round(time.Millisecond))
@@ -138,7 +141,10 @@ func (a *Agent) dial(ctx context.Context) (*websocket.Conn, error) {
 		Subprotocols:     []string{protocol.Version},
 		TLSClientConfig:  a.cfg.TLS,
 	}
-	hdr := http.Header{"Authorization": {"Bearer " + a.cfg.Token}}
+	hdr := http.Header{}
+	if tok := a.token.get(); tok != "" {
+		hdr.Set("Authorization", "Bearer "+tok)
+	}
 	conn, resp, err := d.DialContext(ctx, a.cfg.Relay, hdr)
 	if err != nil {
 		if resp == nil {
@@ -228,6 +234,8 @@ func (a *Agent) reader(s *session) error {
 			a.onCancel(m.ID)
 		case *protocol.Ack:
 			a.onAck(m)
+		case *protocol.Rotate:
+			a.onRotate(s, m)
 		case *protocol.Error:
 			return fmt.Errorf("agent: relay reported %s: %s", m.Code, m.Message)
 		default:

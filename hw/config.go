@@ -7,8 +7,9 @@ import (
 	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
 	"periph.io/x/conn/v3/physic"
+
+	yaml "github.com/tetherhq/tether/internal/yamlite"
 )
 
 // Config names the peripherals a board exposes. It is meant to be embedded
@@ -138,7 +139,11 @@ func LoadConfig(path string) (Config, error) {
 func parseConfig(file string, data []byte) (Config, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return Config{}, &ConfigError{File: file, Msg: strings.TrimPrefix(err.Error(), "yaml: ")}
+		var se *yaml.SyntaxError
+		if errors.As(err, &se) {
+			return Config{}, &ConfigError{File: file, Line: se.Line, Msg: se.Msg}
+		}
+		return Config{}, &ConfigError{File: file, Msg: err.Error()}
 	}
 	return ConfigFromNode(file, &doc)
 }

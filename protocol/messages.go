@@ -142,5 +142,5 @@ func newMessage(typ string) Message {
 	case TypeError:
 		return new(Error)
 	}
-	return nil
+	return newRotateMessage(typ)
 }

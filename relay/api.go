@@ -25,8 +25,8 @@ const (
 // ?limit= says otherwise.
 const defaultEventLimit = 100
 
-// Handler returns the relay's HTTP handler: the agent WebSocket and the
-// client REST API.
+// Handler returns the relay's HTTP handler: the agent WebSocket, the
+// client REST API and WebSocket, and the dashboard.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	routes := []struct {
@@ -41,6 +41,11 @@ func (s *Server) Handler() http.Handler {
 		{"GET", "/v1/devices/{id}/events", s.client(s.handleEvents)},
 		{"GET", "/v1/requests/{id}", s.client(s.handleGet)},
 		{"DELETE", "/v1/requests/{id}", s.client(s.handleCancel)},
+		{"POST", "/v1/tickets", s.handleTicket},
+		{"GET", "/v1/client", s.handleClient},
+		{"GET", "/{$}", s.handleDashboard},
+		{"GET", "/app.js", s.handleDashboard},
+		{"GET", "/style.css", s.handleDashboard},
 	}
 	allow := make(map[string][]string)
 	var paths []string
@@ -63,18 +68,19 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, protocol.CodeNotFound, "no such endpoint")
 	})
-	return mux
+	return s.accessLog(mux)
 }
 
 // client wraps h with client-key authentication.
 func (s *Server) client(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if _, ok := s.AuthenticateClient(bearer(r.Header.Get("Authorization"))); !ok {
+		name, ok := s.AuthenticateClient(bearer(r.Header.Get("Authorization")))
+		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="tether"`)
 			writeError(w, http.StatusUnauthorized, codeUnauthorized, "missing or invalid client key")
 			return
 		}
-		h(w, r)
+		h(w, r.WithContext(WithClient(r.Context(), name)))
 	}
 }
 
@@ -83,10 +89,14 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleDevices(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"devices": s.Devices()})
+	writeJSON(w, http.StatusOK, map[string]any{"devices": s.scopedDevices(r.Context())})
 }
 
 func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
+	if err := s.Authorize(r.Context(), r.PathValue("id"), ""); err != nil {
+		s.writeErr(w, err)
+		return
+	}
 	info, err := s.Device(r.PathValue("id"))
 	if err != nil {
 		s.writeErr(w, err)
@@ -132,6 +142,9 @@ func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec, err := s.Request(r.PathValue("id"))
+	if err == nil {
+		err = s.Authorize(r.Context(), rec.Device, rec.Method)
+	}
 	if err != nil {
 		s.writeErr(w, err)
 		return
@@ -162,6 +175,10 @@ func (s *Server) answerRecord(w http.ResponseWriter, r *http.Request, rec protoc
 }
 
 func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
+	if err := s.authorizeRequest(r.Context(), r.PathValue("id")); err != nil {
+		s.writeErr(w, err)
+		return
+	}
 	rec, err := s.Cancel(r.PathValue("id"))
 	switch {
 	case errors.Is(err, ErrTerminal):
@@ -183,6 +200,10 @@ func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	if err := s.Authorize(r.Context(), id, ""); err != nil {
+		s.writeErr(w, err)
+		return
+	}
 	q := r.URL.Query()
 	var after uint64
 	if v := q.Get("after"); v != "" {
@@ -261,6 +282,9 @@ func (s *Server) parseWait(r *http.Request) (time.Duration, error) {
 
 // writeErr maps an error to its status and code.
 func (s *Server) writeErr(w http.ResponseWriter, err error) {
+	if writeGuardErr(w, err) {
+		return
+	}
 	var f *protocol.Failure
 	switch {
 	case errors.As(err, &f):

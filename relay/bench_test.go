@@ -8,7 +8,7 @@ import (
 )
 
 // BenchmarkSubmit measures one durable submit: a bbolt commit (two fsyncs:
-// data pages, then the meta page) plus bbolt's batch delay.
+// data pages, then the meta page). A lone submit commits at once.
 func BenchmarkSubmit(b *testing.B) {
 	srv := benchServer(b)
 	ctx := context.Background()
@@ -20,7 +20,7 @@ func BenchmarkSubmit(b *testing.B) {
 }
 
 // BenchmarkSubmitParallel shows concurrent submits sharing commits through
-// bbolt's Batch.
+// the store's group commit.
 func BenchmarkSubmitParallel(b *testing.B) {
 	srv := benchServer(b)
 	b.SetParallelism(16)

@@ -4,6 +4,8 @@ import (
 	"log/slog"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/tetherhq/tether/protocol"
 )
 
@@ -55,6 +57,51 @@ type Config struct {
 	// ShutdownTimeout bounds ListenAndServe's graceful shutdown.
 	ShutdownTimeout time.Duration
 
+	// AllowedOrigins lists the browser origins ("https://app.example.com")
+	// besides the relay's own that may open /v1/client. Empty means
+	// same-origin only; requests without an Origin header (services) are
+	// not browsers and are not checked.
+	AllowedOrigins []string
+	// TicketTTL is how long a ticket from POST /v1/tickets stays valid.
+	TicketTTL time.Duration
+	// MaxTickets bounds the unused tickets held in memory.
+	MaxTickets int
+	// ClientSendQueue bounds the frames waiting for a /v1/client
+	// connection's writer. A client that lets it stay full for
+	// WriteTimeout is disconnected as too slow.
+	ClientSendQueue int
+	// ClientMaxFrame is the largest frame accepted from a client.
+	ClientMaxFrame int
+
+	// TLSCert and TLSKey are PEM files; when both are set the relay
+	// serves HTTPS/WSS only. Server.ReloadTLS re-reads them (SIGHUP).
+	TLSCert string
+	TLSKey  string
+	// ClientCA is a PEM bundle of CAs whose client certificates
+	// authenticate agents (mutual TLS) as an alternative to tokens: the
+	// certificate's DNS SANs or CN name the device. Needs TLSCert.
+	ClientCA string
+
+	// AdmitRate is how many /v1/agent upgrades per second the relay
+	// admits, AdmitBurst how many it admits at once after a quiet spell.
+	// The excess is answered 503 with Retry-After before any work is done,
+	// so a reconnect storm after a restart is spread out in time.
+	AdmitRate  float64
+	AdmitBurst int
+	// MaxConns bounds concurrent agent sessions; beyond it upgrades are
+	// answered 503 with Retry-After.
+	MaxConns int
+	// ClientRate/ClientBurst limit submits per client key, and
+	// DeviceRate/DeviceBurst submits per target device; the excess is
+	// answered 429 with Retry-After. rate.Inf (the default) is no limit.
+	ClientRate  float64
+	ClientBurst int
+	DeviceRate  float64
+	DeviceBurst int
+	// RotateGrace is how long a device's old token keeps working after
+	// its agent confirmed a rotation, unless the rotation sets its own.
+	RotateGrace time.Duration
+
 	// Version is reported to agents in welcome.
 	Version string
 	// Logger receives the relay's logs; nil discards them.
@@ -80,6 +127,18 @@ func DefaultConfig() Config {
 		MaxWait:         60 * time.Second,
 		SweepInterval:   250 * time.Millisecond,
 		ShutdownTimeout: 10 * time.Second,
+		TicketTTL:       30 * time.Second,
+		MaxTickets:      10_000,
+		ClientSendQueue: 256,
+		ClientMaxFrame:  protocol.MaxClientFrame,
+		AdmitRate:       200,
+		AdmitBurst:      100,
+		MaxConns:        10_000,
+		ClientRate:      float64(rate.Inf),
+		ClientBurst:     1,
+		DeviceRate:      float64(rate.Inf),
+		DeviceBurst:     1,
+		RotateGrace:     10 * time.Minute,
 		Version:         "dev",
 	}
 }
@@ -103,6 +162,18 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.MaxWait, d.MaxWait)
 	setDefault(&c.SweepInterval, d.SweepInterval)
 	setDefault(&c.ShutdownTimeout, d.ShutdownTimeout)
+	setDefault(&c.TicketTTL, d.TicketTTL)
+	setDefault(&c.MaxTickets, d.MaxTickets)
+	setDefault(&c.ClientSendQueue, d.ClientSendQueue)
+	setDefault(&c.ClientMaxFrame, d.ClientMaxFrame)
+	setDefault(&c.AdmitRate, d.AdmitRate)
+	setDefault(&c.AdmitBurst, d.AdmitBurst)
+	setDefault(&c.MaxConns, d.MaxConns)
+	setDefault(&c.ClientRate, d.ClientRate)
+	setDefault(&c.ClientBurst, d.ClientBurst)
+	setDefault(&c.DeviceRate, d.DeviceRate)
+	setDefault(&c.DeviceBurst, d.DeviceBurst)
+	setDefault(&c.RotateGrace, d.RotateGrace)
 	setDefault(&c.Version, d.Version)
 	if c.MaxTimeout > protocol.MaxTimeoutMs*time.Millisecond {
 		c.MaxTimeout = protocol.MaxTimeoutMs * time.Millisecond

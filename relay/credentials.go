@@ -45,6 +45,13 @@ type credEntry struct {
 	Name    string    `json:"name"`
 	SHA256  string    `json:"sha256"`
 	Created time.Time `json:"created"`
+
+	// Clients only: the key's scope (see Scope); empty means unrestricted.
+	Devices []string `json:"devices,omitempty"`
+	Methods []string `json:"methods,omitempty"`
+
+	// Devices only: in-band token rotation (see rotate.go).
+	Rotation *rotationState `json:"rotation,omitempty"`
 }
 
 // Credential describes a registered device or client, without its secret.
@@ -108,7 +115,7 @@ func listOf(es []credEntry) []Credential {
 	return out
 }
 
-func addCredential(dir, name, prefix string, list func(*credentials) *[]credEntry) (string, error) {
+func addCredential(dir, name, prefix string, list func(*credentials) *[]credEntry, opts ...func(*credEntry)) (string, error) {
 	if !ValidName(name) {
 		return "", fmt.Errorf("%w: %q (want 1..%d of [A-Za-z0-9._-])", ErrInvalidName, name, protocol.MaxIDLen)
 	}
@@ -135,7 +142,11 @@ func addCredential(dir, name, prefix string, list func(*credentials) *[]credEntr
 	if err != nil {
 		return "", err
 	}
-	*l = append(*l, credEntry{Name: name, SHA256: hashSecret(secret), Created: time.Now().UTC()})
+	e := credEntry{Name: name, SHA256: hashSecret(secret), Created: time.Now().UTC()}
+	for _, o := range opts {
+		o(&e)
+	}
+	*l = append(*l, e)
 	if err := writeCredentials(dir, c); err != nil {
 		return "", err
 	}
@@ -230,6 +241,10 @@ type credCache struct {
 	devices map[string]credEntry // by SHA-256 hex
 	clients map[string]credEntry // by SHA-256 hex
 	names   map[string]credEntry // device id → entry
+	// tokens indexes every accepted device token hash, rotation ones
+	// included; clientNames maps client name → entry (for scopes).
+	tokens      map[string]deviceToken
+	clientNames map[string]credEntry
 }
 
 func newCredCache(dir string, log *slog.Logger) (*credCache, error) {
@@ -268,6 +283,11 @@ func (c *credCache) refreshLocked() error {
 	c.names = make(map[string]credEntry, len(creds.Devices))
 	for _, e := range creds.Devices {
 		c.names[e.Name] = e
+	}
+	c.tokens = indexDeviceTokens(creds.Devices)
+	c.clientNames = make(map[string]credEntry, len(creds.Clients))
+	for _, e := range creds.Clients {
+		c.clientNames[e.Name] = e
 	}
 	return nil
 }

@@ -19,8 +19,8 @@
 // Every state change is committed to bbolt before anyone is told about it:
 // a request before its id is returned to the submitter, a delivery (with its
 // attempt count) before the request frame is written to the agent, a result
-// before the ack, an event before its ack. Commits go through bbolt's Batch,
-// so concurrent submitters share fsyncs. Each stored request carries a
+// before the ack, an event before its ack. Commits are group-committed
+// (commit.go): a lone one runs at once, concurrent ones share fsyncs. Each stored request carries a
 // revision number and a commit never overwrites a newer revision, so commits
 // of the same request issued from different goroutines cannot reorder.
 // The in-memory state is the authority for decisions (first result wins,

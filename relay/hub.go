@@ -12,6 +12,14 @@ import (
 	"github.com/tetherhq/tether/protocol"
 )
 
+// redeliveredGrace is how long past its deadline a request that went back
+// to the queue after a delivery waits for the device to return. It is not
+// expired like a request never delivered: it may have run, and expired
+// would tell the client it did not. Redelivered past its deadline, the
+// agent answers from its journal, or reports expired if it never started
+// it. If no session takes it within the grace, it fails undeliverable.
+const redeliveredGrace = 30 * time.Second
+
 // maxCredits bounds the credits a session can accumulate, so a misbehaving
 // agent cannot overflow the counter with endless pulls.
 const maxCredits = 1 << 20
@@ -306,7 +314,7 @@ func (h *hub) takeWork(s *session) (work, error) {
 	for s.credits > 0 && len(d.queue) > 0 {
 		e := d.popLocked()
 		switch {
-		case !now.Before(e.deadline):
+		case !now.Before(e.deadline) && e.rec.Attempts == 0:
 			c.finishLocked(e, protocol.StateExpired, protocol.Errorf(protocol.CodeExpired, "deadline passed before delivery"), now)
 		case e.rec.Attempts >= h.cfg.MaxAttempts:
 			c.finishLocked(e, protocol.StateFailed, protocol.Errorf(protocol.CodeUndeliverable,
@@ -519,11 +527,19 @@ func (h *hub) sweep(now time.Time) {
 	for _, d := range h.devices {
 		kept := d.queue[:0]
 		for _, e := range d.queue {
-			if now.Before(e.deadline) {
+			switch {
+			case now.Before(e.deadline):
 				kept = append(kept, e)
-				continue
+			case e.rec.Attempts == 0:
+				c.finishLocked(e, protocol.StateExpired, protocol.Errorf(protocol.CodeExpired, "deadline passed while queued"), now)
+			case now.Before(e.deadline.Add(redeliveredGrace)):
+				// Delivered before, so it may have run: only the agent can
+				// say, from its journal, when it is delivered again.
+				kept = append(kept, e)
+			default:
+				c.finishLocked(e, protocol.StateFailed, protocol.Errorf(protocol.CodeUndeliverable,
+					"delivered %d times; the device did not report back within %v of the deadline", e.rec.Attempts, redeliveredGrace), now)
 			}
-			c.finishLocked(e, protocol.StateExpired, protocol.Errorf(protocol.CodeExpired, "deadline passed while queued"), now)
 		}
 		clear(d.queue[len(kept):])
 		d.queue = kept

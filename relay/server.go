@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,7 +28,9 @@ type Server struct {
 	creds    *credCache
 	hub      *hub
 	upgrader websocket.Upgrader
-	sessions tracker
+	sessions tracker // agent sessions and /v1/client connections
+	tickets  ticketStore
+	guard    *guard // TLS, admission, rate limits, token rotation
 
 	shutdownOnce sync.Once
 	shutdown     chan struct{} // closed when the server stops serving
@@ -49,6 +52,10 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	g, err := newGuard(cfg)
+	if err != nil {
+		return nil, err
+	}
 	st, err := openStore(filepath.Join(cfg.DataDir, "relay.db"))
 	if err != nil {
 		return nil, err
@@ -64,10 +71,17 @@ func New(cfg Config) (*Server, error) {
 		st:       st,
 		creds:    creds,
 		hub:      h,
+		guard:    g,
 		shutdown: make(chan struct{}),
 		upgrader: websocket.Upgrader{
 			Subprotocols:     []string{protocol.Version},
 			HandshakeTimeout: cfg.WriteTimeout,
+			// Most sessions are idle most of the time. Without these,
+			// gorilla keeps net/http's 4 KiB read and 4 KiB write buffers
+			// for the life of every connection; with them a session holds
+			// a 1 KiB read buffer and borrows a write buffer per frame.
+			ReadBufferSize:  agentReadBuffer,
+			WriteBufferPool: &agentWriteBuffers,
 		},
 	}
 	s.sessions.live = make(map[*session]struct{})
@@ -91,6 +105,7 @@ func (s *Server) Run(ctx context.Context) error {
 			return nil
 		case now := <-t.C:
 			s.hub.sweep(now)
+			s.checkCredentials(now)
 		}
 	}
 }
@@ -125,6 +140,9 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 
 // Serve is ListenAndServe on an existing listener, which it closes.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if s.guard.tls != nil {
+		ln = tls.NewListener(ln, s.guard.tls.config())
+	}
 	hs := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -173,10 +191,22 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
+// agentReadBuffer is the read buffer of an agent connection; larger
+// frames are read in several pieces.
+const agentReadBuffer = 1024
+
+// agentWriteBuffers lends agent connections their write buffers, which are
+// needed only while a frame is written.
+var agentWriteBuffers sync.Pool
+
 // handleAgent serves GET /v1/agent: authentication and subprotocol are
 // checked before the upgrade so refusals are plain HTTP with a JSON body.
 func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
-	dev, ok := s.creds.device(bearer(r.Header.Get("Authorization")))
+	admittedAt, ok := s.admitAgent(w, r)
+	if !ok {
+		return
+	}
+	dev, auth, ok := s.authAgent(r)
 	if !ok {
 		writeError(w, http.StatusUnauthorized, codeUnauthorized, "missing or invalid device token")
 		return
@@ -194,16 +224,35 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "relay is shutting down")
 		return
 	}
-	defer s.sessions.done()
+	if !s.guard.admit.open() {
+		s.sessions.done()
+		refuseBusy(w, fullRetryAfter, "relay is at its connection limit")
+		return
+	}
 
 	conn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
+		s.guard.admit.close()
+		s.sessions.done()
 		return // the upgrader has answered
 	}
+	s.guard.admit.admitted(admittedAt)
 	sess := newSession(conn, dev, &s.cfg, s.hub)
+	sess.auth = auth
 	s.sessions.register(sess)
-	defer s.sessions.unregister(sess)
-	sess.run()
+	s.guard.rot.add(sess)
+	// The session's reader runs on a goroutine of its own, owned and
+	// waited for by s.sessions, so that this handler returns: net/http
+	// then drops the hijacked connection's 4 KiB read and 4 KiB write
+	// buffers, the request and the handler's deep stack, which it would
+	// otherwise hold for the life of every idle session.
+	go func() {
+		defer s.sessions.done()
+		defer s.guard.admit.close()
+		defer s.sessions.unregister(sess)
+		defer s.guard.rot.remove(sess)
+		sess.run()
+	}()
 }
 
 // tracker owns the agent sessions so that shutdown can close them and wait.

@@ -76,7 +76,14 @@ func (s *Server) Submit(ctx context.Context, device string, sub protocol.Submit)
 	if err := sub.Validate(); err != nil {
 		return protocol.Record{}, err
 	}
+	// Scope before existence, so a scoped key cannot probe device ids.
+	if err := s.Authorize(ctx, device, sub.Method); err != nil {
+		return protocol.Record{}, err
+	}
 	if err := s.checkDevice(device); err != nil {
+		return protocol.Record{}, err
+	}
+	if err := s.limitSubmit(ctx, device); err != nil {
 		return protocol.Record{}, err
 	}
 	select {

@@ -28,8 +28,9 @@ const (
 	maxCloseReason = 123
 )
 
-// session is one agent connection. The reader is the HTTP handler's
-// goroutine (run); the writer is the goroutine run starts and waits for.
+// session is one agent connection. The reader is the goroutine that calls
+// run (started by handleAgent and owned by the server's tracker); the
+// writer is the goroutine run starts and waits for.
 type session struct {
 	id     string
 	device string
@@ -48,6 +49,8 @@ type session struct {
 	closeText string // written before quit is closed
 
 	readBroken bool // owned by the reader: the connection failed to read
+
+	auth *agentAuth // how the agent authenticated; set before run
 
 	// Guarded by hub.mu:
 	credits int
@@ -179,6 +182,7 @@ func (s *session) readLoop() {
 		MaxFrame: s.cfg.MaxFrame,
 		PingMs:   s.cfg.PingPeriod.Milliseconds(),
 	})
+	s.auth.welcomed()
 	// Re-leased requests may have cancels pending.
 	s.poke()
 
@@ -211,6 +215,8 @@ func (s *session) handle(m protocol.Message) bool {
 			return false
 		}
 		return s.enqueue(&protocol.Ack{Events: m.Seq})
+	case *protocol.Rotated:
+		return s.auth.rotated(s)
 	case *protocol.Error:
 		s.log.Warn("agent reported an error", "code", m.Code, "msg", m.Message)
 		s.stop(websocket.CloseNormalClosure, "")

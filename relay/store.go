@@ -22,11 +22,6 @@ var (
 	bucketEvents   = []byte("events")
 )
 
-// batchDelay is how long bbolt's Batch waits for company before it commits.
-// It is the latency a lone submit pays for letting concurrent submits share
-// one fsync; bbolt's 10ms default is too much for an interactive API.
-const batchDelay = time.Millisecond
-
 // storedRequest is a request as persisted: the public record plus what the
 // relay needs to rebuild its queues.
 type storedRequest struct {
@@ -52,6 +47,9 @@ type deviceMeta struct {
 // store is the relay's bbolt database.
 type store struct {
 	db *bolt.DB
+	// commit group-commits the writes (see committer); bbolt's Batch is
+	// not used, as it delays every commit.
+	commit *committer
 }
 
 func openStore(path string) (*store, error) {
@@ -61,7 +59,6 @@ func openStore(path string) (*store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("relay: open %s: %w", path, err)
 	}
-	db.MaxBatchDelay = batchDelay
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketRequests, bucketDevices, bucketEvents} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -74,7 +71,7 @@ func openStore(path string) (*store, error) {
 		db.Close()
 		return nil, fmt.Errorf("relay: init %s: %w", path, err)
 	}
-	return &store{db: db}, nil
+	return &store{db: db, commit: newCommitter(db)}, nil
 }
 
 func (s *store) close() error {
@@ -111,8 +108,8 @@ func decodeRequest(v []byte) (storedRequest, error) {
 }
 
 // putRequests commits recs durably. A record whose stored revision is the
-// same or newer is skipped, so the function is idempotent (Batch may run it
-// twice) and commits racing from different goroutines cannot go backwards.
+// same or newer is skipped, so the function is idempotent (a group commit may
+// run it twice) and commits racing from different goroutines cannot go backwards.
 func (s *store) putRequests(recs []storedRequest) error {
 	if len(recs) == 0 {
 		return nil
@@ -125,7 +122,7 @@ func (s *store) putRequests(recs []storedRequest) error {
 		}
 		vals[i] = v
 	}
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.commit.do(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketRequests)
 		for i := range recs {
 			key := []byte(recs[i].ID)
@@ -170,7 +167,7 @@ func (s *store) deleteRequests(ids []string) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.commit.do(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketRequests)
 		for _, id := range ids {
 			if err := b.Delete([]byte(id)); err != nil {
@@ -209,7 +206,7 @@ func (s *store) putDevice(id string, m deviceMeta) error {
 	if err != nil {
 		return fmt.Errorf("relay: encode device %s: %w", id, err)
 	}
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.commit.do(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketDevices).Put([]byte(id), v)
 	})
 	if err != nil {
@@ -254,7 +251,7 @@ func (s *store) putEvent(device string, ev protocol.EventRecord, kept int) error
 	if err != nil {
 		return fmt.Errorf("relay: encode event: %w", err)
 	}
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.commit.do(func(tx *bolt.Tx) error {
 		b, err := tx.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(device))
 		if err != nil {
 			return err

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
 	"github.com/tetherhq/tether/hw"
 )
 
@@ -25,8 +23,10 @@ type config struct {
 	State      string        `yaml:"state"`
 	Credits    int           `yaml:"credits"`
 	PingPeriod time.Duration `yaml:"ping_period"`
+	BackoffMax time.Duration `yaml:"backoff_max"`
 	LogFormat  string        `yaml:"log_format"`
 	LogLevel   string        `yaml:"log_level"`
+	StatusAddr string        `yaml:"status_addr"`
 
 	// Hardware is read from the same file by hw.ParseConfig.
 	Hardware hw.Config `yaml:"-"`
@@ -35,8 +35,16 @@ type config struct {
 	configFile  string
 	showVersion bool
 	token       string // resolved from Token or TokenFile
-	ExecLog     string `yaml:"-"`
-	MockDelay   time.Duration
+	tokenFlag   bool   // --token was given
+	tokenInFile bool   // token came from TokenFile, so rotation writes it back
+
+	// Transport security, flags only.
+	caFile    string // --ca: PEM CAs that replace the system roots
+	certFile  string // --cert/--key: client certificate for mutual TLS
+	keyFile   string
+	insecure  bool   // --insecure: allow ws:// to a non-loopback relay
+	ExecLog   string `yaml:"-"`
+	MockDelay time.Duration
 }
 
 func defaultConfig() config {
@@ -44,8 +52,19 @@ func defaultConfig() config {
 }
 
 func loadConfig(args []string, getenv func(string) string) (*config, error) {
+	cfg, err := readConfig("tether-agent", args, getenv)
+	if err != nil || cfg.showVersion {
+		return cfg, err
+	}
+	return cfg, cfg.credentials(getenv)
+}
+
+// readConfig merges the file, the environment and the flags without
+// requiring a relay or a token, so that check can report on a partial
+// configuration.
+func readConfig(name string, args []string, getenv func(string) string) (*config, error) {
 	cfg := defaultConfig()
-	fs := flag.NewFlagSet("tether-agent", flag.ContinueOnError)
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var f config
 	fs.StringVar(&f.configFile, "config", "", "YAML config file (e.g. /etc/tether/agent.yaml)")
@@ -56,11 +75,17 @@ func loadConfig(args []string, getenv func(string) string) (*config, error) {
 	fs.StringVar(&f.State, "state", "", "state directory for the journal")
 	fs.IntVar(&f.Credits, "credits", 0, "requests run at once (default 1)")
 	fs.DurationVar(&f.PingPeriod, "ping", 0, "ping period (default: the relay's)")
+	fs.DurationVar(&f.BackoffMax, "backoff-max", 0, "cap of the reconnect backoff (default 30s)")
 	fs.StringVar(&f.LogFormat, "log-format", "", "log format: text or json")
 	fs.StringVar(&f.LogLevel, "log-level", "", "log level: debug, info, warn, error")
+	fs.StringVar(&f.StatusAddr, "status-addr", "", "serve /healthz and /status on this address, e.g. 127.0.0.1:9101")
 	fs.StringVar(&f.ExecLog, "mock-exec-log", "", "mock board: append each executed request id to this file")
 	fs.DurationVar(&f.MockDelay, "mock-delay", 0, "mock board: time each request takes")
 	fs.BoolVar(&f.showVersion, "version", false, "print the version and exit")
+	fs.StringVar(&f.caFile, "ca", "", "PEM file of CAs to verify a wss:// relay with (default: system roots)")
+	fs.StringVar(&f.certFile, "cert", "", "client certificate (PEM) for mutual TLS; the relay maps its CN/SAN to the device")
+	fs.StringVar(&f.keyFile, "key", "", "private key (PEM) of --cert")
+	fs.BoolVar(&f.insecure, "insecure", false, "allow plain ws:// to a relay that is not on loopback")
 	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -83,14 +108,9 @@ func loadConfig(args []string, getenv func(string) string) (*config, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := yaml.Unmarshal(data, &cfg); err != nil {
-			return nil, fmt.Errorf("%s: %w", f.configFile, err)
+		if err := parseFile(f.configFile, data, &cfg); err != nil {
+			return nil, err
 		}
-		hcfg, err := hw.ParseConfig(data)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", f.configFile, err)
-		}
-		cfg.Hardware = hcfg
 	}
 	if v := getenv("TETHER_RELAY"); v != "" {
 		cfg.Relay = v
@@ -121,27 +141,41 @@ func loadConfig(args []string, getenv func(string) string) (*config, error) {
 	str("state", &cfg.State, f.State)
 	str("log-format", &cfg.LogFormat, f.LogFormat)
 	str("log-level", &cfg.LogLevel, f.LogLevel)
+	str("status-addr", &cfg.StatusAddr, f.StatusAddr)
 	if set["credits"] {
 		cfg.Credits = f.Credits
 	}
 	if set["ping"] {
 		cfg.PingPeriod = f.PingPeriod
 	}
+	if set["backoff-max"] {
+		cfg.BackoffMax = f.BackoffMax
+	}
 	cfg.ExecLog, cfg.MockDelay, cfg.configFile = f.ExecLog, f.MockDelay, f.configFile
+	cfg.caFile, cfg.certFile, cfg.keyFile, cfg.insecure = f.caFile, f.certFile, f.keyFile, f.insecure
+	cfg.tokenFlag = set["token"]
+	return &cfg, nil
+}
 
+// credentials checks that a relay is set and resolves the token.
+func (cfg *config) credentials(getenv func(string) string) error {
 	if cfg.Relay == "" {
-		return nil, errors.New("no relay: set --relay, TETHER_RELAY or relay: in the config file")
+		return errors.New("no relay: set --relay, TETHER_RELAY or relay: in the config file")
 	}
 	cfg.token = cfg.Token
-	if cfg.TokenFile != "" && !set["token"] && getenv("TETHER_TOKEN") == "" {
+	if cfg.TokenFile != "" && !cfg.tokenFlag && getenv("TETHER_TOKEN") == "" {
 		b, err := os.ReadFile(cfg.TokenFile)
 		if err != nil {
-			return nil, fmt.Errorf("token file: %w", err)
+			return fmt.Errorf("token file: %w", err)
 		}
 		cfg.token = strings.TrimSpace(string(b))
+		cfg.tokenInFile = true
+	}
+	if cfg.token == "" && cfg.certFile != "" {
+		return nil // mutual TLS: the certificate identifies the device
 	}
 	if cfg.token == "" {
-		return nil, errors.New("no device token: set --token-file, --token or TETHER_TOKEN")
+		return errors.New("no device token: set --token-file, --token or TETHER_TOKEN")
 	}
-	return &cfg, nil
+	return nil
 }

@@ -3,6 +3,7 @@
 //
 //	tether-agent --relay ws://relay:8080 --token-file /etc/tether/token --board periph --config /etc/tether/agent.yaml
 //	tether-agent --relay ws://127.0.0.1:8080 --token TOKEN --board mock
+//	tether-agent check --config /etc/tether/agent.yaml   # validate, open the board, list resources
 package main
 
 import (
@@ -43,6 +44,9 @@ type board interface {
 }
 
 func run(args []string) error {
+	if len(args) > 0 && args[0] == "check" {
+		return check(args[1:], os.Stdout, os.Stderr, os.Getenv)
+	}
 	cfg, err := loadConfig(args, os.Getenv)
 	if err != nil {
 		return err
@@ -67,12 +71,25 @@ func run(args []string) error {
 	acfg := agent.DefaultConfig()
 	acfg.Relay = cfg.Relay
 	acfg.Token = cfg.token
+	if cfg.tokenInFile {
+		acfg.TokenFile = cfg.TokenFile
+	}
+	acfg.Insecure = cfg.insecure
+	if cfg.caFile != "" || cfg.certFile != "" || cfg.keyFile != "" {
+		if acfg.TLS, err = agent.TLSConfig(cfg.caFile, cfg.certFile, cfg.keyFile); err != nil {
+			return err
+		}
+	}
 	acfg.Credits = cfg.Credits
 	acfg.StateDir = cfg.State
 	acfg.Version = version
 	acfg.Logger = log
 	if cfg.PingPeriod > 0 {
 		acfg.PingPeriod = cfg.PingPeriod
+	}
+	if cfg.BackoffMax > 0 {
+		acfg.BackoffMax = cfg.BackoffMax
+		acfg.BackoffInitial = min(acfg.BackoffInitial, cfg.BackoffMax)
 	}
 	a, err := agent.New(acfg, b)
 	if err != nil {
@@ -84,6 +101,21 @@ func run(args []string) error {
 	log.Info("tether-agent starting", "version", version, "relay", cfg.Relay, "board", cfg.Board, "credits", acfg.Credits)
 
 	var wg sync.WaitGroup
+	if cfg.StatusAddr != "" {
+		boardName, _, _ := b.Describe()
+		ss, err := listenStatus(cfg.StatusAddr, a.Status, agentStatus{Version: version, Board: boardName, Relay: cfg.Relay})
+		if err != nil {
+			return err
+		}
+		log.Info("status server listening", "addr", ss.Addr())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := ss.Run(ctx); err != nil {
+				log.Error("status server stopped", "err", err)
+			}
+		}()
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

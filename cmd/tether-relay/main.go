@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 
@@ -31,10 +32,16 @@ import (
 var version = "dev"
 
 const usage = `usage:
-  tether-relay serve [--listen ADDR] [--data DIR] [--log-level LEVEL]
+  tether-relay serve [--listen ADDR] [--data DIR] [--ping DURATION] [--log-level LEVEL]
+                     [--allowed-origin URL]...
+                     [--tls-cert FILE --tls-key FILE [--client-ca FILE]]
+                     [--admit-rate N] [--admit-burst N] [--max-conns N]
+                     [--client-rate N] [--client-burst N] [--device-rate N] [--device-burst N]
   tether-relay device add ID [--data DIR]
+  tether-relay device rotate ID [--grace DURATION] [--data DIR]
+  tether-relay device revoke ID [--data DIR]
   tether-relay device list [--data DIR]
-  tether-relay client add NAME [--data DIR]
+  tether-relay client add NAME [--devices PATTERNS] [--methods PATTERNS] [--data DIR]
   tether-relay client list [--data DIR]
   tether-relay --version
 
@@ -80,7 +87,19 @@ func serve(args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "address to listen on")
 	fs.StringVar(&cfg.DataDir, "data", os.Getenv("TETHER_DATA"), "data directory (env TETHER_DATA)")
+	fs.DurationVar(&cfg.PingPeriod, "ping", cfg.PingPeriod, "how often agents are pinged; a silent one is dropped after 2.5 periods")
+	fs.Func("allowed-origin", "browser origin besides the relay's own that may open /v1/client, e.g. https://app.example.com (repeatable, comma-separated)", func(v string) error {
+		for _, o := range strings.Split(v, ",") {
+			n, err := relay.ParseOrigin(o)
+			if err != nil {
+				return err
+			}
+			cfg.AllowedOrigins = append(cfg.AllowedOrigins, n)
+		}
+		return nil
+	})
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	securityFlags(fs, &cfg)
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -104,7 +123,10 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	waitHUP := reloadOnHUP(ctx, srv, cfg.Logger)
 	err = srv.ListenAndServe(ctx)
+	stop()
+	waitHUP()
 	if cerr := srv.Close(); err == nil {
 		err = cerr
 	}
@@ -115,12 +137,18 @@ func admin(kind, verb string, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet(kind+" "+verb, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dir := fs.String("data", os.Getenv("TETHER_DATA"), "data directory (env TETHER_DATA)")
+	devices := fs.String("devices", "", "client add: comma-separated device id patterns the key may use (path.Match globs)")
+	methods := fs.String("methods", "", "client add: comma-separated method patterns the key may call, e.g. gpio.*,sys.*")
+	grace := fs.Duration("grace", 0, "device rotate: how long the old token works after the agent confirmed (default: the relay's --rotate-grace)")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
 	if *dir == "" {
 		return errors.New("--data or TETHER_DATA is required")
+	}
+	if ok, err := adminSecurity(kind, verb, *dir, pos, *grace, stdout); ok {
+		return err
 	}
 	switch verb {
 	case "add":
@@ -129,7 +157,11 @@ func admin(kind, verb string, args []string, stdout, stderr io.Writer) error {
 		}
 		add, what := relay.AddDevice, "token for device"
 		if kind == "client" {
-			add, what = relay.AddClient, "API key for client"
+			sc, err := relay.ParseScope(*devices, *methods)
+			if err != nil {
+				return err
+			}
+			add, what = func(dir, name string) (string, error) { return relay.AddClientScoped(dir, name, sc) }, "API key for client"
 		}
 		secret, err := add(*dir, pos[0])
 		if err != nil {

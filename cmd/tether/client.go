@@ -17,16 +17,54 @@ import (
 	"github.com/tetherhq/tether/protocol"
 )
 
-// client talks to the relay's REST API.
+// client talks to the relay's REST API, and to /v1/client for watch.
 type client struct {
-	base string
-	key  string
-	out  io.Writer
-	http http.Client
+	base   string // http(s)://host[:port][/prefix], no trailing slash
+	key    string
+	out    io.Writer
+	errOut io.Writer
+	http   http.Client
+}
+
+// httpError is a non-2xx answer of the relay.
+type httpError struct {
+	status  int
+	code    string
+	message string
+	body    []byte
+}
+
+func (e *httpError) Error() string {
+	if e.code != "" {
+		return fmt.Sprintf("relay: %d %s: %s", e.status, e.code, e.message)
+	}
+	return fmt.Sprintf("relay: %d %s", e.status, http.StatusText(e.status))
+}
+
+// baseURL checks a --relay value and returns its http(s) form. ws:// and
+// wss:// are accepted too, since the agent is configured with those.
+func baseURL(s string) (string, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", fmt.Errorf("--relay %q: %w", s, err)
+	}
+	switch u.Scheme {
+	case "http", "https":
+	case "ws":
+		u.Scheme = "http"
+	case "wss":
+		u.Scheme = "https"
+	default:
+		return "", fmt.Errorf("--relay %q: want http://, https://, ws:// or wss://", s)
+	}
+	if u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return "", fmt.Errorf("--relay %q: want scheme://host[:port][/path]", s)
+	}
+	return strings.TrimSuffix(u.String(), "/"), nil
 }
 
 // do sends a request and decodes a 2xx JSON answer into v. Relay errors
-// come back as *apiError.
+// come back as *exitError{2, *httpError}.
 func (c *client) do(ctx context.Context, method, path string, body, v any) (int, error) {
 	var rd io.Reader
 	if body != nil {
@@ -59,11 +97,12 @@ func (c *client) do(ctx context.Context, method, path string, body, v any) (int,
 		return resp.StatusCode, &exitError{2, fmt.Errorf("reading answer: %w", err)}
 	}
 	if resp.StatusCode >= 300 {
+		he := &httpError{status: resp.StatusCode, body: data}
 		var ae protocol.APIError
-		if json.Unmarshal(data, &ae) == nil && ae.Error.Code != "" {
-			return resp.StatusCode, &exitError{2, fmt.Errorf("relay: %d %s: %s", resp.StatusCode, ae.Error.Code, ae.Error.Message)}
+		if json.Unmarshal(data, &ae) == nil {
+			he.code, he.message = ae.Error.Code, ae.Error.Message
 		}
-		return resp.StatusCode, &exitError{2, fmt.Errorf("relay: %s", resp.Status)}
+		return resp.StatusCode, &exitError{2, he}
 	}
 	if v != nil {
 		if err := json.Unmarshal(data, v); err != nil {
@@ -126,6 +165,7 @@ func (c *client) call(ctx context.Context, args []string) error {
 	async := fs.Bool("async", false, "print the id and return")
 	timeout := fs.Duration("timeout", 0, "request timeout")
 	idem := fs.Bool("idempotent", false, "allow a re-run after an agent crash")
+	rawParams := fs.String("params", "", "params as a JSON object; key=value words are merged into it")
 	pos, err := interleave(fs, args)
 	if err != nil {
 		return usageErr("call: %v", err)
@@ -133,7 +173,7 @@ func (c *client) call(ctx context.Context, args []string) error {
 	if len(pos) < 2 {
 		return usageErr("call: want DEVICE METHOD [key=value…]")
 	}
-	params, err := parseParams(pos[2:])
+	params, err := buildParams(*rawParams, pos[2:])
 	if err != nil {
 		return usageErr("call: %v", err)
 	}
@@ -188,9 +228,36 @@ func (c *client) report(rec protocol.Record, asJSON bool) error {
 	}
 }
 
-// parseParams turns key=value words into a JSON object. A value that is
-// valid JSON (number, true, {…}) is taken as such, 0x… as a number, and
-// anything else as a string.
+// buildParams merges a JSON object given with --params and key=value
+// words (which win) into the params of a call.
+func buildParams(raw string, words []string) (json.RawMessage, error) {
+	if raw == "" {
+		return parseParams(words)
+	}
+	obj := map[string]json.RawMessage{}
+	if err := json.Unmarshal([]byte(raw), &obj); err != nil || obj == nil {
+		return nil, fmt.Errorf("--params: want a JSON object")
+	}
+	kv, err := parseParams(words)
+	if err != nil {
+		return nil, err
+	}
+	if kv != nil {
+		var more map[string]json.RawMessage
+		json.Unmarshal(kv, &more)
+		for k, v := range more {
+			obj[k] = v
+		}
+	}
+	return json.Marshal(obj)
+}
+
+// parseParams turns words into a JSON object, the way httpie does:
+// key=value is always the string "value" (so bus=1 and write=00 stay
+// strings, as hex data and bus names must), key:=value is raw JSON
+// (read:=2, on:=true, opts:='{"a":1}'), and key:=0x48 is the number 72.
+// Guessing types from the look of a value would turn write=10 into a
+// number and break it.
 func parseParams(words []string) (json.RawMessage, error) {
 	if len(words) == 0 {
 		return nil, nil
@@ -198,21 +265,25 @@ func parseParams(words []string) (json.RawMessage, error) {
 	obj := make(map[string]json.RawMessage, len(words))
 	for _, w := range words {
 		k, v, ok := strings.Cut(w, "=")
-		if !ok || k == "" {
-			return nil, fmt.Errorf("parameter %q: want key=value", w)
+		if !ok || k == "" || k == ":" {
+			return nil, fmt.Errorf("parameter %q: want key=value or key:=JSON", w)
 		}
+		raw := strings.HasSuffix(k, ":")
+		k = strings.TrimSuffix(k, ":")
 		switch {
+		case !raw:
+			b, _ := json.Marshal(v)
+			obj[k] = b
 		case strings.HasPrefix(v, "0x") || strings.HasPrefix(v, "0X"):
 			n, err := strconv.ParseUint(v[2:], 16, 64)
 			if err != nil {
 				return nil, fmt.Errorf("parameter %s: %q is not a hex number", k, v)
 			}
 			obj[k] = json.RawMessage(strconv.FormatUint(n, 10))
-		case json.Valid([]byte(v)) && v != "":
+		case json.Valid([]byte(v)):
 			obj[k] = json.RawMessage(v)
 		default:
-			b, _ := json.Marshal(v)
-			obj[k] = b
+			return nil, fmt.Errorf("parameter %s: %q is not JSON (use %s=%s for a string)", k, v, k, v)
 		}
 	}
 	return json.Marshal(obj)
@@ -222,6 +293,7 @@ func (c *client) get(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("get", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	wait := fs.Duration("wait", 0, "wait up to this long for the request to finish")
+	asJSON := fs.Bool("json", false, "print the request object as JSON")
 	pos, err := interleave(fs, args)
 	if err != nil {
 		return usageErr("get: %v", err)
@@ -237,68 +309,51 @@ func (c *client) get(ctx context.Context, args []string) error {
 	if _, err := c.do(ctx, "GET", path, nil, &rec); err != nil {
 		return err
 	}
-	return c.report(rec, true)
+	return c.report(rec, *asJSON)
 }
 
+// cancel cancels a request. It exits 0 when the request ended canceled
+// or the cancel is on its way to the agent, and 1 when the request had
+// already finished some other way.
 func (c *client) cancel(ctx context.Context, args []string) error {
-	if len(args) != 1 {
+	fs := flag.NewFlagSet("cancel", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	asJSON := fs.Bool("json", false, "print the request object as JSON")
+	pos, err := interleave(fs, args)
+	if err != nil {
+		return usageErr("cancel: %v", err)
+	}
+	if len(pos) != 1 {
 		return usageErr("cancel: want ID")
 	}
 	var rec protocol.Record
-	if _, err := c.do(ctx, "DELETE", "/v1/requests/"+url.PathEscape(args[0]), nil, &rec); err != nil {
+	_, err = c.do(ctx, "DELETE", "/v1/requests/"+url.PathEscape(pos[0]), nil, &rec)
+	var he *httpError
+	if errors.As(err, &he) && he.status == http.StatusConflict {
+		var body struct {
+			Request protocol.Record `json:"request"`
+		}
+		if json.Unmarshal(he.body, &body) == nil && body.Request.ID != "" {
+			if *asJSON {
+				printJSON(c.out, body.Request)
+			} else {
+				fmt.Fprintf(c.out, "%s %s\n", body.Request.ID, body.Request.State)
+			}
+			return &exitError{1, fmt.Errorf("request %s already %s", body.Request.ID, body.Request.State)}
+		}
+	}
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.out, "%s %s\n", rec.ID, rec.State)
+	if *asJSON {
+		return printJSON(c.out, rec)
+	}
+	if protocol.Terminal(rec.State) {
+		fmt.Fprintf(c.out, "%s %s\n", rec.ID, rec.State)
+	} else {
+		fmt.Fprintf(c.out, "%s %s, cancel sent to the device\n", rec.ID, rec.State)
+	}
 	return nil
-}
-
-// watch follows a device's events by long-polling, and reports presence
-// changes seen between polls, until ctx ends.
-func (c *client) watch(ctx context.Context, args []string) error {
-	if len(args) != 1 {
-		return usageErr("watch: want DEVICE")
-	}
-	dev := url.PathEscape(args[0])
-	var after uint64
-	online := -1
-	for {
-		var d protocol.DeviceInfo
-		if _, err := c.do(ctx, "GET", "/v1/devices/"+dev, nil, &d); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		if now := btoi(d.Online); now != online {
-			online = now
-			state := "offline"
-			if d.Online {
-				state = "online"
-			}
-			fmt.Fprintf(c.out, "%s presence %s %s\n", time.Now().Format(time.TimeOnly), args[0], state)
-		}
-		var evs struct {
-			Events []protocol.EventRecord `json:"events"`
-		}
-		path := fmt.Sprintf("/v1/devices/%s/events?after=%d&wait=20s", dev, after)
-		if _, err := c.do(ctx, "GET", path, nil, &evs); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		for _, e := range evs.Events {
-			fmt.Fprintf(c.out, "%s event %d %s %s\n", e.Time.Local().Format(time.TimeOnly), e.Seq, e.Name, e.Data)
-			after = max(after, e.Seq)
-		}
-	}
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 func printJSON(w io.Writer, v any) error {

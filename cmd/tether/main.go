@@ -2,6 +2,7 @@
 //
 //	tether devices
 //	tether call pi-1 gpio.write pin=GPIO17 level=high
+//	tether call pi-1 i2c.tx bus=1 addr=0x48 write=00 read:=2
 //	tether call --async pi-1 sys.ping
 //	tether get ID | cancel ID | watch pi-1
 //
@@ -25,18 +26,25 @@ var version = "dev"
 const usage = `usage: tether [--relay URL] [--key KEY] COMMAND [args]
 
 commands:
-  devices                          list devices, online state and last seen
+  devices [--json]                 list devices, online state and last seen
   call DEVICE METHOD [key=value…]  call a method and print its result
-       --json      print the whole request object as JSON
-       --async     print the request id and return at once
-       --timeout D request timeout (default: the relay's)
-       --idempotent allow a re-run after an agent crash
-  get ID [--wait D]                print a request
-  cancel ID                        cancel a request
-  watch DEVICE                     follow events and presence until interrupted
+       --json        print the whole request object as JSON
+       --async       print the request id and return at once
+       --timeout D   request timeout (default: the relay's)
+       --idempotent  allow a re-run after an agent crash
+       --params JSON params as a JSON object (key=value words are merged in)
+  get ID [--wait D] [--json]       print a request (its result once finished)
+  cancel ID [--json]               cancel a request
+  watch DEVICE [--json]            follow events and presence until interrupted
 
-environment: TETHER_RELAY, TETHER_KEY
-exit codes: 0 succeeded, 1 failed/expired/canceled, 2 usage or connection error
+params: key=value sends the string "value"; key:=JSON sends raw JSON
+(read:=2, on:=true, addr:=0x48 is the number 72), e.g.
+  tether call pi-1 i2c.tx bus=1 addr=0x48 write=00 read:=2
+
+--relay defaults to $TETHER_RELAY, then http://127.0.0.1:8080 (ws:// works too);
+--key defaults to $TETHER_KEY.
+exit codes: 0 succeeded (or still running), 1 failed/expired/canceled,
+            2 usage or connection error
 `
 
 // exitError carries an exit code out of a command.
@@ -46,6 +54,7 @@ type exitError struct {
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
 
 func usageErr(format string, args ...any) error {
 	return &exitError{2, fmt.Errorf(format, args...)}
@@ -83,9 +92,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	if *relayURL == "" {
 		*relayURL = "http://127.0.0.1:8080"
 	}
-	c := &client{base: *relayURL, key: *key, out: stdout}
+	base, err := baseURL(*relayURL)
+	if err != nil {
+		fmt.Fprintf(stderr, "tether: %v\n", err)
+		return 2
+	}
+	c := &client{base: base, key: *key, out: stdout, errOut: stderr}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
-	var err error
 	switch cmd {
 	case "devices":
 		err = c.devices(ctx, rest)

@@ -1,0 +1,67 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+type countingExec struct{ calls atomic.Int32 }
+
+func (c *countingExec) Execute(ctx context.Context, r *protocol.Request) (json.RawMessage, error) {
+	c.calls.Add(1)
+	return json.RawMessage(`{}`), nil
+}
+
+// A request whose context ended before it started is answered without
+// touching the hardware: a redelivery past its deadline is expired, not
+// run late.
+func TestExecuteDoesNotStartWhatIsOver(t *testing.T) {
+	tests := []struct {
+		name  string
+		ctx   func() (context.Context, func())
+		state string
+		code  string
+		calls int32
+	}{
+		{"deadline passed", func() (context.Context, func()) {
+			return context.WithDeadline(context.Background(), time.Now().Add(-time.Millisecond))
+		}, protocol.StateExpired, protocol.CodeExpired, 0},
+		{"canceled", func() (context.Context, func()) {
+			ctx, cancel := context.WithCancelCause(context.Background())
+			cancel(errCanceled)
+			return ctx, func() {}
+		}, protocol.StateCanceled, protocol.CodeCanceled, 0},
+		{"shutting down", func() (context.Context, func()) {
+			ctx, cancel := context.WithCancelCause(context.Background())
+			cancel(errShutdown)
+			return ctx, func() {}
+		}, protocol.StateFailed, protocol.CodeInterrupted, 0},
+		{"live", func() (context.Context, func()) {
+			return context.WithTimeout(context.Background(), time.Minute)
+		}, protocol.StateSucceeded, "", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			exec := &countingExec{}
+			a, err := New(Config{Relay: "ws://127.0.0.1:1", Token: "t"}, exec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := tt.ctx()
+			defer cancel()
+			res := a.execute(ctx, &protocol.Request{ID: "r1", Method: "m", TimeoutMs: 1, Attempt: 2})
+			code := ""
+			if res.Error != nil {
+				code = res.Error.Code
+			}
+			if res.State != tt.state || code != tt.code || exec.calls.Load() != tt.calls {
+				t.Fatalf("state %s code %q after %d executions, want %s %q after %d", res.State, code, exec.calls.Load(), tt.state, tt.code, tt.calls)
+			}
+		})
+	}
+}

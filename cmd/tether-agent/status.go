@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/tetherhq/tether/agent"
+)
+
+// statusShutdown bounds how long one status request may take; they are
+// tiny, so this only guards against a stuck client.
+const statusShutdown = 2 * time.Second
+
+// agentStatus is the JSON served at /status (and, in part, /healthz).
+type agentStatus struct {
+	Version   string  `json:"version"`
+	Board     string  `json:"board"`
+	Relay     string  `json:"relay"`
+	Connected bool    `json:"connected"`
+	Running   int     `json:"running"`
+	Outbox    int     `json:"outbox"`
+	Syncs     uint64  `json:"syncs"`
+	Uptime    float64 `json:"uptime_seconds"`
+}
+
+// statusServer serves the agent's health and counters on a local address
+// (--status-addr), for a supervisor, a container health check or an
+// operator with curl. It has no authentication: bind it to loopback.
+//
+// It answers one request per connection and closes it. net/http's server
+// would do the same job, but it (and the HTTP/2 code it brings) adds half
+// a megabyte to a binary that must fit a Pi Zero's 6 MiB budget; requests
+// are still parsed by net/http's ReadRequest.
+type statusServer struct {
+	ln       net.Listener
+	snapshot func() agentStatus
+}
+
+// listenStatus binds addr now, so a taken port fails the start instead of
+// being logged later. read is called for every request.
+func listenStatus(addr string, read func() agent.Status, base agentStatus) (*statusServer, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("status address: %w", err)
+	}
+	started := time.Now()
+	snapshot := func() agentStatus {
+		st := read()
+		s := base
+		s.Connected, s.Running, s.Outbox, s.Syncs = st.Connected, st.Running, st.Outbox, st.Syncs
+		s.Uptime = time.Since(started).Truncate(time.Second).Seconds()
+		return s
+	}
+	return &statusServer{ln: ln, snapshot: snapshot}, nil
+}
+
+// Addr is the address actually bound (useful with port 0).
+func (s *statusServer) Addr() string { return s.ln.Addr().String() }
+
+// Run serves until ctx ends, then closes the listener and returns once
+// every connection has been answered or timed out.
+func (s *statusServer) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
+	defer stop()
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			wg.Wait()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serve(c)
+		}()
+	}
+}
+
+// serve answers one request on c and closes it.
+func (s *statusServer) serve(c net.Conn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(statusShutdown))
+	req, err := http.ReadRequest(bufio.NewReader(io.LimitReader(c, 8<<10)))
+	if err != nil {
+		respond(c, 400, map[string]any{"error": "bad request"})
+		return
+	}
+	if req.Method != http.MethodGet && req.Method != http.MethodHead {
+		respond(c, 405, map[string]any{"error": "method not allowed"})
+		return
+	}
+	if req.Method == http.MethodHead {
+		c = headOnly{c}
+	}
+	switch req.URL.Path {
+	case "/healthz":
+		// 200 while the agent process runs, whether or not the relay is
+		// reachable: a network outage is not a reason to restart it.
+		respond(c, 200, map[string]any{"status": "ok", "connected": s.snapshot().Connected})
+	case "/status":
+		respond(c, 200, s.snapshot())
+	default:
+		respond(c, 404, map[string]any{"error": "not found"})
+	}
+}
+
+// headOnly drops the body of a response to HEAD: everything after the
+// blank line that ends the headers.
+type headOnly struct{ net.Conn }
+
+func (h headOnly) Write(b []byte) (int, error) {
+	if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
+		_, err := h.Conn.Write(b[:i+4])
+		return len(b), err
+	}
+	return h.Conn.Write(b)
+}
+
+func respond(w io.Writer, code int, v any) {
+	body, _ := json.Marshal(v)
+	fmt.Fprintf(w, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n",
+		code, http.StatusText(code), len(body)+1, body)
+}

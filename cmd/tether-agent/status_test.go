@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/tetherhq/tether/agent"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestStatusServer(t *testing.T) {
+	st := agent.Status{Connected: true, Running: 1, Outbox: 2, Syncs: 3}
+	ss, err := listenStatus("127.0.0.1:0", func() agent.Status { return st }, agentStatus{Version: "v9", Board: "mock"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ss.Run(ctx) }()
+
+	get := func(path string, v any) int {
+		t.Helper()
+		resp, err := http.Get("http://" + ss.Addr() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if v != nil {
+			if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+				t.Fatalf("%s: %v", path, err)
+			}
+		}
+		return resp.StatusCode
+	}
+	var health struct {
+		Status    string `json:"status"`
+		Connected bool   `json:"connected"`
+	}
+	if code := get("/healthz", &health); code != 200 || health.Status != "ok" || !health.Connected {
+		t.Errorf("/healthz: %d %+v", code, health)
+	}
+	var got agentStatus
+	if code := get("/status", &got); code != 200 {
+		t.Errorf("/status: %d", code)
+	}
+	if got.Version != "v9" || got.Board != "mock" || !got.Connected || got.Running != 1 || got.Outbox != 2 || got.Syncs != 3 {
+		t.Errorf("/status: %+v", got)
+	}
+	if code := get("/nope", nil); code != 404 {
+		t.Errorf("/nope: %d", code)
+	}
+	http.DefaultClient.CloseIdleConnections()
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+}
+
+func TestStatusServerTakenAddress(t *testing.T) {
+	ss, err := listenStatus("127.0.0.1:0", func() agent.Status { return agent.Status{} }, agentStatus{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ss.ln.Close()
+	if _, err := listenStatus(ss.Addr(), func() agent.Status { return agent.Status{} }, agentStatus{}); err == nil {
+		t.Error("second listen on the same address succeeded")
+	}
+}

@@ -1,0 +1,568 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// pingParams is the sys.ping payload: exactly payloadSize bytes of JSON.
+var pingParams = json.RawMessage(`{"p":"` + strings.Repeat("x", payloadSize-8) + `"}`)
+
+// drive makes n calls from conc workers and returns each call's latency
+// and the wall time of the whole batch.
+func drive(ctx context.Context, n, conc int, call func(w int) error) ([]time.Duration, time.Duration, error) {
+	lat := make([]time.Duration, n)
+	var next atomic.Int64
+	var (
+		mu       sync.Mutex
+		firstErr error
+	)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range conc {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					return
+				}
+				t := time.Now()
+				if err := call(w); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					next.Store(int64(n)) // stop everyone
+					return
+				}
+				lat[i] = time.Since(t)
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr == nil && ctx.Err() != nil {
+		firstErr = ctx.Err()
+	}
+	return lat, time.Since(start), firstErr
+}
+
+// quantile returns the q-quantile (nearest rank) of sorted.
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+// latency measures n round trips at conc after a short warm-up and adds
+// NAME_p50, NAME_p99 and NAME_p999 in microseconds. base is the figure
+// prefix they are compared with; withBudget applies the round-trip
+// budgets (p50 ≤ 1.5×, p99 ≤ 2×).
+func (r *runner) latency(ctx context.Context, name, base string, conc int, withBudget bool, note string, call func(w int) error) error {
+	n := r.opts.RoundTrips
+	if _, _, err := drive(ctx, min(max(n/10, conc), 500), conc, call); err != nil {
+		return fmt.Errorf("%s warm-up: %w", name, err)
+	}
+	lat, _, err := drive(ctx, n, conc, call)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	slices.Sort(lat)
+	for _, q := range []struct {
+		suffix string
+		q      float64
+		budget string
+		max    float64
+	}{{"p50", 0.50, "x1.5", 1.5}, {"p99", 0.99, "x2", 2}, {"p999", 0.999, "", 0}} {
+		f := &Figure{Name: name + "_" + q.suffix, Value: float64(quantile(lat, q.q).Nanoseconds()) / 1e3, Unit: "us", Note: note}
+		f.Baseline = base + "_" + q.suffix
+		if base == "" {
+			f.Baseline = f.Name
+		}
+		if withBudget && q.budget != "" {
+			f.Budget, f.Max = q.budget, q.max
+		}
+		r.add(f)
+	}
+	return nil
+}
+
+// rate measures requests per second of n calls at conc.
+func (r *runner) rate(ctx context.Context, name, base string, conc int, withBudget bool, note string, call func(w int) error) error {
+	n := r.opts.Requests
+	if _, _, err := drive(ctx, min(max(n/10, conc), 2000), conc, call); err != nil {
+		return fmt.Errorf("%s warm-up: %w", name, err)
+	}
+	_, elapsed, err := drive(ctx, n, conc, call)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	f := &Figure{Name: name, Value: math.Round(float64(n) / elapsed.Seconds()), Unit: "req/s", Baseline: base, Note: note}
+	if base == "" {
+		f.Baseline = name
+	}
+	if withBudget {
+		f.Budget, f.Max = ">=x0.7", 0.7
+	}
+	r.add(f)
+	return nil
+}
+
+// tcpPing is the loopback floor: conc connections to the echo process,
+// each doing payloadSize-byte ping-pongs.
+func (r *runner) tcpPing(conc int) (func(w int) error, func(), error) {
+	p, err := r.start("pong")
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := p.expect("ready", 30*time.Second)
+	if err != nil {
+		return nil, nil, err
+	}
+	conns := make([]net.Conn, conc)
+	closeAll := func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}
+	for i := range conns {
+		if conns[i], err = net.Dial("tcp", f[0]); err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+	}
+	bufs := make([][]byte, conc)
+	for i := range bufs {
+		bufs[i] = make([]byte, payloadSize)
+	}
+	call := func(w int) error {
+		if _, err := conns[w].Write(bufs[w]); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(conns[w], bufs[w])
+		return err
+	}
+	return call, closeAll, nil
+}
+
+// natsSetup starts nats-server and the responders: conns connections
+// answering ping.<device i> for i from first, each with subs
+// subscriptions. It returns a connected client.
+func (r *runner) natsSetup(first, conns, subs int) (*nats.Conn, error) {
+	ns, err := r.start("nats")
+	if err != nil {
+		return nil, err
+	}
+	f, err := ns.expect("ready", 30*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	url := "nats://" + f[0]
+	if err := r.natsResponders(url, first, conns, subs); err != nil {
+		return nil, err
+	}
+	return nats.Connect(url, nats.NoReconnect())
+}
+
+func (r *runner) natsResponders(url string, first, conns, subs int) error {
+	resp, err := r.start("responders", "--nats", url, "--first", strconv.Itoa(first), "--conns", strconv.Itoa(conns), "--subs", strconv.Itoa(subs))
+	if err != nil {
+		return err
+	}
+	_, err = resp.expect("ready", 60*time.Second)
+	return err
+}
+
+func natsCall(nc *nats.Conn, subject func(w int) string) func(w int) error {
+	return func(w int) error {
+		m, err := nc.Request(subject(w), pingParams, 30*time.Second)
+		if err != nil {
+			return err
+		}
+		if len(m.Data) != payloadSize {
+			return fmt.Errorf("nats: echo of %d bytes", len(m.Data))
+		}
+		return nil
+	}
+}
+
+// tether is a relay process with full agents connected, and the clients
+// that call them.
+type tether struct {
+	addr, key string
+	hc        *http.Client
+}
+
+// tetherSetup starts a relay with the given agent groups (count and
+// credits each) as full agents with durable journals, one agents process
+// per group, and waits until every device is online. Devices are numbered
+// across the groups in order.
+func (r *runner) tetherSetup(groups ...[2]int) (*tether, error) {
+	total := 0
+	for _, g := range groups {
+		total += g[0]
+	}
+	data, err := r.dir("relay")
+	if err != nil {
+		return nil, err
+	}
+	tokens, key, err := makeDevices(data, total)
+	if err != nil {
+		return nil, err
+	}
+	toks, err := readTokens(tokens)
+	if err != nil {
+		return nil, err
+	}
+	_, addr, err := r.startRelay(data, "127.0.0.1:0", 0)
+	if err != nil {
+		return nil, err
+	}
+	t := &tether{addr: addr, key: key, hc: newHTTPClient()}
+	first := 0
+	for gi, g := range groups {
+		var b strings.Builder
+		for _, tk := range toks[first : first+g[0]] {
+			fmt.Fprintf(&b, "%s %s\n", tk.device, tk.token)
+		}
+		first += g[0]
+		state, err := r.dir(fmt.Sprintf("agents%d", gi))
+		if err != nil {
+			return nil, err
+		}
+		tf := state + "/tokens"
+		if err := os.WriteFile(tf, []byte(b.String()), 0o600); err != nil {
+			return nil, err
+		}
+		a, err := r.start("agents", "--relay", "ws://"+addr, "--tokens", tf, "--state", state, "--credits", strconv.Itoa(g[1]))
+		if err != nil {
+			return nil, err
+		}
+		if _, err := a.expect("ready", 60*time.Second); err != nil {
+			return nil, err
+		}
+	}
+	return t, t.waitOnline(total, 60*time.Second)
+}
+
+func (t *tether) close() { t.hc.CloseIdleConnections() }
+
+// newHTTPClient keeps a connection per concurrent caller alive.
+func newHTTPClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		MaxIdleConnsPerHost: 1024, DisableCompression: true, IdleConnTimeout: time.Minute,
+	}}
+}
+
+// waitOnline polls GET /v1/devices until n devices are online.
+func (t *tether) waitOnline(n int, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		req, _ := http.NewRequest("GET", "http://"+t.addr+"/v1/devices", nil)
+		req.Header.Set("Authorization", "Bearer "+t.key)
+		resp, err := t.hc.Do(req)
+		online := 0
+		if err == nil {
+			var body struct {
+				Devices []protocol.DeviceInfo `json:"devices"`
+			}
+			json.NewDecoder(resp.Body).Decode(&body)
+			resp.Body.Close()
+			for _, d := range body.Devices {
+				if d.Online {
+					online++
+				}
+			}
+		}
+		if online >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("bench: %d of %d agents online after %v", online, n, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// restCall submits sys.ping and long-polls for the result in the same
+// call (?wait=): one HTTP round trip per request.
+func (t *tether) restCall(device func(w int) string) func(w int) error {
+	body, _ := json.Marshal(protocol.Submit{Method: "sys.ping", Params: pingParams, Timeout: protocol.Duration(30 * time.Second)})
+	return func(w int) error {
+		req, err := http.NewRequest("POST", "http://"+t.addr+"/v1/devices/"+device(w)+"/requests?wait=30s", bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+t.key)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := t.hc.Do(req)
+		if err != nil {
+			return err
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("submit: %d %s", resp.StatusCode, b)
+		}
+		var rec struct {
+			State string `json:"state"`
+		}
+		if err := json.Unmarshal(b, &rec); err != nil || rec.State != protocol.StateSucceeded {
+			return fmt.Errorf("submit: %s", b)
+		}
+		return nil
+	}
+}
+
+// errNoClientWS means the relay does not serve /v1/client.
+var errNoClientWS = errors.New("the relay does not serve the client WebSocket (/v1/client)")
+
+// wsClient is a /v1/client connection with calls multiplexed by ref: one
+// reader goroutine hands each result to its caller.
+type wsClient struct {
+	conn *websocket.Conn
+	wmu  sync.Mutex // serialises writes
+	ref  atomic.Uint64
+	done chan struct{}
+
+	mu      sync.Mutex
+	waiting map[string]chan error // by ref; guarded by mu
+}
+
+func (t *tether) dialWS() (*wsClient, error) {
+	hdr := http.Header{"Authorization": {"Bearer " + t.key}}
+	conn, resp, err := websocket.DefaultDialer.Dial("ws://"+t.addr+protocol.ClientPath, hdr)
+	if err != nil {
+		if resp != nil && (resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed) {
+			return nil, errNoClientWS
+		}
+		return nil, fmt.Errorf("client ws: %w", err)
+	}
+	c := &wsClient{conn: conn, done: make(chan struct{}), waiting: make(map[string]chan error)}
+	go c.read()
+	return c, nil
+}
+
+func (c *wsClient) read() {
+	defer close(c.done)
+	for {
+		_, b, err := c.conn.ReadMessage()
+		if err != nil {
+			c.mu.Lock()
+			for ref, ch := range c.waiting {
+				ch <- err
+				delete(c.waiting, ref)
+			}
+			c.mu.Unlock()
+			return
+		}
+		m, err := protocol.DecodePush(b, 0)
+		if err != nil {
+			continue
+		}
+		var ref string
+		var res error
+		switch m := m.(type) {
+		case *protocol.ClientResult:
+			ref = m.Ref
+			if m.State != protocol.StateSucceeded {
+				res = fmt.Errorf("client ws: request %s %s", m.ID, m.State)
+			}
+		case *protocol.ClientError:
+			ref, res = m.Ref, fmt.Errorf("client ws: %s: %s", m.Code, m.Message)
+		default:
+			continue // accepted, presence
+		}
+		c.mu.Lock()
+		if ch := c.waiting[ref]; ch != nil {
+			ch <- res
+			delete(c.waiting, ref)
+		}
+		c.mu.Unlock()
+	}
+}
+
+func (c *wsClient) call(device string) error {
+	ref := strconv.FormatUint(c.ref.Add(1), 10)
+	ch := make(chan error, 1)
+	c.mu.Lock()
+	c.waiting[ref] = ch
+	c.mu.Unlock()
+	b, _ := protocol.Encode(&protocol.ClientCall{Ref: ref, Device: device, Method: "sys.ping", Params: pingParams, Timeout: protocol.Duration(30 * time.Second)})
+	c.wmu.Lock()
+	err := c.conn.WriteMessage(websocket.TextMessage, b)
+	c.wmu.Unlock()
+	if err != nil {
+		return err
+	}
+	select {
+	case err := <-ch:
+		return err
+	case <-c.done:
+		return errors.New("client ws: connection closed")
+	}
+}
+
+func (c *wsClient) close() {
+	c.wmu.Lock()
+	c.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+	c.wmu.Unlock()
+	select {
+	case <-c.done:
+	case <-time.After(2 * time.Second):
+	}
+	c.conn.Close()
+	<-c.done
+}
+
+const (
+	noteTCP    = "raw TCP ping-pong between two processes, one connection per caller: the loopback floor"
+	noteNATS   = "NATS request/reply through nats-server (own process) to a responder process; not durable"
+	noteREST   = "durable: POST ?wait= to a relay process, full agent process (simulated board, journal); includes 3 relay bbolt commits and 2 agent journal fsyncs"
+	noteWS     = "durable, as the REST figure, over one /v1/client WebSocket multiplexing the callers"
+	noteTputAg = "durable; callers spread evenly over the agents, two per agent"
+)
+
+func (r *runner) roundTrips(ctx context.Context) error {
+	c := r.opts.Concurrency
+	cs := fmt.Sprintf("c%d", c)
+	// Loopback floor.
+	tcp1, closeTCP1, err := r.tcpPing(1)
+	if err != nil {
+		return err
+	}
+	defer closeTCP1()
+	if err := r.latency(ctx, "tcp_seq", "", 1, false, noteTCP, tcp1); err != nil {
+		return err
+	}
+	tcpC, closeTCPC, err := r.tcpPing(c)
+	if err != nil {
+		return err
+	}
+	defer closeTCPC()
+	if err := r.latency(ctx, "tcp_"+cs, "", c, false, noteTCP, tcpC); err != nil {
+		return err
+	}
+
+	// NATS: one responder with as many subscriptions as the agent has
+	// credits.
+	nc, err := r.natsSetup(0, 1, r.opts.Credits)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	subj := func(int) string { return "ping." + deviceID(0) }
+	if err := r.latency(ctx, "nats_seq", "tcp_seq", 1, false, noteNATS, natsCall(nc, subj)); err != nil {
+		return err
+	}
+	if err := r.latency(ctx, "nats_"+cs, "tcp_"+cs, c, false, noteNATS, natsCall(nc, subj)); err != nil {
+		return err
+	}
+
+	// tether: one full agent with the same credits.
+	t, err := r.tetherSetup([2]int{1, r.opts.Credits})
+	if err != nil {
+		return err
+	}
+	defer t.close()
+	dev := func(int) string { return deviceID(0) }
+	if err := r.latency(ctx, "rt_rest_seq", "nats_seq", 1, true, noteREST, t.restCall(dev)); err != nil {
+		return err
+	}
+	if err := r.latency(ctx, "rt_rest_"+cs, "nats_"+cs, c, true, noteREST, t.restCall(dev)); err != nil {
+		return err
+	}
+	ws, err := t.dialWS()
+	if errors.Is(err, errNoClientWS) {
+		r.skip("rt_ws", err.Error())
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer ws.close()
+	wsCall := func(int) error { return ws.call(deviceID(0)) }
+	if err := r.latency(ctx, "rt_ws_seq", "nats_seq", 1, true, noteWS, wsCall); err != nil {
+		return err
+	}
+	return r.latency(ctx, "rt_ws_"+cs, "nats_"+cs, c, true, noteWS, wsCall)
+}
+
+func (r *runner) throughput(ctx context.Context) error {
+	na, cr := r.opts.Agents, r.opts.Credits
+	concA, concC := 2*na, 2*cr
+	nameA := fmt.Sprintf("tput_%dagents", na)
+	nameC := fmt.Sprintf("tput_1agent_%dcredits", cr)
+
+	tcp, closeTCP, err := r.tcpPing(concA)
+	if err != nil {
+		return err
+	}
+	defer closeTCP()
+	if err := r.rate(ctx, "tcp_"+nameA, "", concA, false, noteTCP+fmt.Sprintf("; %d connections", concA), tcp); err != nil {
+		return err
+	}
+	tcpC, closeTCPC, err := r.tcpPing(concC)
+	if err != nil {
+		return err
+	}
+	defer closeTCPC()
+	if err := r.rate(ctx, "tcp_"+nameC, "", concC, false, noteTCP+fmt.Sprintf("; %d connections", concC), tcpC); err != nil {
+		return err
+	}
+
+	// NATS: na responders with one subscription each, and one more with
+	// cr subscriptions.
+	nc, err := r.natsSetup(0, na, 1)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	if err := r.natsResponders(nc.ConnectedUrl(), na, 1, cr); err != nil {
+		return err
+	}
+	spread := func(w int) string { return deviceID(w % na) }
+	single := func(int) string { return deviceID(na) }
+	if err := r.rate(ctx, "nats_"+nameA, "tcp_"+nameA, concA, false, noteNATS, natsCall(nc, func(w int) string { return "ping." + spread(w) })); err != nil {
+		return err
+	}
+	if err := r.rate(ctx, "nats_"+nameC, "tcp_"+nameC, concC, false, noteNATS, natsCall(nc, func(w int) string { return "ping." + single(w) })); err != nil {
+		return err
+	}
+
+	t, err := r.tetherSetup([2]int{na, 1}, [2]int{1, cr})
+	if err != nil {
+		return err
+	}
+	defer t.close()
+	if err := r.rate(ctx, nameA+"_rest", "nats_"+nameA, concA, true, noteTputAg, t.restCall(spread)); err != nil {
+		return err
+	}
+	return r.rate(ctx, nameC+"_rest", "nats_"+nameC, concC, true, "durable; one agent with that many credits", t.restCall(single))
+}

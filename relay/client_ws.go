@@ -1,0 +1,595 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// Error codes of the client WebSocket beyond those of package protocol.
+const (
+	codeForbidden = "forbidden"
+	codeTooMany   = "too_many"
+)
+
+// Limits of one /v1/client connection.
+const (
+	// maxClientWatches bounds the requests one connection waits on at
+	// once; a call beyond it is refused before it is submitted.
+	maxClientWatches = 1024
+	// maxClientSubs bounds the devices one connection follows.
+	maxClientSubs = 256
+	// maxBadFrames is how many invalid frames in a row a client may send
+	// before it is disconnected with 1008: a bug in a page should get
+	// error frames to debug with, a flood should not get a relay's time.
+	maxBadFrames = 16
+	// eventBatch is how many events a subscription reads per store call.
+	eventBatch = 100
+	// closeSlowClient ends a connection whose send queue stayed full: the
+	// client should reconnect and re-attach with get, nothing is lost.
+	closeSlowClient = websocket.CloseTryAgainLater
+)
+
+// handleClient serves GET /v1/client, the device-A WebSocket (see
+// protocol/CLIENT.md). Origin, then credentials are checked before the
+// upgrade, so refusals are plain HTTP with a JSON body: 403 for a foreign
+// origin, 401 for a missing, wrong, used or expired credential.
+func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
+	if !s.originAllowed(r) {
+		s.log.Warn("client websocket refused: origin not allowed", "origin", r.Header.Get("Origin"), "remote", r.RemoteAddr)
+		writeError(w, http.StatusForbidden, codeForbidden, "origin not allowed")
+		return
+	}
+	name, ok := s.authenticateUpgrade(r)
+	if !ok {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="tether"`)
+		writeError(w, http.StatusUnauthorized, codeUnauthorized, "missing or invalid client key or ticket")
+		return
+	}
+	if !websocket.IsWebSocketUpgrade(r) {
+		writeError(w, http.StatusBadRequest, codeBadRequest, "WebSocket upgrade required")
+		return
+	}
+	if !s.sessions.add() {
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "relay is shutting down")
+		return
+	}
+	defer s.sessions.done()
+
+	up := websocket.Upgrader{
+		HandshakeTimeout: s.cfg.WriteTimeout,
+		CheckOrigin:      s.originAllowed, // checked above; kept as a second lock
+	}
+	conn, err := up.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader has answered
+	}
+	c := newClientConn(s, conn, name)
+	c.log.Info("client connected", "remote", r.RemoteAddr)
+	c.run()
+}
+
+// authenticateUpgrade accepts a client key in Authorization (services) or
+// a ticket in ?ticket= (browsers). A request that presents a key is judged
+// by the key alone.
+func (s *Server) authenticateUpgrade(r *http.Request) (string, bool) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		return s.AuthenticateClient(bearer(h))
+	}
+	if t := r.URL.Query().Get("ticket"); t != "" {
+		return s.tickets.redeem(t, time.Now())
+	}
+	return "", false
+}
+
+// clientConn is one /v1/client connection. The HTTP handler's goroutine
+// is its reader; run starts the writer, and the reader starts one waiter
+// per followed request and one follower per subscribed device. run
+// returns after all of them have stopped.
+type clientConn struct {
+	srv  *Server
+	svc  ClientService
+	cfg  *Config
+	conn *websocket.Conn
+	log  *slog.Logger
+
+	// ctx ends the waiters and followers when the reader is done.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // waiters and followers
+
+	send       chan []byte   // encoded frames for the writer
+	quit       chan struct{} // closed by stop
+	readerDone chan struct{} // closed when the reader returns
+
+	stopOnce  sync.Once
+	closeCode int    // written before quit is closed
+	closeText string // written before quit is closed
+
+	readBroken bool // owned by the reader
+	badFrames  int  // owned by the reader: invalid frames in a row
+
+	mu sync.Mutex
+	// Guarded by mu:
+	watches map[string]string        // request id → ref to answer with
+	subs    map[string]*subscription // device → its follower
+}
+
+// subscription is one device follower; stop ends it.
+type subscription struct {
+	stop context.CancelFunc
+}
+
+func newClientConn(s *Server, conn *websocket.Conn, name string) *clientConn {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &clientConn{
+		srv:        s,
+		svc:        s,
+		cfg:        &s.cfg,
+		conn:       conn,
+		log:        s.log.With("client", name, "conn", newID("c")),
+		ctx:        ctx,
+		cancel:     cancel,
+		send:       make(chan []byte, s.cfg.ClientSendQueue),
+		quit:       make(chan struct{}),
+		readerDone: make(chan struct{}),
+		watches:    make(map[string]string),
+		subs:       make(map[string]*subscription),
+	}
+}
+
+// run serves the connection until it ends.
+func (c *clientConn) run() {
+	var writer sync.WaitGroup
+	writer.Add(1)
+	go func() {
+		defer writer.Done()
+		c.writeLoop()
+	}()
+	c.readLoop()
+	if !c.readBroken {
+		c.drain()
+	}
+	close(c.readerDone)
+	c.stop(websocket.CloseNormalClosure, "")
+	c.cancel()
+	c.wg.Wait()
+	writer.Wait()
+	c.log.Info("client disconnected", "reason", c.closeText)
+}
+
+// stop asks the connection to end with a close frame carrying code and
+// text. It never blocks; the first call wins.
+func (c *clientConn) stop(code int, text string) {
+	c.stopOnce.Do(func() {
+		if len(text) > maxCloseReason {
+			text = text[:maxCloseReason]
+		}
+		c.closeCode, c.closeText = code, text
+		close(c.quit)
+	})
+}
+
+// push hands m to the writer. A full queue is waited on for at most
+// WriteTimeout; a client that reads slower than that is disconnected,
+// so one slow browser tab never holds up anything but its own goroutines.
+func (c *clientConn) push(m protocol.Message) bool {
+	b, err := protocol.Encode(m)
+	if err != nil {
+		c.log.Error("encode", "type", m.MsgType(), "err", err)
+		return false
+	}
+	select {
+	case c.send <- b:
+		return true
+	case <-c.quit:
+		return false
+	default:
+	}
+	t := time.NewTimer(c.cfg.WriteTimeout)
+	defer t.Stop()
+	select {
+	case c.send <- b:
+		return true
+	case <-c.quit:
+		return false
+	case <-t.C:
+		c.log.Warn("client too slow: send queue full", "queue", cap(c.send))
+		c.stop(closeSlowClient, "too slow: send queue full")
+		return false
+	}
+}
+
+// pushErr answers a frame that could not be acted on; the connection stays.
+func (c *clientConn) pushErr(ref, id string, err error) {
+	f := c.failure(err)
+	c.push(&protocol.ClientError{Ref: ref, ID: id, Code: f.Code, Message: f.Message})
+}
+
+// failure maps a service error to the code and message a client sees.
+func (c *clientConn) failure(err error) *protocol.Failure {
+	var f *protocol.Failure
+	switch {
+	case errors.As(err, &f):
+		return f
+	case errors.Is(err, ErrUnknownDevice):
+		return protocol.Errorf(protocol.CodeNotFound, "unknown device")
+	case errors.Is(err, ErrNotFound):
+		return protocol.Errorf(protocol.CodeNotFound, "unknown request")
+	case errors.Is(err, ErrQueueFull):
+		return protocol.Errorf(protocol.CodeQueueFull, "device queue is full")
+	case errors.Is(err, ErrClosed):
+		return protocol.Errorf(codeUnavailable, "relay is shutting down")
+	}
+	c.log.Error("client request failed", "err", err)
+	return protocol.Errorf(protocol.CodeInternal, "internal error")
+}
+
+func (c *clientConn) deadAfter() time.Duration { return protocol.DeadAfter(c.cfg.PingPeriod) }
+
+func (c *clientConn) readLoop() {
+	conn := c.conn
+	conn.SetReadLimit(int64(c.cfg.ClientMaxFrame) * readLimitSlack)
+	conn.SetPongHandler(func(string) error {
+		return conn.SetReadDeadline(time.Now().Add(c.deadAfter()))
+	})
+	conn.SetReadDeadline(time.Now().Add(c.deadAfter()))
+	for {
+		typ, r, err := conn.NextReader()
+		if err != nil {
+			c.readFailed(err)
+			return
+		}
+		if typ != websocket.TextMessage {
+			c.fail(protocol.Errorf(protocol.CodeBadFrame, "binary frames are not supported; send JSON text"), websocket.CloseUnsupportedData)
+			return
+		}
+		b, err := io.ReadAll(io.LimitReader(r, int64(c.cfg.ClientMaxFrame)+1))
+		if err != nil {
+			c.readFailed(err)
+			return
+		}
+		conn.SetReadDeadline(time.Now().Add(c.deadAfter()))
+		m, err := protocol.DecodeClient(b, c.cfg.ClientMaxFrame)
+		if err != nil {
+			f := c.failure(err)
+			if f.Code == protocol.CodeTooLarge {
+				c.fail(f, websocket.CloseMessageTooBig)
+				return
+			}
+			if c.badFrames++; c.badFrames > maxBadFrames {
+				c.fail(protocol.Errorf(protocol.CodeBadFrame, "too many invalid frames"), websocket.ClosePolicyViolation)
+				return
+			}
+			c.push(&protocol.ClientError{Ref: refOf(b), Code: f.Code, Message: f.Message})
+			continue
+		}
+		c.badFrames = 0
+		c.handle(m)
+	}
+}
+
+// refOf digs the ref out of a frame that failed validation, so that the
+// error frame can still be matched to what the client sent.
+func refOf(b []byte) string {
+	var v struct {
+		Ref any `json:"ref"`
+	}
+	if json.Unmarshal(b, &v) != nil {
+		return ""
+	}
+	if s, ok := v.Ref.(string); ok && protocol.ValidID(s) {
+		return s
+	}
+	return ""
+}
+
+// fail reports an error and closes the connection with code.
+func (c *clientConn) fail(f *protocol.Failure, code int) {
+	c.log.Warn("client protocol violation", "code", f.Code, "msg", f.Message)
+	c.push(&protocol.ClientError{Code: f.Code, Message: f.Message})
+	c.stop(code, f.Code)
+}
+
+func (c *clientConn) readFailed(err error) {
+	c.readBroken = true
+	var ne net.Error
+	switch {
+	case errors.Is(err, websocket.ErrReadLimit):
+		c.stop(websocket.CloseMessageTooBig, "frame too large")
+	case errors.As(err, &ne) && ne.Timeout():
+		c.stop(websocket.CloseGoingAway, "no traffic")
+	default:
+		c.stop(websocket.CloseNormalClosure, "")
+	}
+}
+
+// drain reads until the client answers the close frame or the grace
+// period ends, so a final error frame is not lost to a TCP reset.
+func (c *clientConn) drain() {
+	c.conn.SetReadDeadline(time.Now().Add(c.closeGrace()))
+	for {
+		_, r, err := c.conn.NextReader()
+		if err != nil {
+			return
+		}
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			return
+		}
+	}
+}
+
+func (c *clientConn) closeGrace() time.Duration { return min(c.cfg.WriteTimeout, time.Second) }
+
+// handle acts on one valid frame. Nothing a client sends here ends the
+// connection: every failure is answered with an error frame.
+func (c *clientConn) handle(m protocol.Message) {
+	switch m := m.(type) {
+	case *protocol.ClientCall:
+		if c.watching() >= maxClientWatches {
+			c.push(&protocol.ClientError{Ref: m.Ref, Code: codeTooMany,
+				Message: "too many requests followed on this connection; wait for results first"})
+			return
+		}
+		rec, err := c.svc.Submit(c.ctx, m.Device, m.Submit())
+		if err != nil {
+			c.pushErr(m.Ref, "", err)
+			return
+		}
+		c.follow(m.Ref, rec)
+	case *protocol.ClientGet:
+		rec, err := c.svc.Request(m.ID)
+		if err != nil {
+			c.pushErr(m.Ref, m.ID, err)
+			return
+		}
+		c.follow(m.Ref, rec)
+	case *protocol.ClientCancel:
+		rec, err := c.svc.Cancel(m.ID)
+		if err != nil && !errors.Is(err, ErrTerminal) {
+			c.pushErr(m.Ref, m.ID, err)
+			return
+		}
+		// Already finished: the result tells the client how it ended.
+		c.follow(m.Ref, rec)
+	case *protocol.ClientSubscribe:
+		c.subscribe(m)
+	case *protocol.ClientUnsubscribe:
+		c.mu.Lock()
+		if sub := c.subs[m.Device]; sub != nil {
+			sub.stop()
+			delete(c.subs, m.Device)
+		}
+		c.mu.Unlock()
+	}
+}
+
+func (c *clientConn) watching() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.watches)
+}
+
+// follow answers with rec: a result if it has ended, otherwise accepted
+// and, once it ends, a result pushed by a waiter. A request already
+// followed keeps its one waiter; the newest ref is used for its result.
+func (c *clientConn) follow(ref string, rec protocol.Record) {
+	if protocol.Terminal(rec.State) {
+		c.push(protocol.NewClientResult(ref, rec))
+		return
+	}
+	if !c.push(&protocol.ClientAccepted{Ref: ref, ID: rec.ID, Request: rec}) {
+		return
+	}
+	c.mu.Lock()
+	if _, ok := c.watches[rec.ID]; ok {
+		c.watches[rec.ID] = ref
+		c.mu.Unlock()
+		return
+	}
+	if len(c.watches) >= maxClientWatches {
+		c.mu.Unlock()
+		// Only get and cancel get here at the limit; the client can ask
+		// again once results have come in.
+		c.push(&protocol.ClientError{Ref: ref, ID: rec.ID, Code: codeTooMany, Message: "too many requests followed on this connection"})
+		return
+	}
+	c.watches[rec.ID] = ref
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.wg.Done()
+		c.wait(rec.ID)
+	}()
+}
+
+// wait is the waiter of one request: it pushes its result when it ends.
+func (c *clientConn) wait(id string) {
+	rec, err := c.svc.WaitRequest(c.ctx, id)
+	c.mu.Lock()
+	ref := c.watches[id]
+	delete(c.watches, id)
+	c.mu.Unlock()
+	switch {
+	case c.ctx.Err() != nil:
+		return
+	case err != nil:
+		c.pushErr(ref, id, err)
+	case protocol.Terminal(rec.State):
+		c.push(protocol.NewClientResult(ref, rec))
+	}
+	// Otherwise the relay is stopping; the connection closes with 1001
+	// and the client re-attaches with get after reconnecting.
+}
+
+// subscribe starts a follower for m.Device, or, when one runs, repeats
+// the device's presence as confirmation.
+func (c *clientConn) subscribe(m *protocol.ClientSubscribe) {
+	info, err := c.svc.Device(m.Device)
+	if err != nil {
+		c.pushErr(m.Ref, "", err)
+		return
+	}
+	c.mu.Lock()
+	running, full := c.subs[m.Device] != nil, len(c.subs) >= maxClientSubs
+	if running || full {
+		c.mu.Unlock()
+		if running {
+			c.push(presenceOf(info))
+		} else {
+			c.push(&protocol.ClientError{Ref: m.Ref, Code: codeTooMany, Message: "too many subscriptions on this connection"})
+		}
+		return
+	}
+	// Without after, only events stored from now on are sent.
+	var after uint64
+	if m.After != nil {
+		after = *m.After
+	} else {
+		after = c.srv.hub.lastEventSeq(m.Device)
+	}
+	ctx, stop := context.WithCancel(c.ctx)
+	sub := &subscription{stop: stop}
+	c.subs[m.Device] = sub
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.wg.Done()
+		defer stop()
+		if err := c.stream(ctx, m.Device, after); err != nil && ctx.Err() == nil {
+			c.pushErr(m.Ref, "", err)
+		}
+		c.mu.Lock()
+		if c.subs[m.Device] == sub {
+			delete(c.subs, m.Device)
+		}
+		c.mu.Unlock()
+	}()
+}
+
+func presenceOf(info protocol.DeviceInfo) *protocol.ClientPresence {
+	return &protocol.ClientPresence{Device: info.ID, Online: info.Online, LastSeen: info.LastSeen}
+}
+
+// stream is a device follower: it pushes the device's presence now and
+// whenever it changes, and every event after seq after, waking on the
+// hub's change signal rather than polling.
+func (c *clientConn) stream(ctx context.Context, dev string, after uint64) error {
+	first, online := true, false
+	for {
+		// Take the channel before reading, so a change in between still
+		// wakes us.
+		changed, err := c.svc.DeviceChanged(dev)
+		if err != nil {
+			return err
+		}
+		info, err := c.svc.Device(dev)
+		if err != nil {
+			return err
+		}
+		if first || info.Online != online {
+			first, online = false, info.Online
+			if !c.push(presenceOf(info)) {
+				return nil
+			}
+		}
+		for {
+			evs, err := c.svc.Events(dev, after, eventBatch)
+			if err != nil {
+				return err
+			}
+			for _, e := range evs {
+				if !c.push(&protocol.ClientEvent{Device: dev, Seq: e.Seq, Name: e.Name, Data: e.Data, Time: e.Time}) {
+					return nil
+				}
+				after = e.Seq
+			}
+			if len(evs) < eventBatch {
+				break
+			}
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil
+		case <-c.svc.Done():
+			return nil
+		}
+	}
+}
+
+// writeLoop is the only code that writes to the connection.
+func (c *clientConn) writeLoop() {
+	ping := time.NewTicker(c.cfg.PingPeriod)
+	defer ping.Stop()
+	defer c.conn.Close() // unblocks the reader
+
+	for {
+		select {
+		case b := <-c.send:
+			if !c.write(websocket.TextMessage, b) {
+				return
+			}
+		case <-ping.C:
+			if !c.write(websocket.PingMessage, nil) {
+				return
+			}
+		case <-c.svc.Done():
+			c.stop(websocket.CloseGoingAway, "relay shutting down")
+			c.finish()
+			return
+		case <-c.quit:
+			c.finish()
+			return
+		}
+	}
+}
+
+// finish flushes what is queued and closes politely.
+func (c *clientConn) finish() {
+flush:
+	for {
+		select {
+		case b := <-c.send:
+			if !c.write(websocket.TextMessage, b) {
+				return
+			}
+		default:
+			break flush
+		}
+	}
+	if c.closeCode == websocket.CloseAbnormalClosure {
+		return // the connection is already broken
+	}
+	c.conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+	if err := c.conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(c.closeCode, c.closeText)); err != nil {
+		return
+	}
+	grace := time.NewTimer(c.closeGrace())
+	defer grace.Stop()
+	select {
+	case <-c.readerDone:
+	case <-grace.C:
+	}
+}
+
+func (c *clientConn) write(typ int, b []byte) bool {
+	c.conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+	if err := c.conn.WriteMessage(typ, b); err != nil {
+		c.log.Debug("client write failed", "err", err)
+		c.stop(websocket.CloseAbnormalClosure, "write failed")
+		return false
+	}
+	return true
+}

@@ -1,0 +1,164 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"path"
+	"strings"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// Scope limits what a client key may reach. Each list holds path.Match
+// patterns ("pi-*", "gpio.*"); an empty list means no restriction. Device
+// ids and method names contain no '/', so '*' spans the whole rest of a
+// name.
+type Scope struct {
+	Devices []string `json:"devices,omitempty"`
+	Methods []string `json:"methods,omitempty"`
+}
+
+// ParseScope reads comma-separated pattern lists as the admin command's
+// --devices and --methods flags give them, and checks every pattern.
+func ParseScope(devices, methods string) (Scope, error) {
+	var sc Scope
+	var err error
+	if sc.Devices, err = patterns("devices", devices); err != nil {
+		return Scope{}, err
+	}
+	if sc.Methods, err = patterns("methods", methods); err != nil {
+		return Scope{}, err
+	}
+	return sc, nil
+}
+
+func patterns(what, list string) ([]string, error) {
+	var out []string
+	for _, p := range strings.Split(list, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if _, err := path.Match(p, ""); err != nil {
+			return nil, fmt.Errorf("relay: --%s pattern %q: %w", what, p, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// Restricted reports whether the scope limits anything.
+func (sc Scope) Restricted() bool { return len(sc.Devices) > 0 || len(sc.Methods) > 0 }
+
+// AllowsDevice reports whether device id is in scope.
+func (sc Scope) AllowsDevice(id string) bool { return matchAny(sc.Devices, id) }
+
+// AllowsMethod reports whether method is in scope.
+func (sc Scope) AllowsMethod(method string) bool { return matchAny(sc.Methods, method) }
+
+func matchAny(pats []string, s string) bool {
+	if len(pats) == 0 {
+		return true
+	}
+	for _, p := range pats {
+		if ok, _ := path.Match(p, s); ok {
+			return true
+		}
+	}
+	return false
+}
+
+func (sc Scope) String() string {
+	d, m := "*", "*"
+	if len(sc.Devices) > 0 {
+		d = strings.Join(sc.Devices, ",")
+	}
+	if len(sc.Methods) > 0 {
+		m = strings.Join(sc.Methods, ",")
+	}
+	return "devices=" + d + " methods=" + m
+}
+
+type clientKey struct{}
+
+// WithClient returns ctx carrying the authenticated client's name. Every
+// client transport must attach it before calling the ClientService, so
+// that Authorize and Submit apply the client's scope and rate limit.
+func WithClient(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, clientKey{}, name)
+}
+
+// ClientFrom returns the client name WithClient attached to ctx.
+func ClientFrom(ctx context.Context) (string, bool) {
+	name, ok := ctx.Value(clientKey{}).(string)
+	return name, ok
+}
+
+// ClientScope returns the scope of client name (unrestricted for an
+// unknown name: authentication, not scope, keeps those out).
+func (s *Server) ClientScope(name string) Scope { return s.creds.clientScope(name) }
+
+// Authorize checks that the client in ctx may use device and, when method
+// is not empty, method. It is the one scope check: Submit calls it, the
+// REST handlers call it for reads and cancels, and the client WebSocket
+// must call it for subscriptions. A ctx without a client (in-process
+// callers, tests) is trusted. Refusals wrap ErrForbidden.
+func (s *Server) Authorize(ctx context.Context, device, method string) error {
+	name, ok := ClientFrom(ctx)
+	if !ok {
+		return nil
+	}
+	sc := s.creds.clientScope(name)
+	if !sc.AllowsDevice(device) {
+		return fmt.Errorf("%w: client %s may not use device %q", ErrForbidden, name, device)
+	}
+	if method != "" && !sc.AllowsMethod(method) {
+		return fmt.Errorf("%w: client %s may not call method %q", ErrForbidden, name, method)
+	}
+	return nil
+}
+
+// AddClientScoped is AddClient for a key limited to sc.
+func AddClientScoped(dir, name string, sc Scope) (string, error) {
+	return addCredential(dir, name, ClientKeyPrefix, func(c *credentials) *[]credEntry { return &c.Clients },
+		func(e *credEntry) { e.Devices, e.Methods = sc.Devices, sc.Methods })
+}
+
+// clientScope returns the scope stored for client name.
+func (c *credCache) clientScope(name string) Scope {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reloadLocked()
+	e := c.clientNames[name]
+	return Scope{Devices: e.Devices, Methods: e.Methods}
+}
+
+// scopedDevices is Devices filtered to the scope of the client in ctx.
+func (s *Server) scopedDevices(ctx context.Context) []protocol.DeviceInfo {
+	all := s.Devices()
+	name, ok := ClientFrom(ctx)
+	if !ok {
+		return all
+	}
+	sc := s.ClientScope(name)
+	out := all[:0]
+	for _, d := range all {
+		if sc.AllowsDevice(d.ID) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// authorizeRequest checks the client in ctx against request id's device
+// and method. An unknown id passes: the caller answers 404.
+func (s *Server) authorizeRequest(ctx context.Context, id string) error {
+	if _, ok := ClientFrom(ctx); !ok {
+		return nil
+	}
+	rec, err := s.Request(id)
+	if err != nil {
+		return nil
+	}
+	return s.Authorize(ctx, rec.Device, rec.Method)
+}
