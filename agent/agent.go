@@ -126,18 +126,20 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 	a.log.Info("agent stopping", "grace", a.cfg.ShutdownGrace)
-	grace := time.NewTimer(a.cfg.ShutdownGrace)
-	defer grace.Stop()
+	// One deadline for the whole shutdown: whatever the handlers leave of
+	// it is what the outbox gets to drain.
+	grace, cancelGrace := context.WithTimeout(context.Background(), a.cfg.ShutdownGrace)
+	defer cancelGrace()
 
 	a.mu.Lock()
 	a.draining = true
 	a.mu.Unlock()
-	if !a.waitFor(grace.C, func() bool { return len(a.running) == 0 }) {
+	if !a.waitFor(grace.Done(), func() bool { return len(a.running) == 0 }) {
 		a.log.Warn("cancelling requests still running at shutdown")
 	}
 	a.cancelJobs(errShutdown)
 	a.jobs.Wait()
-	a.waitFor(grace.C, func() bool { return a.out.size() == 0 || a.sess == nil })
+	a.waitFor(grace.Done(), func() bool { return a.out.size() == 0 || a.sess == nil })
 
 	stopSessions()
 	loop.Wait()
@@ -151,7 +153,7 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // waitFor blocks until cond (evaluated under a.mu) holds or timeout fires.
-func (a *Agent) waitFor(timeout <-chan time.Time, cond func() bool) bool {
+func (a *Agent) waitFor(timeout <-chan struct{}, cond func() bool) bool {
 	for {
 		a.mu.Lock()
 		ok, ch := cond(), a.changed
@@ -321,9 +323,12 @@ func (a *Agent) onRequest(s *session, r *protocol.Request) {
 	a.topUpLocked()
 }
 
+// finishedLocked answers a duplicate of a finished request from the
+// outbox. A result still on its way to disk is not sent: finish sends it
+// once it is durable.
 func (a *Agent) finishedLocked(s *session, id string) bool {
 	res, ok := a.out.finished(id)
-	if ok {
+	if ok && a.out.durable(id) {
 		s.send(res)
 	}
 	return ok

@@ -71,6 +71,20 @@ func (o *outbox) finished(id string) (*protocol.Result, bool) {
 	return e.res, ok
 }
 
+// durable reports whether the result of finished request id is on disk:
+// acknowledged results are, owed ones carry a flag.
+func (o *outbox) durable(id string) bool {
+	if !o.unacked[id] {
+		return true
+	}
+	for _, r := range o.results {
+		if r.res.ID == id {
+			return r.durable
+		}
+	}
+	return false
+}
+
 // evict forgets finished requests beyond the count or age bound, but never
 // one whose result still waits for an ack.
 func (o *outbox) evict(now time.Time) {

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -10,12 +11,16 @@ import (
 
 // accessLog logs one line per HTTP request. Secrets stay out of it: the
 // Authorization header is never logged, and the values of secret query
-// parameters (?ticket=) are redacted.
+// parameters (?ticket=) are redacted. The client or device a request
+// authenticated as is logged by name. A WebSocket connection is logged
+// when its handler returns: an agent's right after the upgrade, a
+// client's when the connection ends.
 func (s *Server) accessLog(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w}
-		next.ServeHTTP(rec, r)
+		note := &reqNote{}
+		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), noteKey{}, note)))
 		status := rec.status
 		switch {
 		case rec.hijacked:
@@ -23,15 +28,51 @@ func (s *Server) accessLog(next http.Handler) http.Handler {
 		case status == 0:
 			status = http.StatusOK
 		}
-		s.log.Info("http",
+		attrs := []any{
 			"method", r.Method,
 			"uri", redactedURI(r.URL),
 			"status", status,
 			"bytes", rec.bytes,
 			"ms", time.Since(start).Milliseconds(),
-			"remote", r.RemoteAddr)
+			"remote", r.RemoteAddr,
+		}
+		if note.client != "" {
+			attrs = append(attrs, "client", note.client)
+		}
+		if note.device != "" {
+			attrs = append(attrs, "device", note.device)
+		}
+		if note.refused != "" {
+			attrs = append(attrs, "refused", note.refused)
+		}
+		s.log.Info("http", attrs...)
 	})
 }
+
+// reqNote is what a handler tells the access log, and the upgrade
+// metrics, about its request: who it authenticated as and why it was
+// refused. accessLog puts one in every request's context; only the
+// request's handler goroutine writes it, before it returns. Names only,
+// never a credential.
+type reqNote struct {
+	client  string // client name, once authenticated
+	device  string // device id, once an agent authenticated
+	refused string // why an upgrade was refused (refused* constants)
+}
+
+type noteKey struct{}
+
+// noteOf returns r's note; without accessLog (handlers called directly)
+// it returns a throwaway one, so callers need not check.
+func noteOf(r *http.Request) *reqNote {
+	if n, ok := r.Context().Value(noteKey{}).(*reqNote); ok {
+		return n
+	}
+	return &reqNote{}
+}
+
+// noteRefusal records why r's upgrade is refused.
+func noteRefusal(r *http.Request, reason string) { noteOf(r).refused = reason }
 
 // statusRecorder notes the status and size of an answer. It passes
 // Hijack through for WebSocket upgrades and Flush for streaming.

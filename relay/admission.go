@@ -111,11 +111,13 @@ func refuseBusy(w http.ResponseWriter, wait time.Duration, msg string) {
 // bucket admitted the request.
 func (s *Server) admitAgent(w http.ResponseWriter, r *http.Request) (time.Time, bool) {
 	if r.Header.Get("Origin") != "" {
+		noteRefusal(r, refusedOrigin)
 		writeError(w, http.StatusForbidden, codeForbidden, "browsers may not open agent sessions")
 		return time.Time{}, false
 	}
 	now := time.Now()
 	if wait, ok := s.guard.admit.take(now); !ok {
+		noteRefusal(r, refusedAdmission)
 		refuseBusy(w, wait, "relay is admitting agents at its configured rate; retry later")
 		return time.Time{}, false
 	}

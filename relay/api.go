@@ -34,7 +34,7 @@ func (s *Server) Handler() http.Handler {
 		h            http.HandlerFunc
 	}{
 		{"GET", "/healthz", s.handleHealth},
-		{"GET", "/v1/agent", s.handleAgent},
+		{"GET", "/v1/agent", s.countUpgrades(endpointAgent, s.handleAgent)},
 		{"GET", "/v1/devices", s.client(s.handleDevices)},
 		{"GET", "/v1/devices/{id}", s.client(s.handleDevice)},
 		{"POST", "/v1/devices/{id}/requests", s.client(s.handleSubmit)},
@@ -42,7 +42,8 @@ func (s *Server) Handler() http.Handler {
 		{"GET", "/v1/requests/{id}", s.client(s.handleGet)},
 		{"DELETE", "/v1/requests/{id}", s.client(s.handleCancel)},
 		{"POST", "/v1/tickets", s.handleTicket},
-		{"GET", "/v1/client", s.handleClient},
+		{"GET", "/v1/client", s.countUpgrades(endpointClient, s.handleClient)},
+		{"GET", "/metrics", s.handleMetrics},
 		{"GET", "/{$}", s.handleDashboard},
 		{"GET", "/app.js", s.handleDashboard},
 		{"GET", "/style.css", s.handleDashboard},
@@ -80,6 +81,7 @@ func (s *Server) client(h http.HandlerFunc) http.HandlerFunc {
 			writeError(w, http.StatusUnauthorized, codeUnauthorized, "missing or invalid client key")
 			return
 		}
+		noteOf(r).client = name
 		h(w, r.WithContext(WithClient(r.Context(), name)))
 	}
 }

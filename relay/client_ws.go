@@ -132,7 +132,9 @@ type subscription struct {
 }
 
 func newClientConn(s *Server, conn *websocket.Conn, name string) *clientConn {
-	ctx, cancel := context.WithCancel(context.Background())
+	// The client's name rides in ctx so that Submit and Authorize apply
+	// its scope and rate limit to everything this connection does.
+	ctx, cancel := context.WithCancel(WithClient(context.Background(), name))
 	return &clientConn{
 		srv:        s,
 		svc:        s,
@@ -231,6 +233,10 @@ func (c *clientConn) failure(err error) *protocol.Failure {
 		return protocol.Errorf(protocol.CodeQueueFull, "device queue is full")
 	case errors.Is(err, ErrClosed):
 		return protocol.Errorf(codeUnavailable, "relay is shutting down")
+	case errors.Is(err, ErrForbidden):
+		return protocol.Errorf(codeForbidden, "%v", err)
+	case errors.Is(err, ErrRateLimited):
+		return protocol.Errorf(codeRateLimited, "%v", err)
 	}
 	c.log.Error("client request failed", "err", err)
 	return protocol.Errorf(protocol.CodeInternal, "internal error")
@@ -349,6 +355,10 @@ func (c *clientConn) handle(m protocol.Message) {
 		}
 		c.follow(m.Ref, rec)
 	case *protocol.ClientGet:
+		if err := c.srv.authorizeRequest(c.ctx, m.ID); err != nil {
+			c.pushErr(m.Ref, m.ID, err)
+			return
+		}
 		rec, err := c.svc.Request(m.ID)
 		if err != nil {
 			c.pushErr(m.Ref, m.ID, err)
@@ -356,6 +366,10 @@ func (c *clientConn) handle(m protocol.Message) {
 		}
 		c.follow(m.Ref, rec)
 	case *protocol.ClientCancel:
+		if err := c.srv.authorizeRequest(c.ctx, m.ID); err != nil {
+			c.pushErr(m.Ref, m.ID, err)
+			return
+		}
 		rec, err := c.svc.Cancel(m.ID)
 		if err != nil && !errors.Is(err, ErrTerminal) {
 			c.pushErr(m.Ref, m.ID, err)
@@ -436,6 +450,10 @@ func (c *clientConn) wait(id string) {
 // subscribe starts a follower for m.Device, or, when one runs, repeats
 // the device's presence as confirmation.
 func (c *clientConn) subscribe(m *protocol.ClientSubscribe) {
+	if err := c.srv.Authorize(c.ctx, m.Device, ""); err != nil {
+		c.pushErr(m.Ref, "", err)
+		return
+	}
 	info, err := c.svc.Device(m.Device)
 	if err != nil {
 		c.pushErr(m.Ref, "", err)

@@ -583,3 +583,32 @@ func TestDashboardServed(t *testing.T) {
 		t.Fatalf("unknown asset: %d", resp.StatusCode)
 	}
 }
+
+// A key limited to some devices reaches only those over the WebSocket too.
+func TestClientScopeApplies(t *testing.T) {
+	e := newEnv(t)
+	key, err := AddClientScoped(e.cfg.DataDir, "narrow", Scope{Devices: []string{"other*"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := e.submit(protocol.Submit{Method: "sys.ping"}) // by the unrestricted key
+	conn, _, err := dialClientRaw(e, keyHeader(key), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startClient(t, conn)
+	for _, f := range []map[string]any{
+		{"type": "subscribe", "ref": "1", "device": "dev1"},
+		{"type": "call", "ref": "2", "device": "dev1", "method": "sys.ping"},
+		{"type": "get", "ref": "3", "id": rec.ID},
+		{"type": "cancel", "ref": "4", "id": rec.ID},
+	} {
+		c.sendJSON(f)
+		if er := clientNext[*protocol.ClientError](c); er.Code != codeForbidden || er.Ref != f["ref"] {
+			t.Fatalf("%v: %+v, want forbidden", f, er)
+		}
+	}
+	if got := e.record(rec.ID, ""); got.State != protocol.StateQueued {
+		t.Fatalf("out-of-scope cancel changed the request: %s", got.State)
+	}
+}

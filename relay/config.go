@@ -2,6 +2,7 @@ package relay
 
 import (
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -102,6 +103,12 @@ type Config struct {
 	// its agent confirmed a rotation, unless the rotation sets its own.
 	RotateGrace time.Duration
 
+	// MetricsAllow lists the networks whose hosts may GET /metrics. nil
+	// means loopback only (127.0.0.0/8, ::1); an empty, non-nil list
+	// serves /metrics to nobody. Requests carrying proxy headers
+	// (Forwarded, X-Forwarded-For, X-Real-IP) are always refused.
+	MetricsAllow []netip.Prefix
+
 	// Version is reported to agents in welcome.
 	Version string
 	// Logger receives the relay's logs; nil discards them.
@@ -139,6 +146,7 @@ func DefaultConfig() Config {
 		DeviceRate:      float64(rate.Inf),
 		DeviceBurst:     1,
 		RotateGrace:     10 * time.Minute,
+		MetricsAllow:    loopbackNets(),
 		Version:         "dev",
 	}
 }
@@ -175,6 +183,9 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.DeviceBurst, d.DeviceBurst)
 	setDefault(&c.RotateGrace, d.RotateGrace)
 	setDefault(&c.Version, d.Version)
+	if c.MetricsAllow == nil {
+		c.MetricsAllow = d.MetricsAllow
+	}
 	if c.MaxTimeout > protocol.MaxTimeoutMs*time.Millisecond {
 		c.MaxTimeout = protocol.MaxTimeoutMs * time.Millisecond
 	}

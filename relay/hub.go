@@ -31,6 +31,7 @@ type hub struct {
 	cfg Config
 	st  *store
 	log *slog.Logger
+	met *metrics // nil in tests that build a hub alone
 
 	mu sync.Mutex
 	// Guarded by mu:
@@ -119,8 +120,10 @@ func (h *hub) deviceLocked(id string) *device {
 }
 
 // commit makes c durable and then settles its finished entries, waking
-// their waiters. Entries are settled even when the commit fails: the error
-// is returned so the caller withholds its acknowledgement.
+// their waiters. When the commit fails, finished entries stay live and are
+// marked unsaved: nothing about them is acknowledged, a duplicate result
+// or the sweep commits them again, and the error tells the caller to
+// withhold its own acknowledgement.
 func (h *hub) commit(c *changes) error {
 	err := h.st.putRequests(c.recs)
 	if err != nil {
@@ -129,11 +132,23 @@ func (h *hub) commit(c *changes) error {
 	if len(c.done) > 0 {
 		h.mu.Lock()
 		for _, e := range c.done {
+			if err != nil {
+				e.unsaved = true
+				continue
+			}
+			e.unsaved = false
 			h.settleLocked(e)
 		}
 		h.mu.Unlock()
 	}
 	return err
+}
+
+// resaveLocked queues the terminal state of unsaved entries for another
+// commit.
+func (c *changes) resaveLocked(e *entry) {
+	c.recs = append(c.recs, e.storedLocked())
+	c.done = append(c.done, e)
 }
 
 // settleLocked retires a committed terminal entry from memory; from now on
@@ -145,6 +160,8 @@ func (h *hub) settleLocked(e *entry) {
 	delete(h.live, e.rec.ID)
 	close(e.done)
 	h.retained = append(h.retained, retainedRef{id: e.rec.ID, finished: *e.rec.Finished})
+	// Every request ends here exactly once, whichever way it ended.
+	h.met.requestFinished(&e.rec)
 }
 
 // submit stores a new request for device and queues it.
@@ -197,6 +214,7 @@ func (h *hub) submit(dev string, sub protocol.Submit) (protocol.Record, error) {
 	if d.sess != nil {
 		d.sess.poke()
 	}
+	h.met.requestSubmitted(e.rec.Method)
 	return e.rec, nil
 }
 
@@ -306,7 +324,9 @@ func (h *hub) takeWork(s *session) (work, error) {
 	now := time.Now()
 	h.mu.Lock()
 	d := h.deviceLocked(s.device)
-	if d.sess != s {
+	if d.sess != s || s.closing() {
+		// A session on its way out takes no new leases: each would cost
+		// its request a delivery attempt the agent never sees.
 		h.mu.Unlock()
 		return out, nil
 	}
@@ -460,14 +480,23 @@ func (h *hub) result(s *session, res *protocol.Result) error {
 		return nil
 	}
 	if protocol.Terminal(e.rec.State) {
-		// A first result is being committed; ack this one after it.
+		if e.unsaved {
+			// The first result's commit failed: try again, and ack only
+			// if this one succeeds.
+			c.resaveLocked(e)
+			h.mu.Unlock()
+			return h.commit(&c)
+		}
+		// A first result is being committed; ack this one after it, and
+		// only if it was saved.
 		done := e.done
 		h.mu.Unlock()
 		select {
 		case <-done:
+			return nil
 		case <-s.quit:
+			return ErrClosed
 		}
-		return nil
 	}
 	if e.rec.State == protocol.StateQueued {
 		h.deviceLocked(e.rec.Device).removeLocked(e)
@@ -488,12 +517,16 @@ func (h *hub) event(s *session, ev *protocol.Event) error {
 	now := time.Now()
 	h.mu.Lock()
 	d := h.deviceLocked(s.device)
+	h.mu.Unlock()
+	// lastSeq only rises after a commit, and commits of one device's
+	// events take turns: an event at or below it is on disk.
+	d.evMu.Lock()
+	defer d.evMu.Unlock()
+	h.mu.Lock()
 	if ev.Seq <= d.lastSeq {
 		h.mu.Unlock()
 		return nil
 	}
-	prev := d.lastSeq
-	d.lastSeq = ev.Seq
 	h.mu.Unlock()
 
 	rec := protocol.EventRecord{
@@ -504,14 +537,12 @@ func (h *hub) event(s *session, ev *protocol.Event) error {
 	}
 	err := h.st.putEvent(s.device, rec, h.cfg.EventsKept)
 
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	if err != nil {
-		if d.lastSeq == ev.Seq {
-			d.lastSeq = prev
-		}
 		return err
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d.lastSeq = max(d.lastSeq, ev.Seq)
 	d.notifyLocked()
 	return nil
 }
@@ -524,6 +555,11 @@ func (h *hub) sweep(now time.Time) {
 	cutoff := now.Add(-h.cfg.ResultRetention)
 
 	h.mu.Lock()
+	for _, e := range h.live {
+		if e.unsaved {
+			c.resaveLocked(e)
+		}
+	}
 	for _, d := range h.devices {
 		kept := d.queue[:0]
 		for _, e := range d.queue {

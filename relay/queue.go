@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
@@ -22,6 +23,9 @@ type entry struct {
 	cancelAsked bool
 	// done is closed once the request's terminal state is committed.
 	done chan struct{}
+	// unsaved marks a terminal state whose commit failed: the entry stays
+	// live (and its waiters waiting) until a retry commits it.
+	unsaved bool
 }
 
 func (e *entry) storedLocked() storedRequest {
@@ -36,7 +40,11 @@ type device struct {
 	reserved int      // submits being committed; they count against the bound
 	sess     *session // current agent session, or nil when offline
 	meta     deviceMeta
-	lastSeq  uint64 // highest event seq stored
+	lastSeq  uint64 // highest event seq stored (raised only after its commit)
+	// evMu serialises this device's event commits, so an event is never
+	// acknowledged while another session's copy of it is still being
+	// written. It is taken before hub.mu, never while holding it.
+	evMu sync.Mutex
 	// changed is closed and replaced on every event and presence change,
 	// so waiters need no registration.
 	changed chan struct{}

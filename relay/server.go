@@ -31,6 +31,7 @@ type Server struct {
 	sessions tracker // agent sessions and /v1/client connections
 	tickets  ticketStore
 	guard    *guard // TLS, admission, rate limits, token rotation
+	met      *metrics
 
 	shutdownOnce sync.Once
 	shutdown     chan struct{} // closed when the server stops serving
@@ -85,6 +86,8 @@ func New(cfg Config) (*Server, error) {
 		},
 	}
 	s.sessions.live = make(map[*session]struct{})
+	s.met = newMetrics(s)
+	h.met = s.met // before anyone can reach h
 	return s, nil
 }
 
@@ -208,24 +211,30 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	dev, auth, ok := s.authAgent(r)
 	if !ok {
+		noteRefusal(r, refusedUnauthorized)
 		writeError(w, http.StatusUnauthorized, codeUnauthorized, "missing or invalid device token")
 		return
 	}
+	noteOf(r).device = dev
 	if !websocket.IsWebSocketUpgrade(r) {
+		noteRefusal(r, refusedNotWebSocket)
 		writeError(w, http.StatusBadRequest, codeBadRequest, "WebSocket upgrade required")
 		return
 	}
 	if !slices.Contains(websocket.Subprotocols(r), protocol.Version) {
+		noteRefusal(r, refusedSubprotocol)
 		writeError(w, http.StatusBadRequest, codeBadRequest, "unsupported subprotocol, want "+protocol.Version)
 		return
 	}
 	if !s.sessions.add() {
+		noteRefusal(r, refusedShutdown)
 		w.Header().Set("Retry-After", "5")
 		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "relay is shutting down")
 		return
 	}
 	if !s.guard.admit.open() {
 		s.sessions.done()
+		noteRefusal(r, refusedMaxConns)
 		refuseBusy(w, fullRetryAfter, "relay is at its connection limit")
 		return
 	}

@@ -58,6 +58,16 @@ type session struct {
 	cancels []string // ids to send cancel frames for
 }
 
+// closing reports whether the session has been asked to stop.
+func (s *session) closing() bool {
+	select {
+	case <-s.quit:
+		return true
+	default:
+		return false
+	}
+}
+
 func newSession(conn *websocket.Conn, dev string, cfg *Config, h *hub) *session {
 	id := newID("s")
 	return &session{

@@ -105,6 +105,7 @@ func (s *Server) handleTicket(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, codeUnauthorized, "missing or invalid client key")
 		return
 	}
+	noteOf(r).client = name
 	tok, exp, err := s.tickets.issue(name, s.cfg.TicketTTL, s.cfg.MaxTickets, time.Now())
 	if err != nil {
 		w.Header().Set("Retry-After", "5")

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -33,7 +34,7 @@ var version = "dev"
 
 const usage = `usage:
   tether-relay serve [--listen ADDR] [--data DIR] [--ping DURATION] [--log-level LEVEL]
-                     [--allowed-origin URL]...
+                     [--allowed-origin URL]... [--metrics-allow CIDR,...|none]
                      [--tls-cert FILE --tls-key FILE [--client-ca FILE]]
                      [--admit-rate N] [--admit-burst N] [--max-conns N]
                      [--client-rate N] [--client-burst N] [--device-rate N] [--device-burst N]
@@ -95,6 +96,23 @@ func serve(args []string, stderr io.Writer) error {
 				return err
 			}
 			cfg.AllowedOrigins = append(cfg.AllowedOrigins, n)
+		}
+		return nil
+	})
+	metricsAllowSet := false
+	fs.Func("metrics-allow", "networks (CIDR or address, comma-separated, repeatable) that may GET /metrics; default loopback; \"none\" serves it to nobody", func(v string) error {
+		if !metricsAllowSet {
+			cfg.MetricsAllow, metricsAllowSet = []netip.Prefix{}, true
+		}
+		if v == "none" {
+			return nil
+		}
+		for _, n := range strings.Split(v, ",") {
+			p, err := parseNet(strings.TrimSpace(n))
+			if err != nil {
+				return err
+			}
+			cfg.MetricsAllow = append(cfg.MetricsAllow, p)
 		}
 		return nil
 	})
@@ -189,6 +207,19 @@ func admin(kind, verb string, args []string, stdout, stderr io.Writer) error {
 		return tw.Flush()
 	}
 	return fmt.Errorf("%s: unknown subcommand %q, want add or list", kind, verb)
+}
+
+// parseNet parses a CIDR prefix, or an address as a prefix of its own.
+func parseNet(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q: want a network like 10.0.0.0/8 or an address", s)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 // parseInterspersed parses flags that may come before, between or after

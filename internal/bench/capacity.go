@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -119,7 +120,15 @@ func (r *runner) connectIdle(ctx context.Context, proto string, n int) (*idle, e
 }
 
 func (r *runner) capacity(ctx context.Context) error {
+	raiseNofile() // children inherit the limit this process can reach
+	var lim syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
 	for _, n := range r.opts.Capacity {
+		// One process holds every connection; it needs a descriptor each.
+		if need := uint64(n) + 1000; lim.Max < need {
+			r.skip(fmt.Sprintf("relay_%d", n), fmt.Sprintf("RLIMIT_NOFILE hard limit is %d and cannot be raised here; %d connections need about %d descriptors in one process", lim.Max, n, need))
+			continue
+		}
 		// The NATS baseline first, so the relay's figures find it.
 		h, err := r.connectIdle(ctx, "nats", n)
 		if err != nil {

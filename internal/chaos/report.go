@@ -133,7 +133,7 @@ func readExecLog(path string) (map[string]*execEntry, int, error) {
 const maxProblems = 10
 
 // check applies the definitions of the package documentation.
-func check(rep *Report, sent []sent, recs map[string]protocol.Record, execs map[string]*execEntry) {
+func check(rep *Report, sent []sent, recs map[string]protocol.Record, gone map[string]bool, execs map[string]*execEntry) {
 	rep.Requests = len(sent)
 	shown := map[string]int{}
 	problem := func(counter *int, kind, id, format string, args ...any) {
@@ -172,9 +172,14 @@ func check(rep *Report, sent []sent, recs map[string]protocol.Record, execs map[
 		if e := execs[s.id]; e != nil {
 			n, methods = e.n, e.methods
 		}
-		if !ok {
+		switch {
+		case gone[s.id]:
 			rep.States["gone"]++
 			problem(&rep.Lost, "lost", s.id, "acknowledged %s but the relay no longer knows it (executed %d times)", s.method, n)
+			continue
+		case !ok:
+			rep.States["unreadable"]++
+			problem(&rep.Unresolved, "unresolved", s.id, "%s: the relay never answered for it during the drain", s.method)
 			continue
 		}
 		key := rec.State

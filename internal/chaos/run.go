@@ -202,7 +202,7 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	}
 	w.logf("storm over after %v: %d requests acknowledged, %d faults", time.Since(start).Round(time.Millisecond), len(w.sent), rep.Faults)
 
-	recs, err := w.drain(ctx, &rep)
+	recs, gone, err := w.drain(ctx, &rep)
 	if err != nil {
 		return rep, err
 	}
@@ -217,7 +217,7 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	w.mu.Lock()
 	rep.SubmitRetries, rep.SubmitUnknown = w.submitRetries, w.submitUnknown
 	w.mu.Unlock()
-	check(&rep, w.sent, recs, counts)
+	check(&rep, w.sent, recs, gone, counts)
 	return rep, nil
 }
 
@@ -500,8 +500,9 @@ func (w *world) inject(ctx context.Context, kind string) error {
 
 // drain waits, without faults, until every acknowledged request is
 // terminal or unknown to the relay, or Drain passes. It returns the last
-// record seen for each id (absent: the relay answered 404).
-func (w *world) drain(ctx context.Context, rep *Report) (map[string]protocol.Record, error) {
+// record seen for each id and the ids the relay answered 404 for; an id in
+// neither could not be read at all.
+func (w *world) drain(ctx context.Context, rep *Report) (map[string]protocol.Record, map[string]bool, error) {
 	w.proxy.SetToxics(faultproxy.Toxics{})
 	begin := time.Now()
 	deadline := begin.Add(w.o.Drain)
@@ -513,7 +514,7 @@ func (w *world) drain(ctx context.Context, rep *Report) (map[string]protocol.Rec
 	}
 	for len(pending) > 0 && time.Now().Before(deadline) {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		wait := min(2*time.Second, time.Until(deadline))
 		var mu sync.Mutex
@@ -563,6 +564,7 @@ func (w *world) drain(ctx context.Context, rep *Report) (map[string]protocol.Rec
 			var rec protocol.Record
 			if rec, err = w.cl.get(ctx, id, 0); err == nil {
 				recs[id] = rec
+				delete(gone, id)
 				break
 			}
 			if errors.Is(err, errGone) {
@@ -571,7 +573,7 @@ func (w *world) drain(ctx context.Context, rep *Report) (map[string]protocol.Rec
 			sleep(ctx, 100*time.Millisecond)
 		}
 	}
-	return recs, nil
+	return recs, gone, nil
 }
 
 func isClosed(ch <-chan struct{}) bool {

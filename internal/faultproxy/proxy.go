@@ -115,7 +115,7 @@ func (p *Proxy) accept() {
 			resetConn(up)
 			continue
 		}
-		l := newLink(p, c, up, p.toxics, p.rng.Uint64())
+		l := newLink(c, up, p.toxics, p.rng.Uint64())
 		p.links[l] = struct{}{}
 		p.wg.Add(1)
 		p.mu.Unlock()
@@ -208,7 +208,7 @@ type Link struct {
 	rng   *rand.Rand
 }
 
-func newLink(p *Proxy, client, server net.Conn, t Toxics, seed uint64) *Link {
+func newLink(client, server net.Conn, t Toxics, seed uint64) *Link {
 	for _, c := range []net.Conn{client, server} {
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
@@ -287,9 +287,7 @@ func (l *Link) run() {
 	var first error
 	select {
 	case first = <-up:
-		up <- first
 	case first = <-down:
-		down <- first
 	}
 	if !l.BlackHoled() {
 		if isReset(first) {

@@ -588,7 +588,7 @@ func quoted(l line, text string, i, col int) (string, int, error) {
 // returns it with the number of bytes used.
 func unescape(s string) (string, int, error) {
 	simple := map[byte]string{'0': "\x00", 'a': "\a", 'b': "\b", 't': "\t", '\t': "\t", 'n': "\n", 'v': "\v",
-		'f': "\f", 'r': "\r", 'e': "\x1b", ' ': " ", '"': "\"", '/': "/", '\\': "\\",
+		'f': "\f", 'r': "\r", 'e': "\x1b", ' ': " ", '"': "\"", '\\': "\\",
 		'N': "\u0085", '_': "\u00a0", 'L': "\u2028", 'P': "\u2029"}
 	if r, ok := simple[s[0]]; ok {
 		return r, 1, nil

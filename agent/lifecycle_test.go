@@ -1,0 +1,193 @@
+package agent
+
+// Lifecycle edge cases of the agent: shutdown within its grace, and
+// duplicate deliveries racing a result's fsync.
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// blockExec blocks every request until its context ends.
+type blockExec struct{ started chan string }
+
+func (b blockExec) Execute(ctx context.Context, r *protocol.Request) (json.RawMessage, error) {
+	b.started <- r.ID
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// mutedRelay is a fake relay that welcomes the agent, delivers one request
+// after the first pull, and then reads (answering pings) but never acks.
+type mutedRelay struct {
+	ts   *httptest.Server
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	conn []*websocket.Conn
+}
+
+func startMutedRelay(t *testing.T) *mutedRelay {
+	t.Helper()
+	m := &mutedRelay{}
+	up := websocket.Upgrader{Subprotocols: []string{protocol.Version}}
+	m.ts = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		m.mu.Lock()
+		m.conn = append(m.conn, c)
+		m.mu.Unlock()
+		m.wg.Add(1)
+		defer m.wg.Done()
+		if _, _, err := c.ReadMessage(); err != nil { // hello
+			return
+		}
+		send := func(msg protocol.Message) {
+			b, _ := protocol.Encode(msg)
+			c.WriteMessage(websocket.TextMessage, b)
+		}
+		// A long ping period: the agent will not drop the link on its own
+		// for 2.5 minutes.
+		send(&protocol.Welcome{Session: "s1", Device: "d1", Relay: "fake", MaxFrame: protocol.MaxFrame, PingMs: 60000})
+		sent := false
+		for {
+			_, b, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			msg, err := protocol.Decode(b, protocol.MaxFrame)
+			if err != nil {
+				return
+			}
+			if _, ok := msg.(*protocol.Pull); ok && !sent {
+				sent = true
+				send(&protocol.Request{ID: "r1", Method: "m", TimeoutMs: 60000, Attempt: 1})
+			}
+			// Results are read and never acknowledged.
+		}
+	}))
+	t.Cleanup(func() {
+		m.mu.Lock()
+		for _, c := range m.conn {
+			c.Close()
+		}
+		m.mu.Unlock()
+		m.ts.Close()
+	})
+	return m
+}
+
+// Run must stay within ShutdownGrace even when handlers overrun it and the
+// relay never acknowledges: the outbox flush gets what is left of the
+// grace, not a fresh wait that only a dying link would end.
+func TestRunHonoursShutdownGraceWhenHandlersOverrun(t *testing.T) {
+	m := startMutedRelay(t)
+	ex := blockExec{started: make(chan string, 1)}
+	a, err := New(Config{
+		Relay:         "ws" + strings.TrimPrefix(m.ts.URL, "http"),
+		Token:         "t",
+		ShutdownGrace: 200 * time.Millisecond,
+		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, ex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- a.Run(ctx) }()
+	select {
+	case <-ex.started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("request never started")
+	}
+	start := time.Now()
+	cancel()
+	select {
+	case <-ran:
+		t.Logf("Run returned after %v", time.Since(start))
+	case <-time.After(3 * time.Second):
+		// Unblock Run so the test ends: dropping the link makes sess nil.
+		m.mu.Lock()
+		for _, c := range m.conn {
+			c.Close()
+		}
+		m.mu.Unlock()
+		<-ran
+		t.Fatalf("Run with ShutdownGrace 200ms was still running %v after its context ended (relay connected, not acking)", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// A duplicate delivery that arrives while the original result is still
+// being journaled must not be answered yet: a result reaches the relay only
+// once it is on the agent's disk.
+func TestDuplicateAnsweredOnlyFromDurableResult(t *testing.T) {
+	a, err := New(Config{
+		Relay:    "ws://127.0.0.1:1",
+		Token:    "t",
+		StateDir: t.TempDir(),
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, echoExec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	s := &session{out: make(chan []byte, 64), done: make(chan struct{}), failed: make(chan struct{})}
+	a.attach(s)
+	<-s.out // the pull
+
+	// Hold every journal flush, as a slow fsync would.
+	a.j.mu.Lock()
+	a.j.flushing = true
+	a.j.mu.Unlock()
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		a.finish(&protocol.Result{ID: "r1", State: protocol.StateSucceeded, Value: json.RawMessage(`{}`)})
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a.mu.Lock()
+		_, ok := a.out.finished("r1")
+		a.mu.Unlock()
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("finish did not record the result")
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	a.onRequest(s, &protocol.Request{ID: "r1", Method: "m", TimeoutMs: 1000, Attempt: 2})
+	a.j.mu.Lock()
+	durable, appended := a.j.durable, a.j.appended
+	a.j.mu.Unlock()
+	for len(s.out) > 0 {
+		m, err := protocol.Decode(<-s.out, protocol.MaxFrame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, ok := m.(*protocol.Result); ok && r.ID == "r1" && durable < appended {
+			t.Errorf("result r1 sent to the relay before it was journaled (durable %d < appended %d)", durable, appended)
+		}
+	}
+
+	a.j.mu.Lock()
+	a.j.flushing = false
+	a.j.cond.Broadcast()
+	a.j.mu.Unlock()
+	<-finished
+}

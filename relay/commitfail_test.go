@@ -1,0 +1,136 @@
+package relay
+
+// Durability under a failing or slow store: nothing is acknowledged before
+// its commit, and a failed commit is retried rather than forgotten.
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// breakCommits makes every later store commit fail (as a full disk or an
+// I/O error would) until the returned function is called. Reads keep
+// working. Call both only while no commit is in flight.
+func breakCommits(t *testing.T, st *store) (restore func()) {
+	t.Helper()
+	dead, err := bolt.Open(filepath.Join(t.TempDir(), "dead.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead.Close() // Update on a closed DB fails with ErrDatabaseNotOpen
+	g := st.commit
+	g.mu.Lock()
+	real := g.db
+	g.db = dead
+	g.mu.Unlock()
+	return func() {
+		g.mu.Lock()
+		g.db = real
+		g.mu.Unlock()
+	}
+}
+
+// A result whose commit fails is not acknowledged and not forgotten: the
+// agent resends it on its next session, the relay commits it then, and the
+// request resolves with that result.
+func TestResultCommitFailureRetried(t *testing.T) {
+	e := newEnv(t)
+	rec := e.submit(protocol.Submit{Method: "m", Timeout: protocol.Duration(time.Minute)})
+	a := dialAgent(e, e.token)
+	a.send(&protocol.Pull{N: 1})
+	if req := nextAs[*protocol.Request](a); req.ID != rec.ID {
+		t.Fatalf("delivered %s", req.ID)
+	}
+
+	restore := breakCommits(t, e.srv.st)
+	a.send(&protocol.Result{ID: rec.ID, State: protocol.StateSucceeded, Value: json.RawMessage(`{"v":1}`)})
+	if f := nextAs[*protocol.Error](a); f.Code != protocol.CodeInternal {
+		t.Fatalf("error frame %+v", f)
+	}
+	a.closed()
+	waitFor(t, "device offline", func() bool { return !e.device("dev1").Online })
+	time.Sleep(100 * time.Millisecond) // let detach's device write finish
+	restore()
+
+	// The agent never got an ack, so it still owes the result and resends
+	// it at the start of its next session (SPEC §6 "Results").
+	b := dialAgent(e, e.token)
+	b.succeed(rec.ID, `{"v":1}`)
+
+	if got := e.record(rec.ID, "1s"); got.State != protocol.StateSucceeded {
+		t.Fatalf("after the agent's result was acked the request is %q (attempts %d); the result is lost and the request never resolves",
+			got.State, got.Attempts)
+	}
+}
+
+// An event that one session is still committing is not acknowledged to
+// another session resending it (a replaced session, an outbox resend):
+// the second ack waits for the first commit.
+func TestEventNotAckedBeforeCommitAcrossSessions(t *testing.T) {
+	e := newEnv(t)
+	// Session A does not answer the relay's close frame, so the relay keeps
+	// reading it for its close grace after A is replaced.
+	a := connect(e, e.token, func(c *websocket.Conn) {
+		c.SetCloseHandler(func(int, string) error { return nil })
+	})
+	a.send(&protocol.Hello{Agent: "test/1", Board: "mock"})
+	nextAs[*protocol.Welcome](a)
+	b := dialAgent(e, e.token) // replaces A
+
+	// Hold the store's writer: every commit now waits.
+	tx, err := e.srv.st.db.Begin(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			tx.Rollback()
+		}
+	}
+	defer release()
+
+	ev := &protocol.Event{Seq: 1, Name: "gpio.edge", Data: json.RawMessage(`{"pin":"GPIO27"}`)}
+	a.send(ev) // A's reader takes seq 1 and blocks in its commit
+	waitFor(t, "A's event in flight", func() bool {
+		h := e.srv.hub
+		h.mu.Lock()
+		d := h.devices["dev1"]
+		h.mu.Unlock()
+		if d == nil || d.evMu.TryLock() {
+			if d != nil {
+				d.evMu.Unlock()
+			}
+			return false
+		}
+		return true
+	})
+
+	b.send(ev) // the agent's resend of the same event on its new session
+	acked := false
+	select {
+	case f := <-b.frames:
+		acked = true
+		stored, _ := e.srv.st.events("dev1", 0, 10)
+		t.Errorf("relay sent %s for event 1 while %d events are stored: acknowledged before its commit", f, len(stored))
+	case <-time.After(300 * time.Millisecond):
+	}
+	release()
+	if !acked {
+		if ack := nextAs[*protocol.Ack](b); ack.Events != 1 {
+			t.Fatalf("ack %+v", ack)
+		}
+	}
+	waitFor(t, "event stored", func() bool {
+		stored, _ := e.srv.st.events("dev1", 0, 10)
+		return len(stored) == 1
+	})
+}
