@@ -34,6 +34,7 @@ done
 cat <<MSG
 
 tether demo is running: relay on http://$ADDR, simulated Raspberry Pi "$DEVICE" connected.
+Dashboard: http://$ADDR/ (sign in with the key below)
 Logs: $DATA/relay.log and $DATA/agent.log.   Stop with Ctrl-C.
 
   export TETHER_KEY=$KEY
@@ -51,8 +52,9 @@ Logs: $DATA/relay.log and $DATA/agent.log.   Stop with Ctrl-C.
   curl -s -H "Authorization: Bearer \$TETHER_KEY" -d '{"method":"gpio.read","params":{"pin":"GPIO27"}}' \\
        "http://$ADDR/v1/devices/$DEVICE/requests?wait=10s"
 
-  # the same with the CLI
+  # the same with the CLI (key=value sends a string, key:=JSON a number or object)
   $BIN/tether --relay http://$ADDR call $DEVICE sys.info
+  $BIN/tether --relay http://$ADDR call $DEVICE i2c.tx bus=1 addr:=0x48 write=00 read:=2
   $BIN/tether --relay http://$ADDR watch $DEVICE
 
 MSG
