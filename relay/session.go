@@ -26,6 +26,9 @@ const (
 	readLimitSlack = 4
 	// maxCloseReason is the longest close reason a control frame carries.
 	maxCloseReason = 123
+	// maxResultCommits bounds one session's results being committed at
+	// once; beyond it the reader waits, which slows the agent down.
+	maxResultCommits = 256
 )
 
 // session is one agent connection. The reader is the goroutine that calls
@@ -49,6 +52,12 @@ type session struct {
 	closeText string // written before quit is closed
 
 	readBroken bool // owned by the reader: the connection failed to read
+
+	// Results are committed off the reader, so a device with many credits
+	// gets its results group-committed instead of one fsync after another;
+	// commitSlots bounds how many are in flight, commits waits for them.
+	commitSlots chan struct{}
+	commits     sync.WaitGroup
 
 	auth *agentAuth // how the agent authenticated; set before run
 
@@ -82,6 +91,8 @@ func newSession(conn *websocket.Conn, dev string, cfg *Config, h *hub) *session 
 		quit:       make(chan struct{}),
 		readerDone: make(chan struct{}),
 		leases:     make(map[string]*entry),
+
+		commitSlots: make(chan struct{}, maxResultCommits),
 	}
 }
 
@@ -120,6 +131,7 @@ func (s *session) run() {
 	}
 	close(s.readerDone)
 	s.stop(websocket.CloseNormalClosure, "")
+	s.commits.Wait()
 	wg.Wait()
 	s.hub.detach(s)
 	s.log.Info("agent disconnected", "reason", s.closeText)
@@ -214,11 +226,24 @@ func (s *session) handle(m protocol.Message) bool {
 	case *protocol.Pull:
 		s.hub.addCredits(s, m.N)
 	case *protocol.Result:
-		if err := s.hub.result(s, m); err != nil {
-			s.fail(protocol.Errorf(protocol.CodeInternal, "relay storage failed"), websocket.CloseInternalServerErr)
+		select {
+		case s.commitSlots <- struct{}{}:
+		case <-s.quit:
 			return false
 		}
-		return s.enqueue(&protocol.Ack{IDs: []string{m.ID}})
+		s.commits.Add(1)
+		go func() {
+			defer s.commits.Done()
+			defer func() { <-s.commitSlots }()
+			if err := s.hub.result(s, m); err != nil {
+				if !errors.Is(err, ErrClosed) {
+					s.fail(protocol.Errorf(protocol.CodeInternal, "relay storage failed"), websocket.CloseInternalServerErr)
+				}
+				return
+			}
+			// Acked only once committed; acks may overtake one another.
+			s.enqueue(&protocol.Ack{IDs: []string{m.ID}})
+		}()
 	case *protocol.Event:
 		if err := s.hub.event(s, m); err != nil {
 			s.fail(protocol.Errorf(protocol.CodeInternal, "relay storage failed"), websocket.CloseInternalServerErr)

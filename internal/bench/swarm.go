@@ -186,7 +186,13 @@ func (s *swarm) agent(ctx context.Context, i int) {
 		if up && time.Since(start) >= swarmHealthy {
 			bo.reset()
 		}
-		wait := max(bo.next(), retryAfter)
+		wait := bo.next()
+		if retryAfter > 0 {
+			// As the agent does: Retry-After is in whole seconds, so a
+			// second of jitter keeps a refused fleet from returning at
+			// one instant.
+			wait = max(wait, retryAfter+rand.N(time.Second))
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
