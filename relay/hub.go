@@ -467,9 +467,11 @@ func (h *hub) releaseLocked(d *device, old *session, keep map[string]bool, to *s
 	d.pushFrontLocked(back)
 }
 
-// result records res unless the request already ended. It returns once the
-// outcome for res.ID is durable, so the caller can ack.
-func (h *hub) result(s *session, res *protocol.Result) error {
+// result records res unless the request already ended. The decision and
+// the in-memory change happen now, under the lock, so the slot the result
+// frees is never visible as still delivered; the returned function makes
+// the outcome durable and reports whether the caller may ack.
+func (h *hub) result(s *session, res *protocol.Result) (commit func() error) {
 	var c changes
 	h.mu.Lock()
 	e := h.live[res.ID]
@@ -477,7 +479,7 @@ func (h *hub) result(s *session, res *protocol.Result) error {
 		// Unknown, another device's, or settled long ago: ack so the agent
 		// drops it.
 		h.mu.Unlock()
-		return nil
+		return func() error { return nil }
 	}
 	if protocol.Terminal(e.rec.State) {
 		if e.unsaved {
@@ -485,17 +487,19 @@ func (h *hub) result(s *session, res *protocol.Result) error {
 			// if this one succeeds.
 			c.resaveLocked(e)
 			h.mu.Unlock()
-			return h.commit(&c)
+			return func() error { return h.commit(&c) }
 		}
 		// A first result is being committed; ack this one after it, and
 		// only if it was saved.
 		done := e.done
 		h.mu.Unlock()
-		select {
-		case <-done:
-			return nil
-		case <-s.quit:
-			return ErrClosed
+		return func() error {
+			select {
+			case <-done:
+				return nil
+			case <-s.quit:
+				return ErrClosed
+			}
 		}
 	}
 	if e.rec.State == protocol.StateQueued {
@@ -509,7 +513,7 @@ func (h *hub) result(s *session, res *protocol.Result) error {
 	e.rec.RunMs = res.RunMs
 	c.finishLocked(e, res.State, res.Error, time.Now())
 	h.mu.Unlock()
-	return h.commit(&c)
+	return func() error { return h.commit(&c) }
 }
 
 // event stores ev for s's device unless its seq was seen before.

@@ -231,11 +231,12 @@ func (s *session) handle(m protocol.Message) bool {
 		case <-s.quit:
 			return false
 		}
+		commit := s.hub.result(s, m)
 		s.commits.Add(1)
 		go func() {
 			defer s.commits.Done()
 			defer func() { <-s.commitSlots }()
-			if err := s.hub.result(s, m); err != nil {
+			if err := commit(); err != nil {
 				if !errors.Is(err, ErrClosed) {
 					s.fail(protocol.Errorf(protocol.CodeInternal, "relay storage failed"), websocket.CloseInternalServerErr)
 				}
