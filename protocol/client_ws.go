@@ -188,6 +188,8 @@ func DecodePush(frame []byte, max int) (Message, error) {
 	return decodeFrom(frame, max, newPushMessage)
 }
 
+// decodeFrom is the one decoder of both protocols: size check, type,
+// strict JSON decode into the type newFn picks, then validation.
 func decodeFrom(frame []byte, max int, newFn func(string) Message) (Message, error) {
 	if len(frame) > max {
 		return nil, Errorf(CodeTooLarge, "frame of %d bytes exceeds limit of %d", len(frame), max)

@@ -14,29 +14,7 @@ func Decode(frame []byte, max int) (Message, error) {
 	if max <= 0 {
 		max = MaxFrame
 	}
-	if len(frame) > max {
-		return nil, Errorf(CodeTooLarge, "frame of %d bytes exceeds limit of %d", len(frame), max)
-	}
-	var head struct {
-		Type string `json:"type"`
-	}
-	if err := json.Unmarshal(frame, &head); err != nil {
-		return nil, Errorf(CodeBadFrame, "not a JSON object: %v", err)
-	}
-	if head.Type == "" {
-		return nil, Errorf(CodeBadFrame, "type missing")
-	}
-	m := newMessage(head.Type)
-	if m == nil {
-		return nil, Errorf(CodeUnknownType, "unknown type %q", clip(head.Type))
-	}
-	if err := json.Unmarshal(frame, m); err != nil {
-		return nil, Errorf(CodeBadFrame, "%s: %v", head.Type, err)
-	}
-	if err := m.validate(); err != nil {
-		return nil, err
-	}
-	return m, nil
+	return decodeFrom(frame, max, newMessage)
 }
 
 // Encode returns the frame for m: its JSON object with "type" first. It does
