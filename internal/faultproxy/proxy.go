@@ -231,9 +231,14 @@ func (l *Link) ClientAddr() net.Addr { return l.client.RemoteAddr() }
 // Reset closes both sockets with a TCP RST. Safe to call more than once.
 func (l *Link) Reset() {
 	l.resetOnce.Do(func() {
+		// Both sockets get linger 0 before anything closes either, so
+		// whichever close comes first (ours, or a pipe goroutine's on
+		// seeing the other end fail) sends RST, never FIN.
+		lingerZero(l.client)
+		lingerZero(l.server)
 		close(l.done)
-		resetConn(l.client)
-		resetConn(l.server)
+		l.client.Close()
+		l.server.Close()
 	})
 }
 
@@ -428,10 +433,14 @@ func (l *Link) sleep(d time.Duration) bool {
 }
 
 func resetConn(c net.Conn) {
+	lingerZero(c)
+	c.Close()
+}
+
+func lingerZero(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetLinger(0)
 	}
-	c.Close()
 }
 
 func isReset(err error) bool {
