@@ -50,9 +50,10 @@ type Agent struct {
 	// directory, when the agent remembers only in memory.
 	j *journal
 
-	jobsCtx    context.Context // parent of every request's context
-	cancelJobs context.CancelCauseFunc
-	jobs       sync.WaitGroup
+	jobsCtx     context.Context // parent of every request's context
+	cancelJobs  context.CancelCauseFunc
+	jobs        sync.WaitGroup
+	compactions sync.WaitGroup // background journal rewrites
 
 	mu sync.Mutex // guards the fields below
 	// sess is the live session, nil while disconnected.
@@ -108,6 +109,7 @@ func (a *Agent) Close() error {
 	if a.j == nil {
 		return nil
 	}
+	a.compactions.Wait()
 	return a.j.close()
 }
 
@@ -143,6 +145,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	stopSessions()
 	loop.Wait()
+	a.compactions.Wait()
 	a.mu.Lock()
 	left := a.out.size()
 	a.mu.Unlock()

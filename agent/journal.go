@@ -81,6 +81,10 @@ type journal struct {
 	flushing bool   // a goroutine is writing and syncing outside mu
 	size     int64  // current file size
 	err      error  // sticky write error
+	// carry collects the records added while a background compaction
+	// writes its snapshot; they are appended to the new file before it
+	// replaces the old one. nil when no compaction runs.
+	carry []byte
 }
 
 // openJournal opens or creates the journal in dir and returns the records
@@ -162,6 +166,9 @@ func (j *journal) add(recs ...record) uint64 {
 	before := len(j.pending)
 	for _, r := range recs {
 		j.pending = appendRecord(j.pending, r)
+	}
+	if j.carry != nil {
+		j.carry = append(j.carry, j.pending[before:]...)
 	}
 	j.appended += uint64(len(j.pending) - before)
 	return j.appended
@@ -253,6 +260,86 @@ func (j *journal) compact(recs []record) error {
 	j.pending = nil
 	j.durable = j.appended
 	j.syncs.Add(2)
+	j.cond.Broadcast()
+	return nil
+}
+
+// startCompaction begins a background compaction: from now on added
+// records are also carried for the new file. The caller takes its
+// snapshot of the state in the same critical section as this call (the
+// agent holds its lock), so snapshot plus carried records are the whole
+// state. It reports false if a compaction is already running.
+func (j *journal) startCompaction() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.carry != nil || j.err != nil {
+		return false
+	}
+	j.carry = []byte{}
+	return true
+}
+
+// finishCompaction writes snapshot to a new file without holding any lock
+// the agent needs, then, briefly under the journal's lock, appends the
+// carried records and swaps the file in. On failure the old file stays
+// and nothing is lost: every record also went to it.
+func (j *journal) finishCompaction(snapshot []record) error {
+	var buf []byte
+	for _, r := range snapshot {
+		buf = appendRecord(buf, r)
+	}
+	path := filepath.Join(j.dir, journalFile)
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, journalPerm)
+	if err == nil {
+		if _, err = f.Write(buf); err == nil {
+			err = f.Sync()
+		}
+	}
+
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	// Wait out a flush to the old file first: cond.Wait lets go of the
+	// lock, and records added meanwhile must still land in carry.
+	for j.flushing {
+		j.cond.Wait()
+	}
+	carry := j.carry
+	j.carry = nil
+	if err == nil && len(carry) > 0 {
+		if _, err = f.Write(carry); err == nil {
+			err = f.Sync()
+		}
+	}
+	if f != nil {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("agent: compact journal: %w", err)
+	}
+	if d, derr := os.Open(j.dir); derr == nil {
+		d.Sync()
+		d.Close()
+	}
+	nf, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, journalPerm)
+	if err != nil {
+		j.err = fmt.Errorf("agent: reopen journal: %w", err)
+		return j.err
+	}
+	j.f.Close()
+	j.f = nf
+	j.size = int64(len(buf) + len(carry))
+	// Everything still pending was either in the snapshot (added before
+	// it) or carried (added after), so it is now on disk.
+	j.pending = nil
+	j.durable = j.appended
+	j.syncs.Add(3)
 	j.cond.Broadcast()
 	return nil
 }

@@ -168,3 +168,60 @@ func FuzzJournalRecords(f *testing.F) {
 		}
 	})
 }
+
+func TestJournalBackgroundCompactionCarriesConcurrentAppends(t *testing.T) {
+	dir := t.TempDir()
+	j, _, _, err := openJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 100; i++ {
+		j.add(record{Op: opStart, ID: fmt.Sprint("old", i)})
+	}
+	if err := j.sync(); err != nil {
+		t.Fatal(err)
+	}
+	if !j.startCompaction() {
+		t.Fatal("compaction refused")
+	}
+	if j.startCompaction() {
+		t.Fatal("second compaction started while one runs")
+	}
+	snapshot := []record{{Op: opResult, ID: "kept", Result: okResult("kept")}}
+
+	// Records added while the snapshot is written, some waited for.
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := j.wait(j.add(record{Op: opStart, ID: fmt.Sprint("new", i)})); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	if err := j.finishCompaction(snapshot); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	j.wait(j.add(record{Op: opAck, ID: "kept"}))
+	j.close()
+
+	j2, recs, dropped, err := openJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j2.close()
+	ids := map[string]bool{}
+	for _, r := range recs {
+		ids[r.Op+" "+r.ID] = true
+	}
+	if dropped != 0 || !ids["result kept"] || !ids["ack kept"] || ids["start old0"] {
+		t.Fatalf("after compaction: dropped %d, records %v", dropped, ids)
+	}
+	for i := 0; i < 50; i++ {
+		if !ids[fmt.Sprint("start new", i)] {
+			t.Fatalf("record new%d added during compaction was lost", i)
+		}
+	}
+}

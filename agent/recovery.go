@@ -102,19 +102,48 @@ func (a *Agent) openJournal() error {
 
 // maybeCompactLocked rewrites the journal when it has grown past the
 // threshold. The threshold follows the live state so a large outbox does
-// not cause a rewrite after every request.
+// not cause a rewrite after every request. The snapshot is taken now; the
+// rewrite and its fsyncs run in the background, so requests, acks and
+// results keep flowing meanwhile.
 func (a *Agent) maybeCompactLocked() {
-	if a.j == nil || a.j.fileSize() < a.compactAt {
+	if a.j == nil || a.j.fileSize() < a.compactAt || !a.j.startCompaction() {
 		return
 	}
-	if err := a.compactLocked(); err != nil {
-		a.log.Error("journal compaction failed", "err", err)
-	}
+	recs := a.snapshotLocked()
+	a.compactions.Add(1)
+	go func() {
+		defer a.compactions.Done()
+		err := a.j.finishCompaction(recs)
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if err != nil {
+			a.log.Error("journal compaction failed", "err", err)
+			return
+		}
+		a.compactAt = max(a.cfg.CompactBytes, 2*a.j.fileSize())
+	}()
 }
 
-// compactLocked writes the minimal records for the current state: running
-// requests, remembered results with their ack state, and owed events.
+// compactLocked rewrites the journal with the current state at once; it
+// is used at start-up, before anything else runs.
 func (a *Agent) compactLocked() error {
+	if err := a.j.compact(a.snapshotLocked()); err != nil {
+		return err
+	}
+	for i := range a.out.results {
+		a.out.results[i].durable = true
+	}
+	for i := range a.out.events {
+		a.out.events[i].durable = true
+	}
+	a.compactAt = max(a.cfg.CompactBytes, 2*a.j.fileSize())
+	return nil
+}
+
+// snapshotLocked returns the minimal records for the current state:
+// running requests, remembered results with their ack state, and owed
+// events.
+func (a *Agent) snapshotLocked() []record {
 	var recs []record
 	now := time.Now().UnixMilli()
 	for id, j := range a.running {
@@ -140,15 +169,5 @@ func (a *Agent) compactLocked() error {
 	if floor > 0 {
 		recs = append(recs, record{Op: opEventAck, Seq: floor})
 	}
-	if err := a.j.compact(recs); err != nil {
-		return err
-	}
-	for i := range a.out.results {
-		a.out.results[i].durable = true
-	}
-	for i := range a.out.events {
-		a.out.events[i].durable = true
-	}
-	a.compactAt = max(a.cfg.CompactBytes, 2*a.j.fileSize())
-	return nil
+	return recs
 }
