@@ -45,6 +45,8 @@ type config struct {
 	insecure  bool   // --insecure: allow ws:// to a non-loopback relay
 	ExecLog   string `yaml:"-"`
 	MockDelay time.Duration
+	// compactBytes overrides the journal's compaction threshold (tests).
+	compactBytes int64
 }
 
 func defaultConfig() config {
@@ -81,6 +83,7 @@ func readConfig(name string, args []string, getenv func(string) string) (*config
 	fs.StringVar(&f.StatusAddr, "status-addr", "", "serve /healthz and /status on this address, e.g. 127.0.0.1:9101")
 	fs.StringVar(&f.ExecLog, "mock-exec-log", "", "mock board: append each executed request id to this file")
 	fs.DurationVar(&f.MockDelay, "mock-delay", 0, "mock board: time each request takes")
+	fs.Int64Var(&f.compactBytes, "journal-compact-bytes", 0, "journal size that triggers a compaction (default 1 MiB)")
 	fs.BoolVar(&f.showVersion, "version", false, "print the version and exit")
 	fs.StringVar(&f.caFile, "ca", "", "PEM file of CAs to verify a wss:// relay with (default: system roots)")
 	fs.StringVar(&f.certFile, "cert", "", "client certificate (PEM) for mutual TLS; the relay maps its CN/SAN to the device")
@@ -152,6 +155,7 @@ func readConfig(name string, args []string, getenv func(string) string) (*config
 		cfg.BackoffMax = f.BackoffMax
 	}
 	cfg.ExecLog, cfg.MockDelay, cfg.configFile = f.ExecLog, f.MockDelay, f.configFile
+	cfg.compactBytes = f.compactBytes
 	cfg.caFile, cfg.certFile, cfg.keyFile, cfg.insecure = f.caFile, f.certFile, f.keyFile, f.insecure
 	cfg.tokenFlag = set["token"]
 	return &cfg, nil

@@ -82,6 +82,9 @@ func run(args []string) error {
 	}
 	acfg.Credits = cfg.Credits
 	acfg.StateDir = cfg.State
+	if cfg.compactBytes > 0 {
+		acfg.CompactBytes = cfg.compactBytes
+	}
 	if cfg.State == "" {
 		log.Warn("no --state directory: finished requests are remembered in memory only, so after a restart a redelivered request can run again; set state: (packages use /var/lib/tether)")
 	}

@@ -281,6 +281,9 @@ func (w *world) startAgent() error {
 		"--state", w.stateDir,
 		"--mock-exec-log", w.execLog,
 		"--mock-delay", w.o.MockDelay.String(),
+		// Compact the journal every few dozen requests, so rewrites run
+		// while faults hit (the default 1 MiB would never be reached).
+		"--journal-compact-bytes", "16384",
 		"--credits", fmt.Sprint(w.o.Credits),
 		// A storm keeps sessions short, so the backoff never resets; the
 		// default 30 s cap would spend the run waiting.
