@@ -398,19 +398,13 @@ func TestFullQueue(t *testing.T) {
 // background over and over while requests flow; none may run twice or be
 // lost, and the file stays small.
 func TestJournalCompactsWhileServing(t *testing.T) {
-	dir := t.TempDir()
-	tok := addDevice(t, dir, "pi-1")
-	key := addClient(t, dir, "app")
-	r := startRelay(t, dir, "", nil)
-	c := &api{t: t, base: r.url(), key: key}
 	state := t.TempDir()
 	execLog := filepath.Join(t.TempDir(), "exec.log")
-	cfg := agentConfig(r.wsURL(), tok)
-	cfg.StateDir = state
-	cfg.CompactBytes = 2048
-	cfg.Credits = 4
-	startAgent(t, cfg, mockBoard(t, mock.Options{ExecLog: execLog}))
-	eventually(t, 5*time.Second, "online", func() bool { return c.device("pi-1").Online })
+	_, c, _ := setup(t, mock.Options{ExecLog: execLog}, func(cfg *agent.Config) {
+		cfg.StateDir = state
+		cfg.CompactBytes = 2048
+		cfg.Credits = 4
+	})
 
 	var ids []string
 	for i := 0; i < 200; i++ {
