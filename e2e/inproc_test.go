@@ -18,15 +18,22 @@ import (
 	"github.com/tetherhq/tether/relay"
 )
 
-// setup starts a relay, registers device "pi-1" and a client, and connects
-// an agent on the simulated board.
-func setup(t *testing.T, opts mock.Options, tweak func(*agent.Config)) (*testRelay, *api, *testAgent) {
+// relayWithDevice starts a relay with device "pi-1" registered and returns
+// it with a client for its API and the device's token.
+func relayWithDevice(t *testing.T) (*testRelay, *api, string) {
 	t.Helper()
 	dir := t.TempDir()
 	tok := addDevice(t, dir, "pi-1")
 	key := addClient(t, dir, "app")
 	r := startRelay(t, dir, "", nil)
-	c := &api{t: t, base: r.url(), key: key}
+	return r, &api{t: t, base: r.url(), key: key}, tok
+}
+
+// setup starts a relay, registers device "pi-1" and a client, and connects
+// an agent on the simulated board.
+func setup(t *testing.T, opts mock.Options, tweak func(*agent.Config)) (*testRelay, *api, *testAgent) {
+	t.Helper()
+	r, c, tok := relayWithDevice(t)
 	cfg := agentConfig(r.wsURL(), tok)
 	if tweak != nil {
 		tweak(&cfg)
@@ -95,11 +102,7 @@ func TestBadRequestsFailWithCodes(t *testing.T) {
 }
 
 func TestOfflineDeviceRunsOnConnect(t *testing.T) {
-	dir := t.TempDir()
-	tok := addDevice(t, dir, "pi-1")
-	key := addClient(t, dir, "app")
-	r := startRelay(t, dir, "", nil)
-	c := &api{t: t, base: r.url(), key: key}
+	r, c, tok := relayWithDevice(t)
 	if c.device("pi-1").Online {
 		t.Fatal("device online before any agent")
 	}
@@ -138,11 +141,7 @@ func TestRelayRestartKeepsQueueAndAgentReconnects(t *testing.T) {
 // A session cut while a request runs must still end with exactly one
 // recorded result and one execution.
 func TestDroppedConnectionMidRequest(t *testing.T) {
-	dir := t.TempDir()
-	tok := addDevice(t, dir, "pi-1")
-	key := addClient(t, dir, "app")
-	r := startRelay(t, dir, "", nil)
-	c := &api{t: t, base: r.url(), key: key}
+	r, c, tok := relayWithDevice(t)
 	p := newCutProxy(t, r.addr)
 	execLog := filepath.Join(t.TempDir(), "exec.log")
 	startAgent(t, agentConfig("ws://"+p.addr(), tok), mockBoard(t, mock.Options{Delay: 400 * time.Millisecond, ExecLog: execLog}))
@@ -228,11 +227,7 @@ func (c *concurrency) Execute(ctx context.Context, req *protocol.Request) (json.
 }
 
 func TestOneCreditNeverMoreThanOneRequest(t *testing.T) {
-	dir := t.TempDir()
-	tok := addDevice(t, dir, "pi-1")
-	key := addClient(t, dir, "app")
-	r := startRelay(t, dir, "", nil)
-	c := &api{t: t, base: r.url(), key: key}
+	r, c, tok := relayWithDevice(t)
 	conc := &concurrency{Executor: mockBoard(t, mock.Options{Delay: 30 * time.Millisecond})}
 	ag := startAgent(t, agentConfig(r.wsURL(), tok), conc)
 
@@ -256,11 +251,7 @@ func TestOneCreditNeverMoreThanOneRequest(t *testing.T) {
 }
 
 func TestManyCreditsRunConcurrently(t *testing.T) {
-	dir := t.TempDir()
-	tok := addDevice(t, dir, "pi-1")
-	key := addClient(t, dir, "app")
-	r := startRelay(t, dir, "", nil)
-	c := &api{t: t, base: r.url(), key: key}
+	r, c, tok := relayWithDevice(t)
 	conc := &concurrency{Executor: mockBoard(t, mock.Options{Delay: 200 * time.Millisecond})}
 	cfg := agentConfig(r.wsURL(), tok)
 	cfg.Credits = 4
@@ -325,11 +316,7 @@ func TestEightDevicesIndependent(t *testing.T) {
 }
 
 func TestAgentRestartReportsInterrupted(t *testing.T) {
-	dir := t.TempDir()
-	tok := addDevice(t, dir, "pi-1")
-	key := addClient(t, dir, "app")
-	r := startRelay(t, dir, "", nil)
-	c := &api{t: t, base: r.url(), key: key}
+	r, c, tok := relayWithDevice(t)
 	state := t.TempDir()
 	execLog := filepath.Join(t.TempDir(), "exec.log")
 	cfg := agentConfig(r.wsURL(), tok)

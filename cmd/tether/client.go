@@ -142,6 +142,21 @@ func (c *client) devices(ctx context.Context, args []string) error {
 	return nil
 }
 
+// positional parses a subcommand's flags, which may follow its positional
+// arguments ("call pi-1 sys.ping --json"), and checks that there are at
+// least min positional arguments (exactly min when exact). Both failures
+// are usage errors naming the subcommand and what it wants.
+func positional(fs *flag.FlagSet, args []string, min int, exact bool, want string) ([]string, error) {
+	pos, err := interleave(fs, args)
+	if err != nil {
+		return nil, usageErr("%s: %v", fs.Name(), err)
+	}
+	if len(pos) < min || exact && len(pos) != min {
+		return nil, usageErr("%s: want %s", fs.Name(), want)
+	}
+	return pos, nil
+}
+
 // interleave lets flags follow positional arguments
 // ("call pi-1 sys.ping --json").
 func interleave(fs *flag.FlagSet, args []string) ([]string, error) {
@@ -166,12 +181,9 @@ func (c *client) call(ctx context.Context, args []string) error {
 	timeout := fs.Duration("timeout", 0, "request timeout")
 	idem := fs.Bool("idempotent", false, "allow a re-run after an agent crash")
 	rawParams := fs.String("params", "", "params as a JSON object; key=value words are merged into it")
-	pos, err := interleave(fs, args)
+	pos, err := positional(fs, args, 2, false, "DEVICE METHOD [key=value…]")
 	if err != nil {
-		return usageErr("call: %v", err)
-	}
-	if len(pos) < 2 {
-		return usageErr("call: want DEVICE METHOD [key=value…]")
+		return err
 	}
 	params, err := buildParams(*rawParams, pos[2:])
 	if err != nil {
@@ -294,12 +306,9 @@ func (c *client) get(ctx context.Context, args []string) error {
 	fs.SetOutput(io.Discard)
 	wait := fs.Duration("wait", 0, "wait up to this long for the request to finish")
 	asJSON := fs.Bool("json", false, "print the request object as JSON")
-	pos, err := interleave(fs, args)
+	pos, err := positional(fs, args, 1, true, "ID")
 	if err != nil {
-		return usageErr("get: %v", err)
-	}
-	if len(pos) != 1 {
-		return usageErr("get: want ID")
+		return err
 	}
 	path := "/v1/requests/" + url.PathEscape(pos[0])
 	if *wait > 0 {
@@ -319,12 +328,9 @@ func (c *client) cancel(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("cancel", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	asJSON := fs.Bool("json", false, "print the request object as JSON")
-	pos, err := interleave(fs, args)
+	pos, err := positional(fs, args, 1, true, "ID")
 	if err != nil {
-		return usageErr("cancel: %v", err)
-	}
-	if len(pos) != 1 {
-		return usageErr("cancel: want ID")
+		return err
 	}
 	var rec protocol.Record
 	_, err = c.do(ctx, "DELETE", "/v1/requests/"+url.PathEscape(pos[0]), nil, &rec)

@@ -50,12 +50,9 @@ func (c *client) watch(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	asJSON := fs.Bool("json", false, "print each event and presence frame as a JSON line")
-	pos, err := interleave(fs, args)
+	pos, err := positional(fs, args, 1, true, "DEVICE")
 	if err != nil {
-		return usageErr("watch: %v", err)
-	}
-	if len(pos) != 1 {
-		return usageErr("watch: want DEVICE")
+		return err
 	}
 	st := &watchState{device: pos[0], asJSON: *asJSON}
 	connected := false
