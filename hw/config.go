@@ -333,6 +333,19 @@ func (v *validator) name(entry, name string) {
 	}
 }
 
+// device checks that a bus or port is named and configured once.
+func (v *validator) device(entry, field, kind, dev string) {
+	key := kind + " " + dev
+	switch {
+	case dev == "":
+		v.fail(entry, field, "required")
+	case v.devs[key] != "":
+		v.fail(entry, field, "%s already used by %s", dev, v.devs[key])
+	default:
+		v.devs[key] = entry
+	}
+}
+
 func (v *validator) pin(entry, pin string) {
 	switch {
 	case pin == "":
@@ -408,14 +421,7 @@ func validate(c Config, lines map[string]int, file string) []error {
 	for i, b := range c.I2C {
 		e := fmt.Sprintf("i2c[%d]", i)
 		v.name(e, b.Name)
-		switch {
-		case b.Bus == "":
-			v.fail(e, "bus", "required")
-		case v.devs["i2c "+b.Bus] != "":
-			v.fail(e, "bus", "%s already used by %s", b.Bus, v.devs["i2c "+b.Bus])
-		default:
-			v.devs["i2c "+b.Bus] = e
-		}
+		v.device(e, "bus", "i2c", b.Bus)
 		if len(b.Addresses) == 0 {
 			v.fail(e, "addresses", "required: list the device addresses requests may reach")
 		}
@@ -432,14 +438,7 @@ func validate(c Config, lines map[string]int, file string) []error {
 	for i, s := range c.SPI {
 		e := fmt.Sprintf("spi[%d]", i)
 		v.name(e, s.Name)
-		switch {
-		case s.Port == "":
-			v.fail(e, "port", "required")
-		case v.devs["spi "+s.Port] != "":
-			v.fail(e, "port", "%s already used by %s", s.Port, v.devs["spi "+s.Port])
-		default:
-			v.devs["spi "+s.Port] = e
-		}
+		v.device(e, "port", "spi", s.Port)
 		if s.Mode < 0 || s.Mode > 3 {
 			v.fail(e, "mode", "want 0 to 3, got %d", s.Mode)
 		}
