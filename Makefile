@@ -127,14 +127,21 @@ FUZZTIME ?= 30s
 # large input (the example config) spends up to a minute minimizing it and
 # reports 0 execs/s meanwhile; that is not a hang in the code under test.
 FUZZ_TARGETS := FuzzDecode:./protocol/ FuzzSubmit:./protocol/ FuzzClientFrame:./protocol/ \
-	FuzzJournalRecords:./agent/ FuzzParseConfig:./hw/ FuzzParseFile:./cmd/tether-agent/ \
-	FuzzAgreesWithYAMLv3:./internal/yamlite/
+	FuzzJournalRecords:./agent/ FuzzParseConfig:./hw/ FuzzParseFile:./cmd/tether-agent/
 FUZZMINIMIZE ?= 10s
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 	  echo "fuzz $${t%%:*} ($(FUZZTIME))"; \
 	  $(GO) test -run=NONE -fuzz="^$${t%%:*}\$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZE) $${t##*:} || exit 1; \
 	done
+
+# The differential fuzz of internal/yamlite against yaml.v3 is kept out of
+# `make fuzz` (and so out of CI): a new disagreement it finds is a subset
+# rule to add, not a crash, and should not fail an unrelated change. Its
+# corpus still runs in `make test`; run this before touching yamlite.
+.PHONY: fuzz-yamlite
+fuzz-yamlite:
+	$(GO) test -run=NONE -fuzz='^FuzzAgreesWithYAMLv3$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZE) ./internal/yamlite/
 
 clean:
 	rm -rf $(BIN) $(DIST)

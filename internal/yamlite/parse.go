@@ -200,7 +200,18 @@ func scalarStart(prefix string, flow int) bool {
 	if len(t) == len(prefix) {
 		return false // no space: the quote is inside a plain scalar
 	}
-	return last == ':' || t == "-" || strings.HasSuffix(t, " -")
+	return last == ':' || onlyDashes(t)
+}
+
+// onlyDashes reports whether t is nothing but sequence indicators: "-",
+// "- -", "-  - -"… A dash inside a plain scalar ("0 -") is not one.
+func onlyDashes(t string) bool {
+	for _, f := range strings.Fields(t) {
+		if f != "-" {
+			return false
+		}
+	}
+	return t != ""
 }
 
 func isSeqEntry(text string) bool { return text == "-" || strings.HasPrefix(text, "- ") }
