@@ -121,6 +121,9 @@ package: agent-armv6 agent-arm64 agent-amd64
 chaos:
 	$(GO) run ./cmd/tether-chaos -requests 1000 -faults 120 $(CHAOSFLAGS)
 
+# FUZZTIME is a duration (30s) or an execution count (100000x). Counts are
+# what CI uses: a duration can end in a spurious "context deadline exceeded"
+# failure from Go's fuzz coordinator (go.dev/issue/75804).
 FUZZTIME ?= 30s
 # Every decoder of untrusted bytes, as "Target package". The minimizer is
 # capped: with Go's default (60s) a fuzzer that finds new coverage in a
