@@ -71,8 +71,15 @@ func (a *Agent) connLoop(ctx context.Context) {
 			bo.Reset()
 		}
 		wait := bo.NextBackOff()
-		var ref *refusal
+		var (
+			ref *refusal
+			ce  *websocket.CloseError
+		)
 		switch {
+		case errors.As(err, &ce) && restartDelay(ce, &wait):
+			// The relay is restarting and gave this agent its own moment
+			// to come back; the backoff goes on from there if it is not.
+			a.log.Warn("relay restarting", "retry_in", wait.Round(time.Millisecond))
 		case errors.Is(err, ErrRefused):
 			wait = a.cfg.BackoffMax
 			a.log.Error("RELAY REFUSED THIS DEVICE: check the token and the relay version; retrying at the backoff cap",
@@ -93,6 +100,16 @@ func (a *Agent) connLoop(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// restartDelay sets *wait to the delay a relay's close frame asks for, if
+// it asks for one.
+func restartDelay(ce *websocket.CloseError, wait *time.Duration) bool {
+	d, ok := protocol.ParseRestart(ce.Code, ce.Text)
+	if ok {
+		*wait = d
+	}
+	return ok
 }
 
 // runSession dials, shakes hands and serves one session until it ends.

@@ -3,8 +3,10 @@ package relay
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -371,14 +373,41 @@ func TestRelayPingsAndDropsSilentAgent(t *testing.T) {
 	waitFor(t, "offline", func() bool { return !e.device("dev1").Online })
 }
 
+// A shutdown closes every session with 1012 and asks each agent back at
+// its own moment, one admission slot apart, starting a second later.
 func TestShutdownClosesSessionsPolitely(t *testing.T) {
-	e := newEnv(t)
-	a := dialAgent(e, e.token)
+	const n = 5
+	e := newEnv(t, func(c *Config) { c.AdmitRate = 100 })
+	agents := []*testAgent{dialAgent(e, e.token)}
+	for i := 1; i < n; i++ {
+		tok, err := AddDevice(e.cfg.DataDir, fmt.Sprint("dev", i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		agents = append(agents, dialAgent(e, tok))
+	}
 	e.stopRun()
-	if code := a.closed(); code != websocket.CloseGoingAway {
-		t.Fatalf("close code %d", code)
+	var delays []time.Duration
+	for _, a := range agents {
+		if code := a.closed(); code != protocol.CloseRestart {
+			t.Fatalf("close code %d", code)
+		}
+		var ce *websocket.CloseError
+		errors.As(a.err(), &ce)
+		d, ok := protocol.ParseRestart(ce.Code, ce.Text)
+		if !ok {
+			t.Fatalf("close reason %q has no reconnect delay", ce.Text)
+		}
+		delays = append(delays, d)
 	}
 	<-e.runDone
+	slices.Sort(delays)
+	slot := time.Second / 90 // 100/s with 10% headroom
+	for i, d := range delays {
+		if want := time.Second + time.Duration(i)*slot; d < want-time.Millisecond || d > want+time.Millisecond {
+			t.Errorf("delays %v: #%d is %v, want %v", delays, i, d, want)
+		}
+	}
 }
 
 // A frame far beyond MaxFrame is cut off by gorilla's hard read limit: the

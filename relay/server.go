@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -117,7 +118,34 @@ func (s *Server) Run(ctx context.Context) error {
 // to close.
 func (s *Server) stopServing() {
 	s.shutdownOnce.Do(func() { close(s.shutdown) })
-	s.sessions.closeAll(websocket.CloseGoingAway, "relay shutting down")
+	s.sessions.closeAll(protocol.CloseRestart, s.restartReasons())
+}
+
+// restartBase is the earliest an agent is asked back after a shutdown: a
+// relay being restarted is usually listening again within it.
+const restartBase = time.Second
+
+// restartHeadroom is the share of the admission rate the returning fleet
+// is planned to use, leaving room for jitter and for agents that were not
+// connected.
+const restartHeadroom = 0.9
+
+// restartReasons returns the close reasons of a shutdown: each agent is
+// asked back at its own moment, restartBase after the close and then one
+// admission slot apart, so a whole fleet reconnects once each at the rate
+// the relay admits instead of storming it and being refused. Agents that
+// ignore the reason fall back to their jittered backoff.
+func (s *Server) restartReasons() func() string {
+	every := time.Duration(float64(time.Second) / (s.cfg.AdmitRate * restartHeadroom))
+	if math.IsInf(s.cfg.AdmitRate, 1) {
+		every = 0
+	}
+	next := restartBase
+	return func() string {
+		d := next
+		next += every
+		return protocol.RestartReason(d)
+	}
 }
 
 // Close stops serving, waits for the sessions to end and closes the store.
@@ -272,7 +300,7 @@ type tracker struct {
 	// Guarded by mu:
 	closed    bool
 	closeCode int
-	closeText string
+	closeText func() string // the close reason of the next session stopped
 	live      map[*session]struct{}
 }
 
@@ -296,7 +324,7 @@ func (t *tracker) register(s *session) {
 	defer t.mu.Unlock()
 	t.live[s] = struct{}{}
 	if t.closed {
-		s.stop(t.closeCode, t.closeText)
+		s.stop(t.closeCode, t.closeText())
 	}
 }
 
@@ -306,14 +334,16 @@ func (t *tracker) unregister(s *session) {
 	delete(t.live, s)
 }
 
-func (t *tracker) closeAll(code int, text string) {
+// closeAll stops every session, now and later, with code and a reason
+// from text, which is called once per session.
+func (t *tracker) closeAll(code int, text func() string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !t.closed {
 		t.closed, t.closeCode, t.closeText = true, code, text
 	}
 	for s := range t.live {
-		s.stop(code, text)
+		s.stop(t.closeCode, t.closeText())
 	}
 }
 

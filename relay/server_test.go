@@ -63,8 +63,8 @@ func TestServeGracefulShutdown(t *testing.T) {
 	cancel()
 	conn.SetReadDeadline(time.Now().Add(waitLimit))
 	_, _, err = conn.ReadMessage()
-	if !websocket.IsCloseError(err, websocket.CloseGoingAway) {
-		t.Fatalf("agent saw %v, want close 1001", err)
+	if !websocket.IsCloseError(err, protocol.CloseRestart) {
+		t.Fatalf("agent saw %v, want close 1012", err)
 	}
 	select {
 	case err := <-served:

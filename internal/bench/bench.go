@@ -211,9 +211,10 @@ func (r *runner) dir(name string) (string, error) {
 
 // startRelay starts a relay process on data and returns it with its
 // address. The relay runs with its defaults, except that unthrottled > 0
-// lifts upgrade admission control for that many sessions.
-func (r *runner) startRelay(data, listen string, unthrottled int) (*child, string, error) {
-	args := []string{"--data", data, "--listen", listen}
+// lifts upgrade admission control for that many sessions; extra are more
+// flags of the relay role.
+func (r *runner) startRelay(data, listen string, unthrottled int, extra ...string) (*child, string, error) {
+	args := append([]string{"--data", data, "--listen", listen}, extra...)
 	if unthrottled > 0 {
 		args = append(args, "--unthrottled", strconv.Itoa(unthrottled))
 	}

@@ -157,9 +157,11 @@ func (r *runner) storm(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// The first relay admits the fleet as fast as it can; the restarted one
-	// runs with the defaults, admission control included.
-	srv, addr, err := r.startRelay(data, "127.0.0.1:0", n)
+	// Both relays run with the defaults, admission control included (with
+	// room for n sessions): the fleet fills at the admitted rate, and the
+	// relay shutting down plans the fleet's return for a relay like itself.
+	room := "--max-conns=" + strconv.Itoa(n)
+	srv, addr, err := r.startRelay(data, "127.0.0.1:0", 0, room)
 	if err != nil {
 		return err
 	}
@@ -176,7 +178,7 @@ func (r *runner) storm(ctx context.Context) error {
 	t0 := time.Now()
 	srv.stop(60 * time.Second)
 	stopped := time.Since(t0)
-	if _, _, err = r.startRelay(data, addr, 0); err != nil {
+	if _, _, err = r.startRelay(data, addr, 0, room); err != nil {
 		return err
 	}
 	downtime := time.Since(t0)

@@ -128,12 +128,16 @@ func roleRelay(args []string) error {
 	data := fs.String("data", "", "data directory")
 	listen := fs.String("listen", "127.0.0.1:0", "listen address")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address")
-	unthrottled := fs.Int("unthrottled", 0, "if > 0: no upgrade rate limit and room for this many sessions (the defaults are 200/s and 10,000)")
+	unthrottled := fs.Int("unthrottled", 0, "if > 0: no upgrade rate limit and room for this many sessions (the defaults are 500/s and 10,000)")
+	maxConns := fs.Int("max-conns", 0, "if > 0: room for this many sessions, admission rate unchanged")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	cfg := relay.DefaultConfig()
 	cfg.DataDir = *data
+	if *maxConns > 0 {
+		cfg.MaxConns = *maxConns
+	}
 	if *unthrottled > 0 {
 		cfg.AdmitRate, cfg.AdmitBurst, cfg.MaxConns = math.Inf(1), *unthrottled, *unthrottled
 	}

@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -26,7 +27,8 @@ import (
 // connection that sends hello, reads welcome and then idles, answering the
 // relay's pings. They reconnect like the real agent: full-jitter
 // exponential backoff from 500 ms to 30 s, reset after 30 s of health,
-// at least Retry-After after a 503/429. Connections are spread over
+// at least Retry-After after a 503/429, and at the moment a restarting
+// relay's close frame names. Connections are spread over
 // 127.0.0.2–127.0.0.251 so 50,000 of them do not run out of ephemeral
 // ports.
 //
@@ -179,7 +181,7 @@ func (s *swarm) agent(ctx context.Context, i int) {
 	bo := newJitter()
 	for ctx.Err() == nil {
 		start := time.Now()
-		up, retryAfter := s.session(ctx, i)
+		up, retryAfter, restart := s.session(ctx, i)
 		if ctx.Err() != nil {
 			return
 		}
@@ -187,7 +189,11 @@ func (s *swarm) agent(ctx context.Context, i int) {
 			bo.reset()
 		}
 		wait := bo.next()
-		if retryAfter > 0 {
+		if restart >= 0 {
+			// As the agent does: a relay shutting down names the moment
+			// to come back.
+			wait = restart
+		} else if retryAfter > 0 {
 			// As the agent does: Retry-After is in whole seconds, so a
 			// second of jitter keeps a refused fleet from returning at
 			// one instant.
@@ -204,14 +210,16 @@ func (s *swarm) agent(ctx context.Context, i int) {
 }
 
 // session dials once and holds the connection until it fails. It reports
-// whether the handshake completed, and any Retry-After.
-func (s *swarm) session(ctx context.Context, i int) (up bool, retryAfter time.Duration) {
+// whether the handshake completed, any Retry-After, and the reconnect
+// delay of a relay's restart close frame (negative if none).
+func (s *swarm) session(ctx context.Context, i int) (up bool, retryAfter, restart time.Duration) {
 	select {
 	case s.sem <- struct{}{}:
 	case <-ctx.Done():
-		return false, 0
+		return false, 0, -1
 	}
 	s.attempts.Add(1)
+	restart = -1
 	var (
 		hold func() // reads until the connection fails
 		stop func()
@@ -220,20 +228,28 @@ func (s *swarm) session(ctx context.Context, i int) (up bool, retryAfter time.Du
 		c, err := s.natsConnect(ctx, i)
 		<-s.sem
 		if err != nil {
-			return false, 0
+			return false, 0, -1
 		}
 		hold, stop = func() { natsIdle(c) }, func() { c.Close() }
 	} else {
 		c, ra, err := s.tetherConnect(ctx, i)
 		<-s.sem
 		if err != nil {
-			return false, ra
+			return false, ra, -1
 		}
 		hold, stop = func() {
 			for {
-				if _, _, err := c.NextReader(); err != nil {
-					return
+				_, _, err := c.NextReader()
+				if err == nil {
+					continue
 				}
+				var ce *websocket.CloseError
+				if errors.As(err, &ce) {
+					if d, ok := protocol.ParseRestart(ce.Code, ce.Text); ok {
+						restart = d
+					}
+				}
+				return
 			}
 		}, func() { c.Close() }
 	}
@@ -257,7 +273,7 @@ func (s *swarm) session(ctx context.Context, i int) (up bool, retryAfter time.Du
 	close(done)
 	stop()
 	s.connected.Add(-1)
-	return true, 0
+	return true, 0, restart
 }
 
 func (s *swarm) tetherConnect(ctx context.Context, i int) (*websocket.Conn, time.Duration, error) {

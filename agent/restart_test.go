@@ -1,0 +1,90 @@
+package agent
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// A relay shutting down closes with 1012 and a reconnect delay; the agent
+// comes back at that moment, not at whatever its backoff would draw.
+func TestRestartCloseSetsReconnectTime(t *testing.T) {
+	const asked = 400 * time.Millisecond
+	var (
+		mu     sync.Mutex
+		dials  []time.Time
+		closed time.Time
+	)
+	up := websocket.Upgrader{Subprotocols: []string{protocol.Version}}
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		mu.Lock()
+		dials = append(dials, time.Now())
+		first := len(dials) == 1
+		mu.Unlock()
+		if _, _, err := c.ReadMessage(); err != nil { // hello
+			return
+		}
+		b, _ := protocol.Encode(&protocol.Welcome{Session: "s1", Device: "d1", Relay: "fake", MaxFrame: protocol.MaxFrame, PingMs: 60000})
+		c.WriteMessage(websocket.TextMessage, b)
+		if first {
+			mu.Lock()
+			closed = time.Now()
+			mu.Unlock()
+			c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(protocol.CloseRestart, protocol.RestartReason(asked)))
+		}
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}))
+	defer ts.Close()
+
+	a, err := New(Config{
+		Relay:  "ws" + strings.TrimPrefix(ts.URL, "http"),
+		Token:  "t",
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		// A backoff that would almost never come back this soon.
+		BackoffInitial: 10 * time.Second,
+		BackoffMax:     10 * time.Second,
+		ShutdownGrace:  100 * time.Millisecond,
+	}, echoExec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.Run(ctx)
+	}()
+	defer func() { cancel(); <-done }()
+
+	waitUntil(t, "a second dial", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(dials) >= 2
+	})
+	mu.Lock()
+	gap := dials[1].Sub(closed)
+	mu.Unlock()
+	if gap < asked || gap > asked+time.Second {
+		t.Fatalf("came back %v after the close, asked for %v", gap, asked)
+	}
+}
