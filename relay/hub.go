@@ -39,6 +39,10 @@ type hub struct {
 	devices  map[string]*device // by id, created on first use
 	retained []retainedRef      // settled requests, oldest first
 	nextSeq  uint64             // Seq of the next submit
+
+	// behind counts commits nobody waits for (see commitBehind); the
+	// store is closed only after them.
+	behind sync.WaitGroup
 }
 
 // retainedRef points at a finished request kept in the store.
@@ -101,7 +105,10 @@ func newHub(cfg Config, st *store) (*hub, error) {
 	})
 	for _, r := range pending {
 		r.State = protocol.StateQueued
-		e := &entry{rec: r.Record, seq: r.Seq, rev: r.Rev, deadline: r.Deadline, done: make(chan struct{})}
+		e := newEntry(r.Record, r.Seq, r.Rev, r.Deadline)
+		// Deliveries are committed behind the frame that carries them
+		// (takeWork); after a crash, one may not have been saved.
+		e.maybeRan = st.unclean
 		h.live[r.ID] = e
 		d := h.deviceLocked(r.Device)
 		d.queue = append(d.queue, e)
@@ -158,6 +165,7 @@ func (h *hub) settleLocked(e *entry) {
 		return
 	}
 	delete(h.live, e.rec.ID)
+	e.endLocked()
 	close(e.done)
 	h.retained = append(h.retained, retainedRef{id: e.rec.ID, finished: *e.rec.Finished})
 	// Every request ends here exactly once, whichever way it ended.
@@ -172,47 +180,52 @@ func (h *hub) submit(dev string, sub protocol.Submit) (protocol.Record, error) {
 	}
 	timeout = min(timeout, h.cfg.MaxTimeout)
 
+	now := time.Now()
 	h.mu.Lock()
 	d := h.deviceLocked(dev)
-	if len(d.queue)+d.reserved >= h.cfg.QueueLimit {
+	if len(d.queue) >= h.cfg.QueueLimit {
 		h.mu.Unlock()
 		return protocol.Record{}, fmt.Errorf("%w: device %s has %d queued requests", ErrQueueFull, dev, h.cfg.QueueLimit)
 	}
-	d.reserved++
-	seq := h.nextSeq
+	e := newEntry(protocol.Record{
+		ID:         newID("r"),
+		Device:     dev,
+		Method:     sub.Method,
+		Params:     sub.Params,
+		State:      protocol.StateQueued,
+		Idempotent: sub.Idempotent,
+		Timeout:    protocol.Duration(timeout),
+		Created:    now.UTC(),
+	}, h.nextSeq, 1, now.Add(timeout))
 	h.nextSeq++
-	h.mu.Unlock()
-
-	now := time.Now()
-	e := &entry{
-		rec: protocol.Record{
-			ID:         newID("r"),
-			Device:     dev,
-			Method:     sub.Method,
-			Params:     sub.Params,
-			State:      protocol.StateQueued,
-			Idempotent: sub.Idempotent,
-			Timeout:    protocol.Duration(timeout),
-			Created:    now.UTC(),
-		},
-		seq:      seq,
-		rev:      1,
-		deadline: now.Add(timeout),
-		done:     make(chan struct{}),
-	}
-	// e is not shared yet, so it can be read without the lock.
-	err := h.st.putRequests([]storedRequest{e.storedLocked()})
-
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	d.reserved--
-	if err != nil {
-		return protocol.Record{}, err
-	}
+	rec := e.storedLocked()
+	// The request is queued, and may be delivered, while its commit runs:
+	// the agent's trip overlaps the fsync. Nobody hears of it before the
+	// commit returns (the id is not out yet), so a crash in between is a
+	// submit that failed; an agent that ran it meanwhile gets its result
+	// acked as unknown.
 	h.live[e.rec.ID] = e
 	d.queue = append(d.queue, e)
 	if d.sess != nil {
 		d.sess.poke()
+	}
+	h.mu.Unlock()
+
+	err := h.st.putRequests([]storedRequest{rec})
+
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err != nil {
+		if e.rec.State == protocol.StateQueued && d.removeLocked(e) {
+			// Never delivered: it is as if it was never submitted.
+			delete(h.live, e.rec.ID)
+		}
+		// Otherwise an agent has it: its result commits the whole record
+		// if the store recovers. The client is told the submit failed.
+		if h.live[e.rec.ID] == e {
+			h.met.requestSubmitted(e.rec.Method)
+		}
+		return protocol.Record{}, err
 	}
 	h.met.requestSubmitted(e.rec.Method)
 	return e.rec, nil
@@ -234,19 +247,19 @@ func (h *hub) get(id string) (protocol.Record, error) {
 	return r.Record, nil
 }
 
-// wait blocks until request id is settled, ctx ends or stop is closed, and
-// returns its record at that moment.
+// wait blocks until request id has ended (see entry.endLocked), ctx ends
+// or stop is closed, and returns its record at that moment.
 func (h *hub) wait(ctx context.Context, id string, stop <-chan struct{}) (protocol.Record, error) {
 	h.mu.Lock()
 	e := h.live[id]
-	var done chan struct{}
+	var ended chan struct{}
 	if e != nil {
-		done = e.done
+		ended = e.ended
 	}
 	h.mu.Unlock()
-	if done != nil {
+	if ended != nil {
 		select {
-		case <-done:
+		case <-ended:
 		case <-ctx.Done():
 		case <-stop:
 		}
@@ -313,9 +326,13 @@ type work struct {
 	requests []protocol.Request
 }
 
-// takeWork leases up to s's credits of queued requests to s and commits
-// the deliveries; the writer sends the frames only after that. Requests
-// found expired or out of attempts on the way are finished instead.
+// takeWork leases up to s's credits of queued requests to s. The
+// deliveries are committed behind the frames, not before them: what a
+// lost delivery record could change after a crash is covered by
+// entry.maybeRan (never expire what may have run) and by the agent's
+// journal (never run twice); only the attempt count can come back lower.
+// Requests found expired or out of attempts on the way are finished
+// instead, and settled once committed.
 func (h *hub) takeWork(s *session) (work, error) {
 	var (
 		c   changes
@@ -334,7 +351,7 @@ func (h *hub) takeWork(s *session) (work, error) {
 	for s.credits > 0 && len(d.queue) > 0 {
 		e := d.popLocked()
 		switch {
-		case !now.Before(e.deadline) && e.rec.Attempts == 0:
+		case !now.Before(e.deadline) && !e.mayHaveRun():
 			c.finishLocked(e, protocol.StateExpired, protocol.Errorf(protocol.CodeExpired, "deadline passed before delivery"), now)
 		case e.rec.Attempts >= h.cfg.MaxAttempts:
 			c.finishLocked(e, protocol.StateFailed, protocol.Errorf(protocol.CodeUndeliverable,
@@ -357,10 +374,24 @@ func (h *hub) takeWork(s *session) (work, error) {
 		}
 	}
 	h.mu.Unlock()
-	if err := h.commit(&c); err != nil {
-		return work{}, err
-	}
+	h.commitBehind(&c)
 	return out, nil
+}
+
+// commitBehind commits c without making the caller wait for it. A later
+// commit of the same request never goes backwards (revisions), so it may
+// land before or after one made behind it.
+func (h *hub) commitBehind(c *changes) {
+	if len(c.recs) == 0 {
+		return
+	}
+	h.behind.Add(1)
+	go func() {
+		defer h.behind.Done()
+		if err := h.commit(c); err != nil {
+			h.log.Error("commit deliveries", "err", err)
+		}
+	}()
 }
 
 // attach makes s the device's session, replacing (and stopping) an older
@@ -512,6 +543,7 @@ func (h *hub) result(s *session, res *protocol.Result) (commit func() error) {
 	}
 	e.rec.RunMs = res.RunMs
 	c.finishLocked(e, res.State, res.Error, time.Now())
+	e.endLocked()
 	h.mu.Unlock()
 	return func() error { return h.commit(&c) }
 }
@@ -570,7 +602,7 @@ func (h *hub) sweep(now time.Time) {
 			switch {
 			case now.Before(e.deadline):
 				kept = append(kept, e)
-			case e.rec.Attempts == 0:
+			case !e.mayHaveRun():
 				c.finishLocked(e, protocol.StateExpired, protocol.Errorf(protocol.CodeExpired, "deadline passed while queued"), now)
 			case now.Before(e.deadline.Add(redeliveredGrace)):
 				// Delivered before, so it may have run: only the agent can

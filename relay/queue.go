@@ -23,10 +23,37 @@ type entry struct {
 	cancelAsked bool
 	// done is closed once the request's terminal state is committed.
 	done chan struct{}
+	// ended is closed once the terminal state is known (see endLocked).
+	ended chan struct{}
+	// maybeRan marks a request recovered after a crash whose delivery may
+	// not have been saved: like a delivered one, it is never expired, as
+	// an agent may have run it.
+	maybeRan bool
 	// unsaved marks a terminal state whose commit failed: the entry stays
 	// live (and its waiters waiting) until a retry commits it.
 	unsaved bool
 }
+
+func newEntry(rec protocol.Record, seq, rev uint64, deadline time.Time) *entry {
+	return &entry{rec: rec, seq: seq, rev: rev, deadline: deadline, done: make(chan struct{}), ended: make(chan struct{})}
+}
+
+// endLocked wakes the request's waiters. For a result from the agent it is
+// called at once, before the result is committed: the agent keeps the
+// result (in its journal) until the relay acks it, and the ack follows the
+// commit, so a relay crash in between loses nothing; the agent sends the
+// same result again. An outcome the relay decides itself (canceled,
+// expired, undeliverable) is only known once committed.
+func (e *entry) endLocked() {
+	select {
+	case <-e.ended:
+	default:
+		close(e.ended)
+	}
+}
+
+// mayHaveRun reports whether an agent may have started e.
+func (e *entry) mayHaveRun() bool { return e.rec.Attempts > 0 || e.maybeRan }
 
 func (e *entry) storedLocked() storedRequest {
 	return storedRequest{Record: e.rec, Seq: e.seq, Deadline: e.deadline, Rev: e.rev}
@@ -37,7 +64,6 @@ func (e *entry) storedLocked() storedRequest {
 type device struct {
 	id       string
 	queue    []*entry // queued requests, head first
-	reserved int      // submits being committed; they count against the bound
 	sess     *session // current agent session, or nil when offline
 	meta     deviceMeta
 	lastSeq  uint64 // highest event seq stored (raised only after its commit)

@@ -1,7 +1,12 @@
 package relay
 
 import (
+	"encoding/json"
+	"path/filepath"
 	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/tetherhq/tether/protocol"
 )
@@ -67,5 +72,53 @@ func TestRestartKeepsEventsAndDedup(t *testing.T) {
 	evs, err := e.srv.Events("dev1", 0, 10)
 	if err != nil || len(evs) != 1 || evs[0].Name != "x" {
 		t.Fatalf("events %+v err %v", evs, err)
+	}
+}
+
+// markUnclean makes the store in dir look like a relay crashed on it: the
+// mark a running relay keeps in it is there.
+func markUnclean(t *testing.T, dir string) {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(dir, "relay.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyOpen, []byte{1}) }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Deliveries are committed behind their frames, so after a crash a request
+// may be back in the queue as never delivered although an agent ran it.
+// Such a request must not be expired (the client would hear it never ran):
+// it waits for an agent past its deadline like a redelivered one. After a
+// clean stop, the same request expires as usual.
+func TestUncleanRestartNeverExpiresWhatMayHaveRun(t *testing.T) {
+	for _, crashed := range []bool{false, true} {
+		e := newEnv(t)
+		rec := e.submit(protocol.Submit{Method: "m", Timeout: protocol.Duration(30 * time.Millisecond)})
+		e.stop()
+		if crashed {
+			markUnclean(t, e.cfg.DataDir)
+		}
+		e.start()
+		if !crashed {
+			waitFor(t, "expiry", func() bool { return e.record(rec.ID, "").State == protocol.StateExpired })
+			continue
+		}
+		time.Sleep(300 * time.Millisecond) // ten times the deadline, sixty sweeps
+		if got := e.record(rec.ID, "").State; got != protocol.StateQueued {
+			t.Fatalf("after a crash: %s, want queued until an agent answers or the grace ends", got)
+		}
+		// Redelivered, the agent answers from its journal.
+		a := dialAgent(e, e.token)
+		a.send(&protocol.Pull{N: 1})
+		req := nextAs[*protocol.Request](a)
+		a.send(&protocol.Result{ID: req.ID, State: protocol.StateSucceeded, Value: json.RawMessage(`{}`)})
+		nextAs[*protocol.Ack](a)
+		if got := e.record(rec.ID, "").State; got != protocol.StateSucceeded {
+			t.Fatalf("after the agent answered: %s", got)
+		}
 	}
 }

@@ -64,7 +64,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	h, err := newHub(cfg, st)
 	if err != nil {
-		st.close()
+		st.abandon()
 		return nil, err
 	}
 	s := &Server{
@@ -153,6 +153,7 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.stopServing()
 		s.sessions.wait()
+		s.hub.behind.Wait()
 		s.closeErr = s.st.close()
 	})
 	return s.closeErr

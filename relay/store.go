@@ -16,10 +16,13 @@ import (
 //	requests: id → rev (8 bytes, big endian) ‖ JSON storedRequest
 //	devices:  id → JSON deviceMeta
 //	events:   device id → bucket: seq (8 bytes, big endian) → JSON protocol.EventRecord
+//	meta:     "open" → present while a relay has the store open
 var (
 	bucketRequests = []byte("requests")
 	bucketDevices  = []byte("devices")
 	bucketEvents   = []byte("events")
+	bucketMeta     = []byte("meta")
+	keyOpen        = []byte("open")
 )
 
 // storedRequest is a request as persisted: the public record plus what the
@@ -50,6 +53,10 @@ type store struct {
 	// commit group-commits the writes (see committer); bbolt's Batch is
 	// not used, as it delays every commit.
 	commit *committer
+	// unclean is set when the last relay on this store did not close it:
+	// it crashed or was killed, and writes it made behind its frames
+	// (deliveries) may be missing.
+	unclean bool
 }
 
 func openStore(path string) (*store, error) {
@@ -59,23 +66,36 @@ func openStore(path string) (*store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("relay: open %s: %w", path, err)
 	}
+	unclean := false
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketRequests, bucketDevices, bucketEvents} {
+		for _, b := range [][]byte{bucketRequests, bucketDevices, bucketEvents, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return nil
+		meta := tx.Bucket(bucketMeta)
+		unclean = meta.Get(keyOpen) != nil
+		return meta.Put(keyOpen, []byte{1})
 	})
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("relay: init %s: %w", path, err)
 	}
-	return &store{db: db, commit: newCommitter(db)}, nil
+	return &store{db: db, commit: newCommitter(db), unclean: unclean}, nil
 }
 
+// abandon closes the store without marking it cleanly closed, for a relay
+// that could not start on it.
+func (s *store) abandon() { s.db.Close() }
+
+// close marks the store cleanly closed and closes it. Every write must
+// have returned before.
 func (s *store) close() error {
-	if err := s.db.Close(); err != nil {
+	err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(keyOpen) })
+	if cerr := s.db.Close(); cerr != nil {
+		return fmt.Errorf("relay: close store: %w", cerr)
+	}
+	if err != nil {
 		return fmt.Errorf("relay: close store: %w", err)
 	}
 	return nil
