@@ -20,6 +20,16 @@ type Executor interface {
 	Execute(ctx context.Context, req *protocol.Request) (json.RawMessage, error)
 }
 
+// Pure is implemented by executors that know which methods touch no
+// hardware (an echo, a status report). The journal exists so that a
+// hardware action never runs twice; running such a method again after a
+// crash is harmless, so the agent journals neither its start nor its
+// result, and answers it without a single fsync. Its result is still kept
+// (in memory) until the relay acknowledges it.
+type Pure interface {
+	Pure(method string) bool
+}
+
 // Describer is implemented by executors that can say what they offer; the
 // agent reports it in hello.
 type Describer interface {
@@ -73,6 +83,7 @@ type Agent struct {
 type job struct {
 	req    *protocol.Request
 	cancel context.CancelCauseFunc
+	pure   bool // see Pure: not journaled
 }
 
 // New returns an agent that runs requests on exec.
@@ -344,11 +355,15 @@ func (a *Agent) startLocked(r *protocol.Request) {
 	deadline := time.Now().Add(time.Duration(r.TimeoutMs) * time.Millisecond)
 	ctx, cancelDeadline := context.WithDeadline(a.jobsCtx, deadline)
 	ctx, cancel := context.WithCancelCause(ctx)
-	j := &job{req: r, cancel: cancel}
+	p, ok := a.exec.(Pure)
+	j := &job{req: r, cancel: cancel, pure: ok && p.Pure(r.Method)}
 	a.running[r.ID] = j
 	// "started" must be on disk before the hardware is touched: after a
 	// crash it is what stops the request from running twice.
-	pos := a.recordLocked(record{Op: opStart, ID: r.ID, Idem: r.Idempotent, Time: time.Now().UnixMilli()})
+	var pos uint64
+	if !j.pure {
+		pos = a.recordLocked(record{Op: opStart, ID: r.ID, Idem: r.Idempotent, Time: time.Now().UnixMilli()})
+	}
 	a.notifyLocked()
 	a.jobs.Add(1)
 	go func() {
@@ -431,16 +446,18 @@ func (a *Agent) safeExecute(ctx context.Context, r *protocol.Request) (val json.
 func (a *Agent) finish(res *protocol.Result) {
 	now := time.Now()
 	a.mu.Lock()
+	j := a.running[res.ID]
 	delete(a.running, res.ID)
 	a.out.addResult(res, now)
-	pos := a.recordLocked(record{Op: opResult, ID: res.ID, Result: res, Time: now.UnixMilli()})
-	a.mu.Unlock()
-
-	// The result reaches disk before it reaches the relay.
-	if err := a.durable(pos); err != nil {
-		a.log.Error("result not journaled; sending it anyway", "id", res.ID, "err", err)
+	if j == nil || !j.pure {
+		pos := a.recordLocked(record{Op: opResult, ID: res.ID, Result: res, Time: now.UnixMilli()})
+		a.mu.Unlock()
+		// The result reaches disk before it reaches the relay.
+		if err := a.durable(pos); err != nil {
+			a.log.Error("result not journaled; sending it anyway", "id", res.ID, "err", err)
+		}
+		a.mu.Lock()
 	}
-	a.mu.Lock()
 	defer a.mu.Unlock()
 	if r, ok := a.out.markResultDurable(res.ID); ok && a.sess != nil {
 		a.sess.send(r)

@@ -147,7 +147,9 @@ func (a *Agent) snapshotLocked() []record {
 	var recs []record
 	now := time.Now().UnixMilli()
 	for id, j := range a.running {
-		recs = append(recs, record{Op: opStart, ID: id, Idem: j.req.Idempotent, Time: now})
+		if !j.pure {
+			recs = append(recs, record{Op: opStart, ID: id, Idem: j.req.Idempotent, Time: now})
+		}
 	}
 	for _, id := range a.out.doneOrder {
 		e := a.out.done[id]

@@ -222,6 +222,13 @@ func (b *Board) Describe() (board string, methods []string, resources []protocol
 	return b.name, append([]string(nil), b.methods...), append([]protocol.Resource(nil), b.resources...)
 }
 
+// Pure reports whether method touches no hardware: sys.ping and sys.info
+// only read the agent's own state, so running them twice is harmless (see
+// agent.Pure).
+func (b *Board) Pure(method string) bool {
+	return method == MethodSysPing || method == MethodSysInfo
+}
+
 // Execute runs one request. Failures are *protocol.Failure values; a
 // canceled ctx yields ctx.Err(). It never panics: a panic in a driver is
 // reported as an internal failure of that request alone.

@@ -2,9 +2,15 @@ package relay
 
 import (
 	"sync"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
+
+// laterDelay is how long a deferred commit (see committer.later) waits for
+// a commit someone is waiting for, to ride along with it, before it
+// commits on its own.
+const laterDelay = 5 * time.Millisecond
 
 // committer group-commits bbolt write transactions. A call made while no
 // commit runs commits at once, alone; calls made while one runs wait and
@@ -15,15 +21,24 @@ import (
 // for company; a round trip makes three commits (submit, delivery,
 // result), so even 1 ms there was 3 ms of idle waiting per request.
 //
+// Commits nobody is waiting for (a delivery, a result whose only reader
+// is the agent's ack) are deferred with later: they join the next commit
+// someone waits for instead of taking a disk round of their own ahead of
+// it, and commit alone only after laterDelay without one.
+//
 // As with Batch, a function may run more than once (a failing one is
 // dropped and the rest of its group rerun), so it must be idempotent.
 type committer struct {
 	db *bolt.DB
+	// delay is laterDelay, except in tests.
+	delay time.Duration
 
 	mu sync.Mutex
 	// Guarded by mu:
-	busy bool          // a caller is committing (or about to)
-	next []*commitCall // waiting for the next commit
+	busy     bool          // a caller is committing (or about to)
+	next     []*commitCall // waiting for the next commit
+	deferred []*commitCall // deferred: join the next commit
+	timer    *time.Timer   // commits the deferred ones if nothing else does
 }
 
 type commitCall struct {
@@ -32,7 +47,7 @@ type commitCall struct {
 	lead chan struct{} // this caller is to commit the next group
 }
 
-func newCommitter(db *bolt.DB) *committer { return &committer{db: db} }
+func newCommitter(db *bolt.DB) *committer { return &committer{db: db, delay: laterDelay} }
 
 // do runs fn in a read-write transaction, possibly shared with others, and
 // returns once that transaction has committed or failed.
@@ -56,14 +71,43 @@ func (g *committer) do(fn func(*bolt.Tx) error) error {
 	}
 }
 
-// commitNext commits every waiting call, then hands the lead to the first
-// call that arrived meanwhile, or ends the busy period. The caller is part
-// of the group it commits, so leading never delays it beyond its own
-// commit.
+// later queues fn for a commit it does not lead: the next one someone
+// waits for, or its own after laterDelay. The returned channel gets the
+// outcome.
+func (g *committer) later(fn func(*bolt.Tx) error) <-chan error {
+	c := &commitCall{fn: fn, done: make(chan error, 1)}
+	g.mu.Lock()
+	g.deferred = append(g.deferred, c)
+	if g.timer == nil {
+		g.timer = time.AfterFunc(g.delay, g.flush)
+	}
+	g.mu.Unlock()
+	return c.done
+}
+
+// flush commits the deferred calls, if a commit has not taken them yet.
+func (g *committer) flush() {
+	g.mu.Lock()
+	g.timer = nil
+	pending := len(g.deferred) > 0
+	g.mu.Unlock()
+	if pending {
+		g.do(func(*bolt.Tx) error { return nil })
+	}
+}
+
+// commitNext commits every waiting call and every deferred one, then hands
+// the lead to the first call that arrived meanwhile, or ends the busy
+// period. The caller is part of the group it commits, so leading never
+// delays it beyond its own commit.
 func (g *committer) commitNext() {
 	g.mu.Lock()
-	group := g.next
-	g.next = nil
+	group := append(g.deferred, g.next...)
+	g.next, g.deferred = nil, nil
+	if g.timer != nil {
+		g.timer.Stop()
+		g.timer = nil
+	}
 	g.mu.Unlock()
 
 	g.run(group)

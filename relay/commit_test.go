@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -47,4 +48,47 @@ func TestCommitterGroups(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A deferred call rides along with the next commit someone waits for, and
+// commits on its own when none comes.
+func TestCommitterLater(t *testing.T) {
+	st, err := openStore(filepath.Join(t.TempDir(), "relay.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	g := st.commit
+	put := func(key string, txid *int) func(*bolt.Tx) error {
+		return func(tx *bolt.Tx) error {
+			*txid = tx.ID()
+			return tx.Bucket(bucketDevices).Put([]byte(key), []byte("x"))
+		}
+	}
+
+	g.delay = time.Hour
+	var a, b int
+	deferred := g.later(put("a", &a))
+	if err := g.do(put("b", &b)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-deferred:
+		if err != nil || a != b {
+			t.Fatalf("deferred call: err %v, transaction %d; the waited-for one was %d", err, a, b)
+		}
+	default:
+		t.Fatal("the deferred call did not ride along with the next commit")
+	}
+
+	g.delay = time.Millisecond
+	var c int
+	select {
+	case err := <-g.later(put("c", &c)):
+		if err != nil || c == 0 {
+			t.Fatalf("deferred call alone: err %v, transaction %d", err, c)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a deferred call alone was never committed")
+	}
 }

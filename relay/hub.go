@@ -132,7 +132,20 @@ func (h *hub) deviceLocked(id string) *device {
 // or the sweep commits them again, and the error tells the caller to
 // withhold its own acknowledgement.
 func (h *hub) commit(c *changes) error {
-	err := h.st.putRequests(c.recs)
+	return h.settle(c, h.st.putRequests(c.recs))
+}
+
+// commitLater is commit for changes nobody is waiting for: the write
+// rides along with the next commit someone waits for (committer.later).
+func (h *hub) commitLater(c *changes) error {
+	if len(c.recs) == 0 {
+		return h.settle(c, nil)
+	}
+	return h.settle(c, <-h.st.putRequestsLater(c.recs))
+}
+
+// settle finishes a commit of c that ended with err.
+func (h *hub) settle(c *changes, err error) error {
 	if err != nil {
 		h.log.Error("commit failed", "err", err)
 	}
@@ -388,7 +401,7 @@ func (h *hub) commitBehind(c *changes) {
 	h.behind.Add(1)
 	go func() {
 		defer h.behind.Done()
-		if err := h.commit(c); err != nil {
+		if err := h.commitLater(c); err != nil {
 			h.log.Error("commit deliveries", "err", err)
 		}
 	}()
@@ -545,7 +558,9 @@ func (h *hub) result(s *session, res *protocol.Result) (commit func() error) {
 	c.finishLocked(e, res.State, res.Error, time.Now())
 	e.endLocked()
 	h.mu.Unlock()
-	return func() error { return h.commit(&c) }
+	// Only the agent's ack waits for this commit (clients were told
+	// above), so it rides along with the next one a client waits for.
+	return func() error { return h.commitLater(&c) }
 }
 
 // event stores ev for s's device unless its seq was seen before.

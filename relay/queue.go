@@ -62,11 +62,11 @@ func (e *entry) storedLocked() storedRequest {
 // device is the relay's state for one device. Its fields are guarded by
 // hub.mu.
 type device struct {
-	id       string
-	queue    []*entry // queued requests, head first
-	sess     *session // current agent session, or nil when offline
-	meta     deviceMeta
-	lastSeq  uint64 // highest event seq stored (raised only after its commit)
+	id      string
+	queue   []*entry // queued requests, head first
+	sess    *session // current agent session, or nil when offline
+	meta    deviceMeta
+	lastSeq uint64 // highest event seq stored (raised only after its commit)
 	// evMu serialises this device's event commits, so an event is never
 	// acknowledged while another session's copy of it is still being
 	// written. It is taken before hub.mu, never while holding it.

@@ -134,15 +134,38 @@ func (s *store) putRequests(recs []storedRequest) error {
 	if len(recs) == 0 {
 		return nil
 	}
+	fn, err := putRequestsFn(recs)
+	if err == nil {
+		err = s.commit.do(fn)
+	}
+	if err != nil {
+		return fmt.Errorf("relay: commit requests: %w", err)
+	}
+	return nil
+}
+
+// putRequestsLater is putRequests deferred (committer.later): it returns
+// at once, and the channel gets the outcome.
+func (s *store) putRequestsLater(recs []storedRequest) <-chan error {
+	fn, err := putRequestsFn(recs)
+	if err != nil {
+		ch := make(chan error, 1)
+		ch <- err
+		return ch
+	}
+	return s.commit.later(fn)
+}
+
+func putRequestsFn(recs []storedRequest) (func(*bolt.Tx) error, error) {
 	vals := make([][]byte, len(recs))
 	for i := range recs {
 		v, err := encodeRequest(&recs[i])
 		if err != nil {
-			return err
+			return nil, err
 		}
 		vals[i] = v
 	}
-	err := s.commit.do(func(tx *bolt.Tx) error {
+	return func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketRequests)
 		for i := range recs {
 			key := []byte(recs[i].ID)
@@ -154,11 +177,7 @@ func (s *store) putRequests(recs []storedRequest) error {
 			}
 		}
 		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("relay: commit requests: %w", err)
-	}
-	return nil
+	}, nil
 }
 
 // getRequest returns the stored request id.

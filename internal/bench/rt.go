@@ -307,10 +307,23 @@ func (t *tether) waitOnline(n int, within time.Duration) error {
 	}
 }
 
+// pingSubmit is the request of the round trip figures: sys.ping, which
+// touches no hardware, so the agent does not journal it.
+var pingSubmit = protocol.Submit{Method: "sys.ping", Params: pingParams, Timeout: protocol.Duration(30 * time.Second)}
+
+// gpioSubmit is a hardware action: the agent journals it (fsynced) before
+// and after it runs.
+var gpioSubmit = protocol.Submit{Method: "gpio.write", Params: json.RawMessage(`{"pin":"GPIO17","level":"high"}`), Timeout: protocol.Duration(30 * time.Second)}
+
 // restCall submits sys.ping and long-polls for the result in the same
 // call (?wait=): one HTTP round trip per request.
 func (t *tether) restCall(device func(w int) string) func(w int) error {
-	body, _ := json.Marshal(protocol.Submit{Method: "sys.ping", Params: pingParams, Timeout: protocol.Duration(30 * time.Second)})
+	return t.restCallWith(pingSubmit, device)
+}
+
+// restCallWith is restCall for another request.
+func (t *tether) restCallWith(sub protocol.Submit, device func(w int) string) func(w int) error {
+	body, _ := json.Marshal(sub)
 	return func(w int) error {
 		req, err := http.NewRequest("POST", "http://"+t.addr+"/v1/devices/"+device(w)+"/requests?wait=30s", bytes.NewReader(body))
 		if err != nil {
@@ -444,7 +457,8 @@ func (c *wsClient) close() {
 const (
 	noteTCP    = "raw TCP ping-pong between two processes, one connection per caller: the loopback floor"
 	noteNATS   = "NATS request/reply through nats-server (own process) to a responder process; not durable"
-	noteREST   = "durable: POST ?wait= to a relay process, full agent process (simulated board, journal); includes 3 relay bbolt commits and 2 agent journal fsyncs"
+	noteREST   = "durable: POST ?wait= to a relay process, full agent process (simulated board, journal); sys.ping touches no hardware, so the agent does not journal it; on the path: the submit's bbolt commit (overlapping the delivery), not the delivery's or the result's"
+	noteGPIO   = "as rt_rest_seq, with gpio.write (a hardware action): the agent also fsyncs its journal before and after it runs"
 	noteWS     = "durable, as the REST figure, over one /v1/client WebSocket multiplexing the callers"
 	noteTputAg = "durable; callers spread evenly over the agents, two per agent"
 )
@@ -496,6 +510,9 @@ func (r *runner) roundTrips(ctx context.Context) error {
 		return err
 	}
 	if err := r.latency(ctx, "rt_rest_"+cs, "nats_"+cs, c, true, noteREST, t.restCall(dev)); err != nil {
+		return err
+	}
+	if err := r.latency(ctx, "rt_rest_gpio_seq", "nats_seq", 1, false, noteGPIO, t.restCallWith(gpioSubmit, dev)); err != nil {
 		return err
 	}
 	ws, err := t.dialWS()

@@ -46,7 +46,7 @@
 //
 // The simulated board appends "<id> <method>" to the execution log and
 // fsyncs it before it touches the (simulated) hardware, and the agent
-// journals "started" (fsynced) before it calls the board. So a line is
+// journals "started" (fsynced) before it calls the board for a gpio.write. So a line is
 // written exactly when the hardware may have been touched, and no action
 // can happen without a line. An agent killed mid-request leaves one of:
 // no start record and no line (the relay redelivers it and it runs once),
@@ -64,8 +64,12 @@
 //   - lost: the relay no longer knows the id (404), or says succeeded
 //     while n == 0 (a success nobody performed: the outcome the client sees
 //     was not what happened on the board).
-//   - duplicate_executions: n > 1. Requests are not idempotent, so no
-//     redelivery, relay restart or agent restart may run one twice.
+//   - duplicate_executions: n > 1 for a gpio.write. Requests are not
+//     idempotent, so no redelivery, relay restart or agent restart may run
+//     one twice. sys.ping touches no hardware and the agent does not
+//     journal it (agent.Pure), so it may run again after a crash; its
+//     reruns are reported as pure_reruns and are not a failure. Its
+//     result must still be its own payload.
 //   - unresolved: still queued or delivered when the drain period ends.
 //   - wrong_state: a terminal state that does not fit what happened:
 //     expired with n > 0 (expired means "not started before its
@@ -78,7 +82,7 @@
 //     failed interrupted and failed undeliverable allow n of 0 or 1: the
 //     relay or agent honestly does not know whether the action completed.
 //
-// duplicate_executions counts every id with n > 1, whatever its state; the
+// duplicate_executions counts every gpio.write id with n > 1, whatever its state; the
 // other three are exclusive, a request counting under the first of lost,
 // unresolved and wrong_state that applies. The run fails when any counter
 // is not zero.
