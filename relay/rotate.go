@@ -395,10 +395,7 @@ func (s *session) offer(m protocol.Message) {
 		s.log.Error("encode", "type", m.MsgType(), "err", err)
 		return
 	}
-	select {
-	case s.send <- b:
-	case <-s.quit:
-	default:
+	if !s.push(b, false) && !s.closing() {
 		s.log.Warn("send queue full; closing a slow session")
 		s.stop(websocket.ClosePolicyViolation, "send queue full")
 	}
