@@ -178,7 +178,7 @@ func (l *loop) watch(s *session) bool {
 		werr = l.p.add(s.fd, key)
 	})
 	if err != nil || werr != nil {
-		s.log.Warn("connection not watched; reading it on a goroutine", "err", errors.Join(err, werr))
+		s.log().Warn("connection not watched; reading it on a goroutine", "err", errors.Join(err, werr))
 		return false
 	}
 	s.polled = true

@@ -51,7 +51,6 @@ type session struct {
 	br     *bufio.Reader // the connection's read buffer, shared with gorilla
 	cfg    *Config
 	hub    *hub
-	log    *slog.Logger
 
 	quit     chan struct{} // closed by stop
 	stopOnce sync.Once
@@ -126,11 +125,17 @@ func newSession(conn *websocket.Conn, br *bufio.Reader, dev string, cfg *Config,
 		br:     br,
 		cfg:    cfg,
 		hub:    h,
-		log:    cfg.Logger.With("device", dev, "session", id),
 		quit:   make(chan struct{}),
 		leases: make(map[string]*entry),
 		slot:   -1,
 	}
+}
+
+// log returns the session's logger. It is made for each use: slog's With
+// formats its attributes ahead, which costs every idle session hundreds
+// of bytes for lines logged at its start and end.
+func (s *session) log() *slog.Logger {
+	return s.cfg.Logger.With("device", s.device, "session", s.id)
 }
 
 // start puts the session to work on r; onDone runs once it has ended and
@@ -138,7 +143,7 @@ func newSession(conn *websocket.Conn, br *bufio.Reader, dev string, cfg *Config,
 func (s *session) start(r *reactor, onDone func()) {
 	l, err := r.acquire()
 	if err != nil {
-		s.log.Error("agent session not started", "err", err)
+		s.log().Error("agent session not started", "err", err)
 		s.conn.Close()
 		onDone()
 		return
@@ -254,7 +259,7 @@ func (s *session) finish() {
 
 	s.commits.Wait()
 	s.hub.detach(s)
-	s.log.Info("agent disconnected", "reason", s.closeText)
+	s.log().Info("agent disconnected", "reason", s.closeText)
 	s.react.release(s.loop)
 	s.onDone()
 }
@@ -286,7 +291,7 @@ func (s *session) kickLocked() {
 func (s *session) enqueue(m protocol.Message) bool {
 	b, err := protocol.Encode(m)
 	if err != nil {
-		s.log.Error("encode", "type", m.MsgType(), "err", err)
+		s.log().Error("encode", "type", m.MsgType(), "err", err)
 		return false
 	}
 	return s.push(b, true)
@@ -340,7 +345,7 @@ func (s *session) popLocked() []byte {
 
 // fail reports a protocol violation to the agent and ends the session.
 func (s *session) fail(f *protocol.Failure, code int) {
-	s.log.Warn("protocol violation", "code", f.Code, "msg", f.Message)
+	s.log().Warn("protocol violation", "code", f.Code, "msg", f.Message)
 	s.enqueue(&protocol.Error{Code: f.Code, Message: f.Message})
 	s.stop(code, f.Code)
 }
@@ -393,10 +398,10 @@ func (s *session) tick(now time.Duration) time.Duration {
 		}
 		s.mu.Unlock()
 		if hello {
-			s.log.Debug("read ended", "err", "no traffic")
+			s.log().Debug("read ended", "err", "no traffic")
 			s.stop(websocket.CloseGoingAway, "no traffic")
 		} else {
-			s.log.Warn("protocol violation", "code", protocol.CodeBadState, "msg", "no hello")
+			s.log().Warn("protocol violation", "code", protocol.CodeBadState, "msg", "no hello")
 			s.stop(websocket.ClosePolicyViolation, protocol.CodeBadState)
 		}
 		return now + time.Hour
@@ -443,7 +448,7 @@ func (s *session) readTurn() {
 	s.signalLocked()
 	s.mu.Unlock()
 	if err != nil {
-		s.log.Error("watch connection", "err", err)
+		s.log().Error("watch connection", "err", err)
 		s.stop(websocket.CloseInternalServerErr, "relay poller failed")
 	}
 }
@@ -520,7 +525,7 @@ func (s *session) greet(m protocol.Message) bool {
 	s.mu.Lock()
 	s.hello = true
 	s.mu.Unlock()
-	s.log.Info("agent connected", "agent", hello.Agent, "board", hello.Board, "running", len(hello.Running))
+	s.log().Info("agent connected", "agent", hello.Agent, "board", hello.Board, "running", len(hello.Running))
 	s.enqueue(&protocol.Welcome{
 		Session:  s.id,
 		Device:   s.device,
@@ -572,7 +577,7 @@ func (s *session) handle(m protocol.Message) bool {
 	case *protocol.Rotated:
 		return s.auth.rotated(s)
 	case *protocol.Error:
-		s.log.Warn("agent reported an error", "code", m.Code, "msg", m.Message)
+		s.log().Warn("agent reported an error", "code", m.Code, "msg", m.Message)
 		s.stop(websocket.CloseNormalClosure, "")
 		return false
 	case *protocol.Hello:
@@ -653,7 +658,7 @@ func (s *session) readFailed(err error, first bool) {
 		s.stop(websocket.CloseNormalClosure, "")
 	}
 	if _, ok := err.(*websocket.CloseError); !ok {
-		s.log.Debug("read ended", "err", err)
+		s.log().Debug("read ended", "err", err)
 	}
 }
 
@@ -719,7 +724,7 @@ func (s *session) writeWork(w work) bool {
 func (s *session) writeMsg(m protocol.Message) bool {
 	b, err := protocol.Encode(m)
 	if err != nil {
-		s.log.Error("encode", "type", m.MsgType(), "err", err)
+		s.log().Error("encode", "type", m.MsgType(), "err", err)
 		return true
 	}
 	return s.write(websocket.TextMessage, b)
@@ -745,7 +750,7 @@ func (s *session) flushQueue() bool {
 func (s *session) write(typ int, b []byte) bool {
 	s.conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 	if err := s.conn.WriteMessage(typ, b); err != nil {
-		s.log.Debug("write failed", "err", err)
+		s.log().Debug("write failed", "err", err)
 		s.stop(websocket.CloseAbnormalClosure, "write failed")
 		return false
 	}
