@@ -41,10 +41,24 @@
 //
 // # Goroutines
 //
-// Each agent session has exactly one reader (the HTTP handler goroutine) and
-// one writer goroutine. Only the writer writes: control frames arrive on a
-// bounded channel, requests and cancels are pulled from the hub whenever the
-// writer is woken, and pings are sent on a ticker. Run owns the sweeper
-// (expiry of queued requests, result retention) and, on return, has waited
-// for every session to end.
+// An idle agent session holds no goroutine: with tens of thousands of
+// agents connected, two goroutine stacks per session would be most of the
+// relay's memory. One loop goroutine per Server (reactor.go) watches the
+// agents' connections with epoll and runs their timers: when a connection
+// becomes readable it starts a read turn, which reads the frames already
+// buffered and hands the connection back; every PingPeriod it queues a
+// ping, and it drops a session whose read deadline passed with no read
+// under way (a read under way, mid-frame, is bounded by the connection's
+// own deadline). A writer goroutine runs only while something is queued:
+// control frames (welcome, acks, errors) on a bounded queue, pongs,
+// pings, and requests and cancels pulled from the hub when it is poked.
+// At most one read turn and one writer run per session; stop starts a
+// finisher that sends the close frame, waits for the rest and detaches
+// the session. TLS connections, and every connection on systems without
+// epoll, keep one reader goroutine each (decrypted data can wait inside
+// crypto/tls where the socket does not show it). /v1/client connections
+// keep one reader and one writer each.
+//
+// Run owns the sweeper (expiry of queued requests, result retention) and,
+// on return, has waited for every session to end.
 package relay

@@ -283,7 +283,7 @@ func (s *Server) checkCredentials(now time.Time) {
 		a := sess.auth
 		e, ok := v.names[sess.device]
 		if !ok {
-			sess.log.Warn("device credentials revoked; closing its session")
+			sess.log().Warn("device credentials revoked; closing its session")
 			sess.stop(websocket.ClosePolicyViolation, "credentials revoked")
 			continue
 		}
@@ -291,13 +291,13 @@ func (s *Server) checkCredentials(now time.Time) {
 		hash, pending := a.hash, a.pending
 		a.mu.Unlock()
 		if !a.viaCert && !v.tokenValid(sess.device, hash, now) {
-			sess.log.Warn("device token no longer valid; closing its session")
+			sess.log().Warn("device token no longer valid; closing its session")
 			sess.stop(websocket.ClosePolicyViolation, "credentials expired")
 			continue
 		}
 		if r := e.Rotation; r != nil && r.Requested != nil && !a.viaCert && pending == "" && a.ready.Load() {
 			if err := s.startRotation(sess, r.GraceMs); err != nil {
-				sess.log.Error("token rotation not started", "err", err)
+				sess.log().Error("token rotation not started", "err", err)
 			}
 		}
 	}
@@ -330,7 +330,7 @@ func (s *Server) startRotation(sess *session, graceMs int64) error {
 	a.mu.Lock()
 	a.pending, a.grace = hash, grace
 	a.mu.Unlock()
-	sess.log.Info("rotating device token", "grace", grace)
+	sess.log().Info("rotating device token", "grace", grace)
 	sess.offer(&protocol.Rotate{Token: token, GraceMs: grace.Milliseconds()})
 	return nil
 }
@@ -345,19 +345,19 @@ func (a *agentAuth) rotated(sess *session) bool {
 	pending, grace := a.pending, a.grace
 	a.mu.Unlock()
 	if pending == "" {
-		sess.log.Warn("rotated without a rotation in progress; ignored")
+		sess.log().Warn("rotated without a rotation in progress; ignored")
 		return true
 	}
 	if err := a.srv.promote(sess.device, pending, grace); err != nil {
 		// The agent uses the new token from now on; it stays valid as
 		// Next, and the next connection with it confirms again.
-		sess.log.Error("token rotation not recorded", "err", err)
+		sess.log().Error("token rotation not recorded", "err", err)
 		return true
 	}
 	a.mu.Lock()
 	a.hash, a.pending = pending, ""
 	a.mu.Unlock()
-	sess.log.Info("device token rotated", "old_valid_for", grace)
+	sess.log().Info("device token rotated", "old_valid_for", grace)
 	return true
 }
 
@@ -392,14 +392,11 @@ func (s *Server) promote(device, hash string, grace time.Duration) error {
 func (s *session) offer(m protocol.Message) {
 	b, err := protocol.Encode(m)
 	if err != nil {
-		s.log.Error("encode", "type", m.MsgType(), "err", err)
+		s.log().Error("encode", "type", m.MsgType(), "err", err)
 		return
 	}
-	select {
-	case s.send <- b:
-	case <-s.quit:
-	default:
-		s.log.Warn("send queue full; closing a slow session")
+	if !s.push(b, false) && !s.closing() {
+		s.log().Warn("send queue full; closing a slow session")
 		s.stop(websocket.ClosePolicyViolation, "send queue full")
 	}
 }

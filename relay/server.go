@@ -30,6 +30,7 @@ type Server struct {
 	hub      *hub
 	upgrader websocket.Upgrader
 	sessions tracker // agent sessions and /v1/client connections
+	agents   reactor // readiness and timers of the agent sessions
 	tickets  ticketStore
 	guard    *guard // TLS, admission, rate limits, token rotation
 	met      *metrics
@@ -78,11 +79,11 @@ func New(cfg Config) (*Server, error) {
 		upgrader: websocket.Upgrader{
 			Subprotocols:     []string{protocol.Version},
 			HandshakeTimeout: cfg.WriteTimeout,
-			// Most sessions are idle most of the time. Without these,
-			// gorilla keeps net/http's 4 KiB read and 4 KiB write buffers
-			// for the life of every connection; with them a session holds
-			// a 1 KiB read buffer and borrows a write buffer per frame.
-			ReadBufferSize:  agentReadBuffer,
+			// Most sessions are idle most of the time. Without the pool,
+			// gorilla keeps net/http's 4 KiB write buffer for the life of
+			// every connection; with it a session borrows a write buffer
+			// per frame. ReadBufferSize stays 0: upgradeAgent supplies
+			// the read buffer.
 			WriteBufferPool: &agentWriteBuffers,
 		},
 	}
@@ -223,10 +224,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-// agentReadBuffer is the read buffer of an agent connection; larger
-// frames are read in several pieces.
-const agentReadBuffer = 1024
-
 // agentWriteBuffers lends agent connections their write buffers, which are
 // needed only while a frame is written.
 var agentWriteBuffers sync.Pool
@@ -268,29 +265,28 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	conn, err := s.upgrader.Upgrade(w, r, nil)
+	conn, br, err := upgradeAgent(&s.upgrader, w, r)
 	if err != nil {
 		s.guard.admit.close()
 		s.sessions.done()
 		return // the upgrader has answered
 	}
 	s.guard.admit.admitted(admittedAt)
-	sess := newSession(conn, dev, &s.cfg, s.hub)
+	sess := newSession(conn, br, dev, &s.cfg, s.hub)
 	sess.auth = auth
 	s.sessions.register(sess)
 	s.guard.rot.add(sess)
-	// The session's reader runs on a goroutine of its own, owned and
-	// waited for by s.sessions, so that this handler returns: net/http
-	// then drops the hijacked connection's 4 KiB read and 4 KiB write
+	// The handler returns while the session goes on, owned and waited
+	// for by s.sessions: net/http then drops the hijacked connection's
 	// buffers, the request and the handler's deep stack, which it would
-	// otherwise hold for the life of every idle session.
-	go func() {
-		defer s.sessions.done()
-		defer s.guard.admit.close()
-		defer s.sessions.unregister(sess)
-		defer s.guard.rot.remove(sess)
-		sess.run()
-	}()
+	// otherwise hold for the life of every idle session. An idle session
+	// holds no goroutine at all (see reactor).
+	sess.start(&s.agents, func() {
+		s.guard.rot.remove(sess)
+		s.sessions.unregister(sess)
+		s.guard.admit.close()
+		s.sessions.done()
+	})
 }
 
 // tracker owns the agent sessions so that shutdown can close them and wait.

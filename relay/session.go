@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"log/slog"
@@ -31,35 +32,73 @@ const (
 	maxResultCommits = 256
 )
 
-// session is one agent connection. The reader is the goroutine that calls
-// run (started by handleAgent and owned by the server's tracker); the
-// writer is the goroutine run starts and waits for.
+// session is one agent connection. Most sessions are idle most of the
+// time, so an idle session holds no goroutine: its connection is watched
+// by its loop (reactor.go), which starts a read turn when the connection
+// is readable and runs its timers (pings, the silence limit). A writer
+// goroutine runs only while there is something to write. Where the
+// connection cannot be watched (TLS, or not Linux), one reader goroutine
+// blocks on it for the life of the session instead.
+//
+// Only one read turn (or the blocking reader) runs at a time, and only one
+// goroutine writes at a time: a writer, or at the end the finisher.
+// stop starts the finisher, which closes the connection politely, waits
+// for every goroutine of the session and then detaches it.
 type session struct {
 	id     string
 	device string
 	conn   *websocket.Conn
+	br     *bufio.Reader // the connection's read buffer, shared with gorilla
 	cfg    *Config
 	hub    *hub
-	log    *slog.Logger
 
-	send       chan []byte   // control frames for the writer (welcome, ack, error)
-	wake       chan struct{} // capacity 1: there may be requests or cancels to send
-	quit       chan struct{} // closed by stop
-	readerDone chan struct{} // closed when the reader returns
+	quit     chan struct{} // closed by stop
+	stopOnce sync.Once
+	// Written before quit is closed:
+	closeCode int
+	closeText string
 
-	stopOnce  sync.Once
-	closeCode int    // written before quit is closed
-	closeText string // written before quit is closed
+	auth *agentAuth // how the agent authenticated; set before start
 
-	readBroken bool // owned by the reader: the connection failed to read
+	// Set by start, before the session is shared with its loop:
+	react  *reactor
+	loop   *loop
+	onDone func() // called last, once the session has ended
+	fd     int32  // the watched socket; valid while polled
+	key    uint32 // the loop's key for fd
+	polled bool   // read turns are started by the loop
 
+	// Owned by the goroutine that reads (a read turn or the blocking
+	// reader); read turns take over from one another through mu.
+	commitSlots chan struct{} // made on the first result
 	// Results are committed off the reader, so a device with many credits
 	// gets its results group-committed instead of one fsync after another;
 	// commitSlots bounds how many are in flight, commits waits for them.
-	commitSlots chan struct{}
-	commits     sync.WaitGroup
+	commits sync.WaitGroup
 
-	auth *agentAuth // how the agent authenticated; set before run
+	mu sync.Mutex
+	// Guarded by mu:
+	started    bool
+	finishing  bool          // the finisher runs
+	queue      [][]byte      // control frames for the writer (welcome, ack, error)
+	space      chan struct{} // closed when queue has room; made by a waiting producer
+	pong       []byte        // payload of the pong to send
+	pongDue    bool
+	pingDue    bool
+	workDue    bool          // there may be requests or cancels to send
+	writing    bool          // a writer (or the finisher) owns the write side
+	reading    bool          // a read turn or the blocking reader runs
+	readDone   bool          // the read side has ended (drained, broken or silent)
+	readBroken bool          // the connection failed to read: no close handshake
+	readClosed bool          // no more read turns: the finisher closes the connection
+	hello      bool          // hello was received; written by the reader
+	readBy     time.Duration // the read deadline, on the loop's clock
+	pingAt     time.Duration // the next ping, on the loop's clock
+	changed    chan struct{} // made by the finisher: reading, writing or readDone changed
+
+	// Guarded by loop.mu:
+	due  time.Duration // when the loop next ticks s
+	slot int           // index in the loop's timers, -1 if absent
 
 	// Guarded by hub.mu:
 	credits int
@@ -77,23 +116,67 @@ func (s *session) closing() bool {
 	}
 }
 
-func newSession(conn *websocket.Conn, dev string, cfg *Config, h *hub) *session {
+func newSession(conn *websocket.Conn, br *bufio.Reader, dev string, cfg *Config, h *hub) *session {
 	id := newID("s")
 	return &session{
-		id:         id,
-		device:     dev,
-		conn:       conn,
-		cfg:        cfg,
-		hub:        h,
-		log:        cfg.Logger.With("device", dev, "session", id),
-		send:       make(chan []byte, cfg.SendQueue),
-		wake:       make(chan struct{}, 1),
-		quit:       make(chan struct{}),
-		readerDone: make(chan struct{}),
-		leases:     make(map[string]*entry),
-
-		commitSlots: make(chan struct{}, maxResultCommits),
+		id:     id,
+		device: dev,
+		conn:   conn,
+		br:     br,
+		cfg:    cfg,
+		hub:    h,
+		quit:   make(chan struct{}),
+		leases: make(map[string]*entry),
+		slot:   -1,
 	}
+}
+
+// log returns the session's logger. It is made for each use: slog's With
+// formats its attributes ahead, which costs every idle session hundreds
+// of bytes for lines logged at its start and end.
+func (s *session) log() *slog.Logger {
+	return s.cfg.Logger.With("device", s.device, "session", s.id)
+}
+
+// start puts the session to work on r; onDone runs once it has ended and
+// everything it started has stopped.
+func (s *session) start(r *reactor, onDone func()) {
+	l, err := r.acquire()
+	if err != nil {
+		s.log().Error("agent session not started", "err", err)
+		s.conn.Close()
+		onDone()
+		return
+	}
+	s.react, s.loop, s.onDone = r, l, onDone
+
+	c := s.conn
+	c.SetReadLimit(int64(s.cfg.MaxFrame) * readLimitSlack)
+	c.SetPongHandler(func(string) error {
+		s.extend()
+		return nil
+	})
+	now := time.Now()
+	helloBy := now.Add(s.cfg.HelloTimeout)
+	c.SetReadDeadline(helloBy)
+	s.mu.Lock()
+	s.readBy = helloBy.Sub(l.base)
+	s.pingAt = now.Add(s.cfg.PingPeriod).Sub(l.base)
+	due := min(s.readBy, s.pingAt)
+	s.mu.Unlock()
+
+	if !l.watch(s) {
+		s.mu.Lock()
+		s.reading = true
+		s.mu.Unlock()
+		go s.readBlocking()
+	}
+	l.schedule(s, due)
+
+	s.mu.Lock()
+	s.started = true
+	s.finishLocked()
+	s.mu.Unlock()
 }
 
 // stop asks the session to end with a close frame carrying code and text.
@@ -106,35 +189,100 @@ func (s *session) stop(code int, text string) {
 		s.closeCode, s.closeText = code, text
 		close(s.quit)
 	})
+	s.mu.Lock()
+	s.finishLocked()
+	s.mu.Unlock()
+}
+
+// finishLocked starts the finisher once the session is started and
+// stopped.
+func (s *session) finishLocked() {
+	if s.started && !s.finishing && s.closing() {
+		s.finishing = true
+		go s.finish()
+	}
+}
+
+// signalLocked tells the finisher that reading, writing or readDone changed.
+func (s *session) signalLocked() {
+	if s.changed != nil {
+		select {
+		case s.changed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// awaitLocked waits with mu held until cond holds or limit fires (nil:
+// no limit), and reports whether cond holds. Only the finisher waits.
+func (s *session) awaitLocked(cond func() bool, limit <-chan time.Time) bool {
+	for !cond() {
+		s.mu.Unlock()
+		select {
+		case <-s.changed:
+		case <-limit:
+			s.mu.Lock()
+			return cond()
+		}
+		s.mu.Lock()
+	}
+	return true
+}
+
+// finish ends the session: it takes over the write side, sends what is
+// queued and the close frame, gives the agent a moment to answer it, then
+// closes the connection, waits for the reader and the commits, and
+// detaches the session from the hub.
+func (s *session) finish() {
+	s.mu.Lock()
+	s.changed = make(chan struct{}, 1)
+	s.awaitLocked(func() bool { return !s.writing }, nil)
+	s.writing = true
+	s.mu.Unlock()
+
+	if s.flushQueue() && s.writeClose() {
+		grace := time.NewTimer(s.closeGrace())
+		s.mu.Lock()
+		s.awaitLocked(func() bool { return s.readDone }, grace.C)
+		s.mu.Unlock()
+		grace.Stop()
+	}
+
+	s.mu.Lock()
+	s.readClosed = true
+	s.mu.Unlock()
+	s.loop.forget(s)
+	s.conn.Close() // unblocks a read still under way
+	s.mu.Lock()
+	s.awaitLocked(func() bool { return !s.reading }, nil)
+	s.mu.Unlock()
+
+	s.commits.Wait()
+	s.hub.detach(s)
+	s.log().Info("agent disconnected", "reason", s.closeText)
+	s.react.release(s.loop)
+	s.onDone()
 }
 
 // poke wakes the writer to look for work. It never blocks.
 func (s *session) poke() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
+	s.mu.Lock()
+	s.workDue = true
+	s.kickLocked()
+	s.mu.Unlock()
 }
 
-// run serves the session until it ends and returns after its writer has
-// stopped and its leases are released.
-func (s *session) run() {
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		s.writeLoop()
-	}()
-	s.readLoop()
-	if !s.readBroken {
-		s.drain()
+// kickLocked starts a writer if there is something to write and no
+// goroutine owns the write side.
+func (s *session) kickLocked() {
+	if s.writing || s.closing() {
+		return
 	}
-	close(s.readerDone)
-	s.stop(websocket.CloseNormalClosure, "")
-	s.commits.Wait()
-	wg.Wait()
-	s.hub.detach(s)
-	s.log.Info("agent disconnected", "reason", s.closeText)
+	if len(s.queue) == 0 && !s.pongDue && !s.workDue && !s.pingDue {
+		return
+	}
+	s.writing = true
+	go s.writeLoop()
 }
 
 // enqueue hands m to the writer. It blocks while the send queue is full,
@@ -143,20 +291,61 @@ func (s *session) run() {
 func (s *session) enqueue(m protocol.Message) bool {
 	b, err := protocol.Encode(m)
 	if err != nil {
-		s.log.Error("encode", "type", m.MsgType(), "err", err)
+		s.log().Error("encode", "type", m.MsgType(), "err", err)
 		return false
 	}
-	select {
-	case s.send <- b:
-		return true
-	case <-s.quit:
+	return s.push(b, true)
+}
+
+// push queues b for the writer. With wait it blocks while the queue is
+// full; without, it fails at once. It fails once the session is stopping.
+func (s *session) push(b []byte, wait bool) bool {
+	s.mu.Lock()
+	for len(s.queue) >= s.cfg.SendQueue && !s.closing() {
+		if !wait {
+			s.mu.Unlock()
+			return false
+		}
+		if s.space == nil {
+			s.space = make(chan struct{})
+		}
+		space := s.space
+		s.mu.Unlock()
+		select {
+		case <-space:
+		case <-s.quit:
+			return false
+		}
+		s.mu.Lock()
+	}
+	if s.closing() {
+		s.mu.Unlock()
 		return false
 	}
+	s.queue = append(s.queue, b)
+	s.kickLocked()
+	s.mu.Unlock()
+	return true
+}
+
+// popLocked takes the oldest queued frame.
+func (s *session) popLocked() []byte {
+	b := s.queue[0]
+	s.queue[0] = nil
+	s.queue = s.queue[1:]
+	if len(s.queue) == 0 {
+		s.queue = nil // an idle session keeps no queue
+	}
+	if s.space != nil {
+		close(s.space)
+		s.space = nil
+	}
+	return b
 }
 
 // fail reports a protocol violation to the agent and ends the session.
 func (s *session) fail(f *protocol.Failure, code int) {
-	s.log.Warn("protocol violation", "code", f.Code, "msg", f.Message)
+	s.log().Warn("protocol violation", "code", f.Code, "msg", f.Message)
 	s.enqueue(&protocol.Error{Code: f.Code, Message: f.Message})
 	s.stop(code, f.Code)
 }
@@ -175,28 +364,168 @@ func closeCodeFor(code string) int {
 
 func (s *session) deadAfter() time.Duration { return protocol.DeadAfter(s.cfg.PingPeriod) }
 
-func (s *session) readLoop() {
-	c := s.conn
-	c.SetReadLimit(int64(s.cfg.MaxFrame) * readLimitSlack)
-	c.SetPongHandler(func(string) error {
-		return c.SetReadDeadline(time.Now().Add(s.deadAfter()))
-	})
-	c.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
+// extend pushes the read deadline forward after traffic from the agent.
+// The loop reads readBy to drop a silent session that no read turn waits
+// on; the connection's deadline bounds a read under way.
+func (s *session) extend() {
+	t := time.Now().Add(s.deadAfter())
+	s.conn.SetReadDeadline(t)
+	s.mu.Lock()
+	s.readBy = t.Sub(s.loop.base)
+	s.mu.Unlock()
+}
 
-	m, ok := s.readFrame(true)
-	if !ok {
+// tick runs the session's timers at now (on the loop's clock) and returns
+// when it needs the next tick: it queues a ping every PingPeriod, and
+// drops the session when its read deadline passed with no read under way
+// (a read under way is bounded by the connection's deadline instead).
+func (s *session) tick(now time.Duration) time.Duration {
+	s.mu.Lock()
+	if s.closing() {
+		s.mu.Unlock()
+		return now + time.Hour // the finisher forgets s
+	}
+	if now >= s.readBy && !s.reading && !s.readDone {
+		hello := s.hello
+		s.readBroken, s.readDone = true, true
+		var errFrame []byte
+		if !hello {
+			f := protocol.Errorf(protocol.CodeBadState, "no hello within %v", s.cfg.HelloTimeout)
+			errFrame, _ = protocol.Encode(&protocol.Error{Code: f.Code, Message: f.Message})
+			if errFrame != nil {
+				s.queue = append(s.queue, errFrame)
+			}
+		}
+		s.mu.Unlock()
+		if hello {
+			s.log().Debug("read ended", "err", "no traffic")
+			s.stop(websocket.CloseGoingAway, "no traffic")
+		} else {
+			s.log().Warn("protocol violation", "code", protocol.CodeBadState, "msg", "no hello")
+			s.stop(websocket.ClosePolicyViolation, protocol.CodeBadState)
+		}
+		return now + time.Hour
+	}
+	if now >= s.pingAt {
+		s.pingDue = true
+		s.pingAt = now + s.cfg.PingPeriod
+		s.kickLocked()
+	}
+	next := s.pingAt
+	if !s.reading && !s.readDone {
+		next = min(next, s.readBy)
+	}
+	s.mu.Unlock()
+	return next
+}
+
+// readable starts a read turn; the loop calls it when the connection has
+// data (or an error) to read.
+func (s *session) readable() {
+	s.mu.Lock()
+	if s.reading || s.readDone || s.readClosed {
+		s.mu.Unlock()
 		return
 	}
+	s.reading = true
+	s.mu.Unlock()
+	go s.readTurn()
+}
+
+// readTurn reads the frames at hand, then has the loop watch the
+// connection again.
+func (s *session) readTurn() {
+	more := s.readFrames(false)
+	var err error
+	s.mu.Lock()
+	s.reading = false
+	if more && !s.readClosed {
+		err = s.loop.rearm(s)
+		if err != nil {
+			s.readBroken, s.readDone = true, true
+		}
+	}
+	s.signalLocked()
+	s.mu.Unlock()
+	if err != nil {
+		s.log().Error("watch connection", "err", err)
+		s.stop(websocket.CloseInternalServerErr, "relay poller failed")
+	}
+}
+
+// readBlocking is the reader of a session whose connection is not
+// watched: it blocks on the connection until the session ends.
+func (s *session) readBlocking() {
+	s.readFrames(true)
+	s.mu.Lock()
+	s.reading = false
+	s.signalLocked()
+	s.mu.Unlock()
+}
+
+// readFrames reads and acts on frames. Without block it returns as soon
+// as no data is left in the read buffer (more data may wait in the
+// socket; the loop will see it). It reports whether the read side goes
+// on; when it does not, the read side has ended, drained if it could be.
+// A stopping session still reads and acts on frames until the agent
+// answers the close frame or the finisher closes the connection.
+func (s *session) readFrames(block bool) (more bool) {
+	for s.readNext() {
+		if !block && s.br.Buffered() == 0 {
+			return true
+		}
+	}
+	s.endReading()
+	return false
+}
+
+// readNext reads and acts on one frame; it reports whether to go on.
+func (s *session) readNext() bool {
+	if handled, ok := s.readControl(); handled {
+		return ok
+	}
+	m, ok := s.readFrame(!s.hello)
+	if !ok {
+		return false
+	}
+	if !s.hello {
+		return s.greet(m)
+	}
+	s.hub.seen(s)
+	return s.handle(m)
+}
+
+// endReading ends the read side: unless the connection is broken it
+// drains it, so the close handshake completes.
+func (s *session) endReading() {
+	s.stop(websocket.CloseNormalClosure, "")
+	s.mu.Lock()
+	broken := s.readBroken
+	s.mu.Unlock()
+	if !broken {
+		s.drain()
+	}
+	s.mu.Lock()
+	s.readDone = true
+	s.signalLocked()
+	s.mu.Unlock()
+}
+
+// greet acts on the first frame, which must be hello.
+func (s *session) greet(m protocol.Message) bool {
 	hello, isHello := m.(*protocol.Hello)
 	if !isHello {
 		s.fail(protocol.Errorf(protocol.CodeBadState, "first frame must be hello, got %s", m.MsgType()), websocket.ClosePolicyViolation)
-		return
+		return false
 	}
 	if err := s.hub.attach(s, hello); err != nil {
 		s.fail(protocol.Errorf(protocol.CodeInternal, "relay storage failed"), websocket.CloseInternalServerErr)
-		return
+		return false
 	}
-	s.log.Info("agent connected", "agent", hello.Agent, "board", hello.Board, "running", len(hello.Running))
+	s.mu.Lock()
+	s.hello = true
+	s.mu.Unlock()
+	s.log().Info("agent connected", "agent", hello.Agent, "board", hello.Board, "running", len(hello.Running))
 	s.enqueue(&protocol.Welcome{
 		Session:  s.id,
 		Device:   s.device,
@@ -207,17 +536,7 @@ func (s *session) readLoop() {
 	s.auth.welcomed()
 	// Re-leased requests may have cancels pending.
 	s.poke()
-
-	for {
-		m, ok := s.readFrame(false)
-		if !ok {
-			return
-		}
-		s.hub.seen(s)
-		if !s.handle(m) {
-			return
-		}
-	}
+	return true
 }
 
 // handle acts on one frame after hello; it reports whether to go on.
@@ -226,8 +545,12 @@ func (s *session) handle(m protocol.Message) bool {
 	case *protocol.Pull:
 		s.hub.addCredits(s, m.N)
 	case *protocol.Result:
+		if s.commitSlots == nil {
+			s.commitSlots = make(chan struct{}, maxResultCommits)
+		}
+		slots := s.commitSlots
 		select {
-		case s.commitSlots <- struct{}{}:
+		case slots <- struct{}{}:
 		case <-s.quit:
 			return false
 		}
@@ -235,7 +558,7 @@ func (s *session) handle(m protocol.Message) bool {
 		s.commits.Add(1)
 		go func() {
 			defer s.commits.Done()
-			defer func() { <-s.commitSlots }()
+			defer func() { <-slots }()
 			if err := commit(); err != nil {
 				if !errors.Is(err, ErrClosed) {
 					s.fail(protocol.Errorf(protocol.CodeInternal, "relay storage failed"), websocket.CloseInternalServerErr)
@@ -254,7 +577,7 @@ func (s *session) handle(m protocol.Message) bool {
 	case *protocol.Rotated:
 		return s.auth.rotated(s)
 	case *protocol.Error:
-		s.log.Warn("agent reported an error", "code", m.Code, "msg", m.Message)
+		s.log().Warn("agent reported an error", "code", m.Code, "msg", m.Message)
 		s.stop(websocket.CloseNormalClosure, "")
 		return false
 	case *protocol.Hello:
@@ -286,7 +609,7 @@ func (s *session) readFrame(first bool) (protocol.Message, bool) {
 		s.readFailed(err, first)
 		return nil, false
 	}
-	s.conn.SetReadDeadline(time.Now().Add(s.deadAfter()))
+	s.extend()
 	m, err := protocol.Decode(b, s.cfg.MaxFrame)
 	if err != nil {
 		var f *protocol.Failure
@@ -319,7 +642,9 @@ func (s *session) drain() {
 func (s *session) closeGrace() time.Duration { return min(s.cfg.WriteTimeout, time.Second) }
 
 func (s *session) readFailed(err error, first bool) {
+	s.mu.Lock()
 	s.readBroken = true
+	s.mu.Unlock()
 	var ne net.Error
 	switch {
 	case errors.Is(err, websocket.ErrReadLimit):
@@ -333,42 +658,50 @@ func (s *session) readFailed(err error, first bool) {
 		s.stop(websocket.CloseNormalClosure, "")
 	}
 	if _, ok := err.(*websocket.CloseError); !ok {
-		s.log.Debug("read ended", "err", err)
+		s.log().Debug("read ended", "err", err)
 	}
 }
 
-// writeLoop is the only code that writes to the connection.
+// writeLoop writes until there is nothing left to write or the session
+// stops, then gives up the write side.
 func (s *session) writeLoop() {
-	ping := time.NewTicker(s.cfg.PingPeriod)
-	defer ping.Stop()
-	defer s.conn.Close() // unblocks the reader
-
 	for {
-		select {
-		case b := <-s.send:
-			if !s.write(websocket.TextMessage, b) {
-				return
-			}
-		case <-s.wake:
-			// Control frames queued before the wake (welcome) go first.
-			if !s.flushSend() {
-				return
-			}
+		s.mu.Lock()
+		if s.closing() {
+			// The finisher writes what is queued and the close frame.
+			s.writing = false
+			s.signalLocked()
+			s.mu.Unlock()
+			return
+		}
+		switch {
+		case len(s.queue) > 0:
+			// Control frames go first: welcome before any request.
+			b := s.popLocked()
+			s.mu.Unlock()
+			s.write(websocket.TextMessage, b)
+		case s.pongDue:
+			b := s.pong
+			s.pong, s.pongDue = nil, false
+			s.mu.Unlock()
+			s.write(websocket.PongMessage, b)
+		case s.workDue:
+			s.workDue = false
+			s.mu.Unlock()
 			w, err := s.hub.takeWork(s)
 			if err != nil {
 				s.stop(websocket.CloseInternalServerErr, "relay storage failed")
 				continue
 			}
-			if !s.writeWork(w) {
-				return
-			}
-		case <-ping.C:
-			if !s.write(websocket.PingMessage, nil) {
-				return
-			}
-		case <-s.quit:
-			s.flushSend()
-			s.writeClose()
+			s.writeWork(w)
+		case s.pingDue:
+			s.pingDue = false
+			s.mu.Unlock()
+			s.write(websocket.PingMessage, nil)
+		default:
+			s.writing = false
+			s.signalLocked()
+			s.mu.Unlock()
 			return
 		}
 	}
@@ -391,23 +724,25 @@ func (s *session) writeWork(w work) bool {
 func (s *session) writeMsg(m protocol.Message) bool {
 	b, err := protocol.Encode(m)
 	if err != nil {
-		s.log.Error("encode", "type", m.MsgType(), "err", err)
+		s.log().Error("encode", "type", m.MsgType(), "err", err)
 		return true
 	}
 	return s.write(websocket.TextMessage, b)
 }
 
-// flushSend writes the control frames already queued, without waiting for
-// more.
-func (s *session) flushSend() bool {
+// flushQueue writes the control frames still queued; only the finisher
+// calls it, once no producer can add to the queue.
+func (s *session) flushQueue() bool {
 	for {
-		select {
-		case b := <-s.send:
-			if !s.write(websocket.TextMessage, b) {
-				return false
-			}
-		default:
+		s.mu.Lock()
+		if len(s.queue) == 0 {
+			s.mu.Unlock()
 			return true
+		}
+		b := s.popLocked()
+		s.mu.Unlock()
+		if !s.write(websocket.TextMessage, b) {
+			return false
 		}
 	}
 }
@@ -415,28 +750,19 @@ func (s *session) flushSend() bool {
 func (s *session) write(typ int, b []byte) bool {
 	s.conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 	if err := s.conn.WriteMessage(typ, b); err != nil {
-		s.log.Debug("write failed", "err", err)
+		s.log().Debug("write failed", "err", err)
 		s.stop(websocket.CloseAbnormalClosure, "write failed")
 		return false
 	}
 	return true
 }
 
-// writeClose sends the close frame and gives the agent a moment to answer
-// it, so the connection ends with a clean close handshake.
-func (s *session) writeClose() {
+// writeClose sends the close frame and reports whether it went out.
+func (s *session) writeClose() bool {
 	if s.closeCode == websocket.CloseAbnormalClosure {
-		return // the connection is already broken
+		return false // the connection is already broken
 	}
 	s.conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 	err := s.conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(s.closeCode, s.closeText))
-	if err != nil {
-		return
-	}
-	grace := time.NewTimer(s.closeGrace())
-	defer grace.Stop()
-	select {
-	case <-s.readerDone:
-	case <-grace.C:
-	}
+	return err == nil
 }
