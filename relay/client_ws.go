@@ -123,6 +123,7 @@ type clientConn struct {
 	mu sync.Mutex
 	// Guarded by mu:
 	watches map[string]string        // request id → ref to answer with
+	storing int                      // calls queued, their commits under way
 	subs    map[string]*subscription // device → its follower
 }
 
@@ -348,12 +349,30 @@ func (c *clientConn) handle(m protocol.Message) {
 				Message: "too many requests followed on this connection; wait for results first"})
 			return
 		}
-		rec, err := c.svc.Submit(c.ctx, m.Device, m.Submit())
+		// Calls are queued in the order they came, so a web app that sends
+		// gpio.write high, then low, gets them run in that order; their
+		// commits overlap (and group-commit) instead of taking turns.
+		commit, err := c.srv.enqueue(c.ctx, m.Device, m.Submit())
 		if err != nil {
 			c.pushErr(m.Ref, "", err)
 			return
 		}
-		c.follow(m.Ref, rec)
+		c.mu.Lock()
+		c.storing++
+		c.wg.Add(1)
+		c.mu.Unlock()
+		go func() {
+			defer c.wg.Done()
+			rec, err := commit()
+			c.mu.Lock()
+			c.storing--
+			c.mu.Unlock()
+			if err != nil {
+				c.pushErr(m.Ref, "", err)
+				return
+			}
+			c.follow(m.Ref, rec)
+		}()
 	case *protocol.ClientGet:
 		if err := c.srv.authorizeRequest(c.ctx, m.ID); err != nil {
 			c.pushErr(m.Ref, m.ID, err)
@@ -392,7 +411,7 @@ func (c *clientConn) handle(m protocol.Message) {
 func (c *clientConn) watching() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.watches)
+	return len(c.watches) + c.storing
 }
 
 // follow answers with rec: a result if it has ended, otherwise accepted

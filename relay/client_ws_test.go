@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"errors"
 	"io"
 	"log/slog"
@@ -169,6 +170,30 @@ func TestClientCallAcceptedThenResult(t *testing.T) {
 	res := clientNext[*protocol.ClientResult](c)
 	if res.ID != acc.ID || res.Ref != "c1" || res.State != protocol.StateSucceeded || string(res.Result) != `{"pong":1}` || res.Request.Finished == nil {
 		t.Fatalf("result %+v", res)
+	}
+}
+
+// Calls pipelined on one socket are queued in the order they were sent
+// (their commits overlap): the agent receives them in that order.
+func TestClientPipelinedCallsKeepOrder(t *testing.T) {
+	e := newEnv(t)
+	c := dialClient(e)
+	const n = 20
+	for i := 0; i < n; i++ {
+		c.sendJSON(map[string]any{"type": "call", "ref": fmt.Sprint("c", i), "device": "dev1", "method": "gpio.write", "params": map[string]int{"n": i}, "timeout": "5s"})
+	}
+	ids := map[string]string{} // ref → id
+	for len(ids) < n {
+		acc := clientNext[*protocol.ClientAccepted](c)
+		ids[acc.Ref] = acc.ID
+	}
+	a := dialAgent(e, e.token)
+	a.send(&protocol.Pull{N: n})
+	for i := 0; i < n; i++ {
+		req := nextAs[*protocol.Request](a)
+		if want := ids[fmt.Sprint("c", i)]; req.ID != want {
+			t.Fatalf("delivery %d is %s (params %s), want the call sent %d-th, %s", i, req.ID, req.Params, i, want)
+		}
 	}
 }
 

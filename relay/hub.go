@@ -187,6 +187,18 @@ func (h *hub) settleLocked(e *entry) {
 
 // submit stores a new request for device and queues it.
 func (h *hub) submit(dev string, sub protocol.Submit) (protocol.Record, error) {
+	commit, err := h.enqueue(dev, sub)
+	if err != nil {
+		return protocol.Record{}, err
+	}
+	return commit()
+}
+
+// enqueue queues a new request for device and returns the function that
+// stores it and returns its record: submit in two steps, so a client
+// connection can queue its calls in the order they came and let their
+// commits overlap.
+func (h *hub) enqueue(dev string, sub protocol.Submit) (commit func() (protocol.Record, error), err error) {
 	timeout := time.Duration(sub.Timeout)
 	if timeout <= 0 {
 		timeout = h.cfg.DefaultTimeout
@@ -198,7 +210,7 @@ func (h *hub) submit(dev string, sub protocol.Submit) (protocol.Record, error) {
 	d := h.deviceLocked(dev)
 	if len(d.queue) >= h.cfg.QueueLimit {
 		h.mu.Unlock()
-		return protocol.Record{}, fmt.Errorf("%w: device %s has %d queued requests", ErrQueueFull, dev, h.cfg.QueueLimit)
+		return nil, fmt.Errorf("%w: device %s has %d queued requests", ErrQueueFull, dev, h.cfg.QueueLimit)
 	}
 	e := newEntry(protocol.Record{
 		ID:         newID("r"),
@@ -223,7 +235,11 @@ func (h *hub) submit(dev string, sub protocol.Submit) (protocol.Record, error) {
 		d.sess.poke()
 	}
 	h.mu.Unlock()
+	return func() (protocol.Record, error) { return h.store(d, e, rec) }, nil
+}
 
+// store commits the first revision of e, queued by enqueue.
+func (h *hub) store(d *device, e *entry, rec storedRequest) (protocol.Record, error) {
 	err := h.st.putRequests([]storedRequest{rec})
 
 	h.mu.Lock()

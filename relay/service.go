@@ -73,25 +73,35 @@ func (s *Server) checkDevice(id string) error {
 // Submit validates sub, stores it durably for device and queues it.
 // Validation failures are *protocol.Failure with code bad_params.
 func (s *Server) Submit(ctx context.Context, device string, sub protocol.Submit) (protocol.Record, error) {
-	if err := sub.Validate(); err != nil {
+	commit, err := s.enqueue(ctx, device, sub)
+	if err != nil {
 		return protocol.Record{}, err
+	}
+	return commit()
+}
+
+// enqueue is Submit in two steps: it validates and queues the request, and
+// the function it returns stores it and returns its durable record.
+func (s *Server) enqueue(ctx context.Context, device string, sub protocol.Submit) (commit func() (protocol.Record, error), err error) {
+	if err := sub.Validate(); err != nil {
+		return nil, err
 	}
 	// Scope before existence, so a scoped key cannot probe device ids.
 	if err := s.Authorize(ctx, device, sub.Method); err != nil {
-		return protocol.Record{}, err
+		return nil, err
 	}
 	if err := s.checkDevice(device); err != nil {
-		return protocol.Record{}, err
+		return nil, err
 	}
 	if err := s.limitSubmit(ctx, device); err != nil {
-		return protocol.Record{}, err
+		return nil, err
 	}
 	select {
 	case <-s.shutdown:
-		return protocol.Record{}, ErrClosed
+		return nil, ErrClosed
 	default:
 	}
-	return s.hub.submit(device, sub)
+	return s.hub.enqueue(device, sub)
 }
 
 // Request returns request id's current record.
