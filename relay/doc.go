@@ -16,16 +16,30 @@
 //
 // # Durability
 //
-// Every state change is committed to bbolt before anyone is told about it:
-// a request before its id is returned to the submitter, a delivery (with its
-// attempt count) before the request frame is written to the agent, a result
-// before the ack, an event before its ack. Commits are group-committed
-// (commit.go): a lone one runs at once, concurrent ones share fsyncs. Each stored request carries a
-// revision number and a commit never overwrites a newer revision, so commits
-// of the same request issued from different goroutines cannot reorder.
-// The in-memory state is the authority for decisions (first result wins,
-// queue bound); a plain GET may observe a state a few milliseconds before it
-// is durable, but no acknowledgement is sent before it is.
+// What the relay itself decides is committed to bbolt before anyone is
+// told: a request before its id is returned to the submitter; a cancel,
+// an expiry or an undeliverable verdict before it is reported; an event
+// before its ack. Two kinds of write go behind the traffic instead, each
+// because someone else already holds the truth durably:
+//
+//   - a delivery (state delivered, attempt count) is written behind the
+//     request frame: after a crash the agent's journal stops a second run,
+//     and every request recovered from a store that was not closed cleanly
+//     counts as possibly run (never expired);
+//   - a result is passed to waiting clients as soon as it arrives and
+//     committed behind that: the agent keeps it (journaled, for anything
+//     that touches hardware) until the ack, and the ack follows the commit.
+//
+// A submit's commit also overlaps its delivery: the request is queued
+// while it is written, and the id goes out once it is on disk.
+//
+// Commits are group-committed (commit.go): a lone one runs at once,
+// concurrent ones share fsyncs, and the writes nobody waits for (deliveries,
+// results before their ack) ride along with the next commit someone waits
+// for. Each stored request carries a revision number and a commit never
+// overwrites a newer revision, so commits of the same request issued from
+// different goroutines, or deferred, cannot reorder. The in-memory state is
+// the authority for decisions (first result wins, queue bound).
 //
 // On start the queues are rebuilt from the store: delivered requests become
 // queued again at the head, in submission order, followed by the queued ones.
