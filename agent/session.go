@@ -71,14 +71,13 @@ func (a *Agent) connLoop(ctx context.Context) {
 			bo.Reset()
 		}
 		wait := bo.NextBackOff()
-		var (
-			ref *refusal
-			ce  *websocket.CloseError
-		)
+		var ref *refusal
+		restart, restarting := restartDelay(err)
 		switch {
-		case errors.As(err, &ce) && restartDelay(ce, &wait):
+		case restarting:
 			// The relay is restarting and gave this agent its own moment
 			// to come back; the backoff goes on from there if it is not.
+			wait = restart
 			a.log.Warn("relay restarting", "retry_in", wait.Round(time.Millisecond))
 		case errors.Is(err, ErrRefused):
 			wait = a.cfg.BackoffMax
@@ -102,14 +101,14 @@ func (a *Agent) connLoop(ctx context.Context) {
 	}
 }
 
-// restartDelay sets *wait to the delay a relay's close frame asks for, if
-// it asks for one.
-func restartDelay(ce *websocket.CloseError, wait *time.Duration) bool {
-	d, ok := protocol.ParseRestart(ce.Code, ce.Text)
-	if ok {
-		*wait = d
+// restartDelay returns the reconnect delay a relay's close frame asked
+// for, if err ended a session with one.
+func restartDelay(err error) (time.Duration, bool) {
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) {
+		return 0, false
 	}
-	return ok
+	return protocol.ParseRestart(ce.Code, ce.Text)
 }
 
 // runSession dials, shakes hands and serves one session until it ends.

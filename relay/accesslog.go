@@ -3,7 +3,6 @@ package relay
 import (
 	"bufio"
 	"context"
-	"errors"
 	"net"
 	"net/http"
 	"time"
@@ -102,7 +101,7 @@ func (w *statusRecorder) Write(b []byte) (int, error) {
 func (w *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	h, ok := w.ResponseWriter.(http.Hijacker)
 	if !ok {
-		return nil, nil, errors.New("relay: response cannot be hijacked")
+		return nil, nil, http.ErrNotSupported
 	}
 	c, rw, err := h.Hijack()
 	if err == nil {

@@ -410,11 +410,10 @@ func buyTicket(t *testing.T, e *env) ticketAnswer {
 }
 
 func TestClientTickets(t *testing.T) {
-	var logs bytes.Buffer
-	var logMu sync.Mutex
+	logs := &logBuffer{}
 	e := newEnv(t, func(c *Config) {
 		c.TicketTTL = 300 * time.Millisecond
-		c.Logger = slog.New(slog.NewTextHandler(&lockedWriter{mu: &logMu, w: &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
 	host := strings.TrimPrefix(e.ts.URL, "http://")
 	browser := http.Header{"Origin": {"http://" + host}}
@@ -471,9 +470,7 @@ func TestClientTickets(t *testing.T) {
 
 	c.close()
 	e.stop()
-	logMu.Lock()
 	out := logs.String()
-	logMu.Unlock()
 	for _, secret := range []string{e.key, tk.Ticket, old.Ticket, fresh.Ticket} {
 		if strings.Contains(out, secret) {
 			t.Fatalf("a secret reached the log:\n%s", out)
@@ -482,17 +479,6 @@ func TestClientTickets(t *testing.T) {
 	if !strings.Contains(out, "ticket=REDACTED") || !strings.Contains(out, "uri=/v1/client") {
 		t.Fatalf("access log lacks the redacted upgrade line:\n%s", out)
 	}
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(b)
 }
 
 func TestTicketStore(t *testing.T) {

@@ -42,9 +42,19 @@ type committer struct {
 }
 
 type commitCall struct {
-	fn   func(*bolt.Tx) error
-	done chan error    // the outcome of fn's commit
-	lead chan struct{} // this caller is to commit the next group
+	fn    func(*bolt.Tx) error
+	done  chan error      // the outcome of fn's commit (do)
+	after func(err error) // or, for a deferred call, what to run with it
+	lead  chan struct{}   // this caller is to commit the next group
+}
+
+// finish hands the call the outcome of its commit.
+func (c *commitCall) finish(err error) {
+	if c.after != nil {
+		c.after(err)
+		return
+	}
+	c.done <- err
 }
 
 func newCommitter(db *bolt.DB) *committer { return &committer{db: db, delay: laterDelay} }
@@ -72,17 +82,16 @@ func (g *committer) do(fn func(*bolt.Tx) error) error {
 }
 
 // later queues fn for a commit it does not lead: the next one someone
-// waits for, or its own after laterDelay. The returned channel gets the
-// outcome.
-func (g *committer) later(fn func(*bolt.Tx) error) <-chan error {
-	c := &commitCall{fn: fn, done: make(chan error, 1)}
+// waits for, or its own after laterDelay. after gets the outcome, on the
+// goroutine that committed; it must not block, nor wait for a commit.
+func (g *committer) later(fn func(*bolt.Tx) error, after func(err error)) {
+	c := &commitCall{fn: fn, after: after}
 	g.mu.Lock()
 	g.deferred = append(g.deferred, c)
 	if g.timer == nil {
 		g.timer = time.AfterFunc(g.delay, g.flush)
 	}
 	g.mu.Unlock()
-	return c.done
 }
 
 // flush commits the deferred calls, if a commit has not taken them yet.
@@ -137,11 +146,11 @@ func (g *committer) run(group []*commitCall) {
 		})
 		if failed < 0 {
 			for _, c := range group {
-				c.done <- err
+				c.finish(err)
 			}
 			return
 		}
-		group[failed].done <- err
+		group[failed].finish(err)
 		group = append(group[:failed:failed], group[failed+1:]...)
 	}
 }

@@ -68,7 +68,8 @@ func TestCommitterLater(t *testing.T) {
 
 	g.delay = time.Hour
 	var a, b int
-	deferred := g.later(put("a", &a))
+	deferred := make(chan error, 1)
+	g.later(put("a", &a), func(err error) { deferred <- err })
 	if err := g.do(put("b", &b)); err != nil {
 		t.Fatal(err)
 	}
@@ -83,8 +84,10 @@ func TestCommitterLater(t *testing.T) {
 
 	g.delay = time.Millisecond
 	var c int
+	alone := make(chan error, 1)
+	g.later(put("c", &c), func(err error) { alone <- err })
 	select {
-	case err := <-g.later(put("c", &c)):
+	case err := <-alone:
 		if err != nil || c == 0 {
 			t.Fatalf("deferred call alone: err %v, transaction %d", err, c)
 		}

@@ -141,7 +141,9 @@ func (h *hub) commitLater(c *changes) error {
 	if len(c.recs) == 0 {
 		return h.settle(c, nil)
 	}
-	return h.settle(c, <-h.st.putRequestsLater(c.recs))
+	done := make(chan error, 1)
+	h.st.putRequestsLater(c.recs, func(err error) { done <- err })
+	return h.settle(c, <-done)
 }
 
 // settle finishes a commit of c that ended with err.
@@ -415,12 +417,12 @@ func (h *hub) commitBehind(c *changes) {
 		return
 	}
 	h.behind.Add(1)
-	go func() {
+	h.st.putRequestsLater(c.recs, func(err error) {
 		defer h.behind.Done()
-		if err := h.commitLater(c); err != nil {
+		if err := h.settle(c, err); err != nil {
 			h.log.Error("commit deliveries", "err", err)
 		}
-	}()
+	})
 }
 
 // attach makes s the device's session, replacing (and stopping) an older

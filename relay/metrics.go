@@ -353,7 +353,7 @@ func loopbackNets() []netip.Prefix {
 // failing that, by status.
 func (s *Server) countUpgrades(endpoint string, next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		uw := &upgradeWriter{ResponseWriter: w, met: s.met, endpoint: endpoint}
+		uw := &upgradeWriter{statusRecorder: statusRecorder{ResponseWriter: w}, met: s.met, endpoint: endpoint}
 		next(uw, r)
 		if uw.hijacked {
 			return
@@ -389,37 +389,16 @@ func refusalFor(status int) string {
 // socket is closed: agent sessions are counted from the tracker instead,
 // but client connections are not registered anywhere.
 type upgradeWriter struct {
-	http.ResponseWriter
+	statusRecorder
 	met      *metrics
 	endpoint string
-	status   int
-	hijacked bool
-}
-
-func (w *upgradeWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *upgradeWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
 }
 
 func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	h, ok := w.ResponseWriter.(http.Hijacker)
-	if !ok {
-		return nil, nil, http.ErrNotSupported
-	}
-	c, rw, err := h.Hijack()
+	c, rw, err := w.statusRecorder.Hijack()
 	if err != nil {
 		return c, rw, err
 	}
-	w.hijacked = true
 	w.met.upgrades.WithLabelValues(w.endpoint, "accepted").Inc()
 	if w.endpoint == endpointClient {
 		w.met.clientConns.Add(1)
@@ -427,9 +406,6 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	return c, rw, nil
 }
-
-// Unwrap lets http.ResponseController reach the underlying writer.
-func (w *upgradeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // closeCounted decrements open when the connection is first closed.
 type closeCounted struct {

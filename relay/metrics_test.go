@@ -2,7 +2,6 @@ package relay
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -10,7 +9,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/gorilla/websocket"
@@ -256,10 +254,9 @@ func TestMethodLabelsBounded(t *testing.T) {
 // never holds a device token or a client key. (Tickets and the client
 // WebSocket are covered by TestClientTickets.)
 func TestAccessLogNamesNotSecrets(t *testing.T) {
-	var logs bytes.Buffer
-	var logMu sync.Mutex
+	logs := &logBuffer{}
 	e := newEnv(t, func(c *Config) {
-		c.Logger = slog.New(slog.NewTextHandler(&lockedWriter{mu: &logMu, w: &logs}, nil))
+		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	})
 	a := dialAgent(e, e.token)
 	a.send(&protocol.Pull{N: 1})
@@ -273,9 +270,7 @@ func TestAccessLogNamesNotSecrets(t *testing.T) {
 	a.close()
 	e.stop()
 
-	logMu.Lock()
 	out := logs.String()
-	logMu.Unlock()
 	for _, secret := range []string{e.token, e.key} {
 		if strings.Contains(out, secret) {
 			t.Fatalf("a secret reached the log:\n%s", out)

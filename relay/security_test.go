@@ -61,7 +61,8 @@ func serveRelay(t *testing.T, cfg Config) *tlsRelay {
 	return r
 }
 
-// logBuffer collects an agent's logs so a test can wait for a message.
+// logBuffer collects logs (an agent's, a relay's) for a test to read while
+// they are written.
 type logBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer

@@ -145,15 +145,14 @@ func (s *store) putRequests(recs []storedRequest) error {
 }
 
 // putRequestsLater is putRequests deferred (committer.later): it returns
-// at once, and the channel gets the outcome.
-func (s *store) putRequestsLater(recs []storedRequest) <-chan error {
+// at once, and after gets the outcome.
+func (s *store) putRequestsLater(recs []storedRequest, after func(err error)) {
 	fn, err := putRequestsFn(recs)
 	if err != nil {
-		ch := make(chan error, 1)
-		ch <- err
-		return ch
+		after(err)
+		return
 	}
-	return s.commit.later(fn)
+	s.commit.later(fn, after)
 }
 
 func putRequestsFn(recs []storedRequest) (func(*bolt.Tx) error, error) {
