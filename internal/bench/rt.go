@@ -84,10 +84,12 @@ func (r *runner) latency(ctx context.Context, name, base string, conc int, withB
 	if _, _, err := drive(ctx, min(max(n/10, conc), 500), conc, call); err != nil {
 		return fmt.Errorf("%s warm-up: %w", name, err)
 	}
+	before := r.sampleCPU()
 	lat, _, err := drive(ctx, n, conc, call)
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
+	cpu := r.sampleCPU()
 	slices.Sort(lat)
 	for _, q := range []struct {
 		suffix string
@@ -105,6 +107,7 @@ func (r *runner) latency(ctx context.Context, name, base string, conc int, withB
 		}
 		r.add(f)
 	}
+	r.addCPU(name, base, before, cpu, n)
 	return nil
 }
 
@@ -114,10 +117,12 @@ func (r *runner) rate(ctx context.Context, name, base string, conc int, withBudg
 	if _, _, err := drive(ctx, min(max(n/10, conc), 2000), conc, call); err != nil {
 		return fmt.Errorf("%s warm-up: %w", name, err)
 	}
+	before := r.sampleCPU()
 	_, elapsed, err := drive(ctx, n, conc, call)
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
+	cpu := r.sampleCPU()
 	f := &Figure{Name: name, Value: math.Round(float64(n) / elapsed.Seconds()), Unit: "req/s", Baseline: base, Note: note}
 	if base == "" {
 		f.Baseline = name
@@ -126,6 +131,7 @@ func (r *runner) rate(ctx context.Context, name, base string, conc int, withBudg
 		f.Budget, f.Max = ">=x0.7", 0.7
 	}
 	r.add(f)
+	r.addCPU(name, base, before, cpu, n)
 	return nil
 }
 

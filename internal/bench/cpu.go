@@ -1,0 +1,86 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// clockTick is the unit of utime and stime in /proc/PID/stat (USER_HZ,
+// 100 on every Linux this runs on).
+const clockTick = 10 * time.Millisecond
+
+// cpuSample is the CPU time used so far by this process and by every
+// live child, by role.
+type cpuSample map[string]time.Duration
+
+// sampleCPU reads the CPU time (user + system) of this process and of
+// every running child. Children of the same role add up.
+func (r *runner) sampleCPU() cpuSample {
+	s := cpuSample{}
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		s["client"] = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	for _, c := range r.children {
+		if d, err := procCPU(c.pid()); err == nil {
+			s[c.name] += d
+		}
+	}
+	return s
+}
+
+// procCPU returns utime + stime of process pid, all threads.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; fields count from the
+	// closing parenthesis.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("bench: odd /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("bench: short /proc/%d/stat", pid)
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64) // field 14
+	st, err2 := strconv.ParseInt(f[12], 10, 64) // field 15
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("bench: odd /proc/%d/stat", pid)
+	}
+	return time.Duration(ut+st) * clockTick, nil
+}
+
+// addCPU adds NAME_cpu, the CPU time of every process taking part (this
+// one's clients included) per request between two samples, in
+// microseconds, compared with base's. A comment line splits it by role.
+func (r *runner) addCPU(name, base string, before, after cpuSample, n int) {
+	var total time.Duration
+	roles := make([]string, 0, len(after))
+	for role, d := range after {
+		if d -= before[role]; d > 0 {
+			total += d
+			roles = append(roles, role)
+		}
+	}
+	sort.Strings(roles)
+	per := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 / float64(n) }
+	var b strings.Builder
+	for _, role := range roles {
+		fmt.Fprintf(&b, " %s=%.0f", role, per(after[role]-before[role]))
+	}
+	fmt.Fprintf(r.out, "# %s_cpu by process (us/req):%s\n", name, b.String())
+	f := &Figure{Name: name + "_cpu", Value: float64(int64(per(total)*10)) / 10, Unit: "us/req",
+		Note: "CPU time (user + system) of every process taking part, clients included, per request; by process:" + b.String()}
+	if base != "" {
+		f.Baseline = base + "_cpu"
+	}
+	r.add(f)
+}
