@@ -28,28 +28,33 @@ const laterDelay = 5 * time.Millisecond
 //
 // As with Batch, a function may run more than once (a failing one is
 // dropped and the rest of its group rerun), so it must be idempotent.
-type committer struct {
-	db *bolt.DB
+//
+// The same machinery commits the request log (see wal): Op is what one
+// call commits, run what commits a group of them.
+type committer[Op any] struct {
+	// run commits group as one unit and finishes every call in it. It is
+	// never called twice at once.
+	run func(group []*commitCall[Op])
 	// delay is laterDelay, except in tests.
 	delay time.Duration
 
 	mu sync.Mutex
 	// Guarded by mu:
-	busy     bool          // a caller is committing (or about to)
-	next     []*commitCall // waiting for the next commit
-	deferred []*commitCall // deferred: join the next commit
-	timer    *time.Timer   // commits the deferred ones if nothing else does
+	busy     bool              // a caller is committing (or about to)
+	next     []*commitCall[Op] // waiting for the next commit
+	deferred []*commitCall[Op] // deferred: join the next commit
+	timer    *time.Timer       // commits the deferred ones if nothing else does
 }
 
-type commitCall struct {
-	fn    func(*bolt.Tx) error
-	done  chan error      // the outcome of fn's commit (do)
+type commitCall[Op any] struct {
+	op    Op
+	done  chan error      // the outcome of op's commit (do)
 	after func(err error) // or, for a deferred call, what to run with it
 	lead  chan struct{}   // this caller is to commit the next group
 }
 
 // finish hands the call the outcome of its commit.
-func (c *commitCall) finish(err error) {
+func (c *commitCall[Op]) finish(err error) {
 	if c.after != nil {
 		c.after(err)
 		return
@@ -57,12 +62,19 @@ func (c *commitCall) finish(err error) {
 	c.done <- err
 }
 
-func newCommitter(db *bolt.DB) *committer { return &committer{db: db, delay: laterDelay} }
+// txFunc is a bbolt committer's Op: a piece of a read-write transaction.
+// A nil txFunc does nothing.
+type txFunc = func(*bolt.Tx) error
 
-// do runs fn in a read-write transaction, possibly shared with others, and
-// returns once that transaction has committed or failed.
-func (g *committer) do(fn func(*bolt.Tx) error) error {
-	c := &commitCall{fn: fn, done: make(chan error, 1), lead: make(chan struct{}, 1)}
+// newCommitter returns a committer of bbolt transactions on db.
+func newCommitter(db *bolt.DB) *committer[txFunc] {
+	return &committer[txFunc]{run: func(group []*commitCall[txFunc]) { runTx(db, group) }, delay: laterDelay}
+}
+
+// do commits op, possibly in one group with others, and returns once that
+// group has committed or failed.
+func (g *committer[Op]) do(op Op) error {
+	c := &commitCall[Op]{op: op, done: make(chan error, 1), lead: make(chan struct{}, 1)}
 	g.mu.Lock()
 	g.next = append(g.next, c)
 	lead := !g.busy
@@ -81,11 +93,11 @@ func (g *committer) do(fn func(*bolt.Tx) error) error {
 	}
 }
 
-// later queues fn for a commit it does not lead: the next one someone
+// later queues op for a commit it does not lead: the next one someone
 // waits for, or its own after laterDelay. after gets the outcome, on the
 // goroutine that committed; it must not block, nor wait for a commit.
-func (g *committer) later(fn func(*bolt.Tx) error, after func(err error)) {
-	c := &commitCall{fn: fn, after: after}
+func (g *committer[Op]) later(op Op, after func(err error)) {
+	c := &commitCall[Op]{op: op, after: after}
 	g.mu.Lock()
 	g.deferred = append(g.deferred, c)
 	if g.timer == nil {
@@ -95,13 +107,14 @@ func (g *committer) later(fn func(*bolt.Tx) error, after func(err error)) {
 }
 
 // flush commits the deferred calls, if a commit has not taken them yet.
-func (g *committer) flush() {
+func (g *committer[Op]) flush() {
 	g.mu.Lock()
 	g.timer = nil
 	pending := len(g.deferred) > 0
 	g.mu.Unlock()
 	if pending {
-		g.do(func(*bolt.Tx) error { return nil })
+		var none Op
+		g.do(none)
 	}
 }
 
@@ -109,7 +122,7 @@ func (g *committer) flush() {
 // the lead to the first call that arrived meanwhile, or ends the busy
 // period. The caller is part of the group it commits, so leading never
 // delays it beyond its own commit.
-func (g *committer) commitNext() {
+func (g *committer[Op]) commitNext() {
 	g.mu.Lock()
 	group := append(g.deferred, g.next...)
 	g.next, g.deferred = nil, nil
@@ -130,14 +143,17 @@ func (g *committer) commitNext() {
 	g.mu.Unlock()
 }
 
-// run commits group in one transaction. A function that fails gets its
-// error alone and the others are committed without it.
-func (g *committer) run(group []*commitCall) {
+// runTx commits group in one bbolt transaction. A function that fails
+// gets its error alone and the others are committed without it.
+func runTx(db *bolt.DB, group []*commitCall[txFunc]) {
 	for len(group) > 0 {
 		failed := -1
-		err := g.db.Update(func(tx *bolt.Tx) error {
+		err := db.Update(func(tx *bolt.Tx) error {
 			for i, c := range group {
-				if err := c.fn(tx); err != nil {
+				if c.op == nil {
+					continue
+				}
+				if err := c.op(tx); err != nil {
 					failed = i
 					return err
 				}

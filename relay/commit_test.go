@@ -3,6 +3,7 @@ package relay
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -14,7 +15,7 @@ import (
 // TestCommitterGroups checks that concurrent calls all commit, that a
 // failing function gets its own error and does not take its group down.
 func TestCommitterGroups(t *testing.T) {
-	st, err := openStore(filepath.Join(t.TempDir(), "relay.db"))
+	st, err := openStore(filepath.Join(t.TempDir(), "relay.db"), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +54,7 @@ func TestCommitterGroups(t *testing.T) {
 // A deferred call rides along with the next commit someone waits for, and
 // commits on its own when none comes.
 func TestCommitterLater(t *testing.T) {
-	st, err := openStore(filepath.Join(t.TempDir(), "relay.db"))
+	st, err := openStore(filepath.Join(t.TempDir(), "relay.db"), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

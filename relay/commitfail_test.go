@@ -5,6 +5,7 @@ package relay
 
 import (
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -16,8 +17,10 @@ import (
 )
 
 // breakCommits makes every later store commit fail (as a full disk or an
-// I/O error would) until the returned function is called. Reads keep
-// working. Call both only while no commit is in flight.
+// I/O error would) until the returned function is called: bbolt's, and
+// the request log's, whose file and directory are swapped for a closed
+// file and a missing directory, so its checkpointer cannot mend it. Reads
+// keep working. Call both only while no commit is in flight.
 func breakCommits(t *testing.T, st *store) (restore func()) {
 	t.Helper()
 	dead, err := bolt.Open(filepath.Join(t.TempDir(), "dead.db"), 0o600, nil)
@@ -27,13 +30,27 @@ func breakCommits(t *testing.T, st *store) (restore func()) {
 	dead.Close() // Update on a closed DB fails with ErrDatabaseNotOpen
 	g := st.commit
 	g.mu.Lock()
-	real := g.db
-	g.db = dead
+	realRun := g.run
+	g.run = func(group []*commitCall[txFunc]) { runTx(dead, group) }
 	g.mu.Unlock()
+
+	closed, err := os.Create(filepath.Join(t.TempDir(), "closed.wal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed.Close()
+	w := st.reqs
+	w.mu.Lock()
+	realF, realDir := w.f, w.dir
+	w.f, w.dir = closed, filepath.Join(t.TempDir(), "missing")
+	w.mu.Unlock()
 	return func() {
 		g.mu.Lock()
-		g.db = real
+		g.run = realRun
 		g.mu.Unlock()
+		w.mu.Lock()
+		w.f, w.dir, w.sick = realF, realDir, nil
+		w.mu.Unlock()
 	}
 }
 

@@ -33,6 +33,14 @@
 // A submit's commit also overlaps its delivery: the request is queued
 // while it is written, and the id goes out once it is on disk.
 //
+// Changes to requests are committed to the request log (wal.go, DIR/wal/):
+// one append and one fdatasync to a file written in advance, where a bbolt
+// commit costs a write of every page from the root to the changed leaves
+// and two fdatasyncs. A checkpointer moves the log into bbolt once a second
+// in one transaction; a relay that starts replays what the log holds into
+// bbolt before it reads anything. Devices and events are committed to
+// bbolt directly.
+//
 // Commits are group-committed (commit.go): a lone one runs at once,
 // concurrent ones share fsyncs, and the writes nobody waits for (deliveries,
 // results before their ack) ride along with the next commit someone waits

@@ -215,7 +215,7 @@ func (h *hub) enqueue(dev string, sub protocol.Submit) (commit func() (protocol.
 		return nil, fmt.Errorf("%w: device %s has %d queued requests", ErrQueueFull, dev, h.cfg.QueueLimit)
 	}
 	e := newEntry(protocol.Record{
-		ID:         newID("r"),
+		ID:         newRequestID(now),
 		Device:     dev,
 		Method:     sub.Method,
 		Params:     sub.Params,

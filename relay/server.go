@@ -59,7 +59,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := openStore(filepath.Join(cfg.DataDir, "relay.db"))
+	st, err := openStore(filepath.Join(cfg.DataDir, "relay.db"), cfg.Logger)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"path/filepath"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -11,18 +13,21 @@ import (
 	"github.com/tetherhq/tether/protocol"
 )
 
-// Bucket layout of relay.db:
+// Bucket layout of relay.db (changes to requests reach it through the
+// request log, DIR/wal/; see wal):
 //
 //	requests: id → rev (8 bytes, big endian) ‖ JSON storedRequest
 //	devices:  id → JSON deviceMeta
 //	events:   device id → bucket: seq (8 bytes, big endian) → JSON protocol.EventRecord
 //	meta:     "open" → present while a relay has the store open
+//	          "walseq" → highest request log file number used (8 bytes, big endian)
 var (
 	bucketRequests = []byte("requests")
 	bucketDevices  = []byte("devices")
 	bucketEvents   = []byte("events")
 	bucketMeta     = []byte("meta")
 	keyOpen        = []byte("open")
+	keyWALSeq      = []byte("walseq")
 )
 
 // storedRequest is a request as persisted: the public record plus what the
@@ -47,19 +52,24 @@ type deviceMeta struct {
 	Resources []protocol.Resource `json:"resources,omitempty"`
 }
 
-// store is the relay's bbolt database.
+// store is the relay's bbolt database, with the request log in front of
+// its requests bucket.
 type store struct {
 	db *bolt.DB
-	// commit group-commits the writes (see committer); bbolt's Batch is
-	// not used, as it delays every commit.
-	commit *committer
+	// commit group-commits the other writes (see committer); bbolt's
+	// Batch is not used, as it delays every commit.
+	commit *committer[txFunc]
+	// reqs takes every change to a request.
+	reqs *wal
 	// unclean is set when the last relay on this store did not close it:
 	// it crashed or was killed, and writes it made behind its frames
 	// (deliveries) may be missing.
 	unclean bool
 }
 
-func openStore(path string) (*store, error) {
+// openStore opens the database at path and replays the request log next
+// to it (DIR/wal) into it.
+func openStore(path string, log *slog.Logger) (*store, error) {
 	// The timeout turns a second relay on the same directory into an error
 	// instead of a hang.
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
@@ -81,17 +91,28 @@ func openStore(path string) (*store, error) {
 		db.Close()
 		return nil, fmt.Errorf("relay: init %s: %w", path, err)
 	}
-	return &store{db: db, commit: newCommitter(db), unclean: unclean}, nil
+	reqs, err := openWAL(filepath.Join(filepath.Dir(path), "wal"), db, log)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &store{db: db, commit: newCommitter(db), reqs: reqs, unclean: unclean}, nil
 }
 
 // abandon closes the store without marking it cleanly closed, for a relay
 // that could not start on it.
-func (s *store) abandon() { s.db.Close() }
+func (s *store) abandon() {
+	s.reqs.abandon()
+	s.db.Close()
+}
 
-// close marks the store cleanly closed and closes it. Every write must
-// have returned before.
+// close moves the request log into bbolt, marks the store cleanly closed
+// and closes it. Every write must have returned before.
 func (s *store) close() error {
-	err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(keyOpen) })
+	err := s.reqs.close()
+	if err == nil {
+		err = s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(keyOpen) })
+	}
 	if cerr := s.db.Close(); cerr != nil {
 		return fmt.Errorf("relay: close store: %w", cerr)
 	}
@@ -127,16 +148,16 @@ func decodeRequest(v []byte) (storedRequest, error) {
 	return r, nil
 }
 
-// putRequests commits recs durably. A record whose stored revision is the
-// same or newer is skipped, so the function is idempotent (a group commit may
-// run it twice) and commits racing from different goroutines cannot go backwards.
+// putRequests commits recs durably. A record older than the stored
+// revision is skipped (see applyEntries), so commits racing from
+// different goroutines cannot go backwards.
 func (s *store) putRequests(recs []storedRequest) error {
 	if len(recs) == 0 {
 		return nil
 	}
-	fn, err := putRequestsFn(recs)
+	op, err := requestOp(recs)
 	if err == nil {
-		err = s.commit.do(fn)
+		err = s.reqs.commit.do(op)
 	}
 	if err != nil {
 		return fmt.Errorf("relay: commit requests: %w", err)
@@ -147,36 +168,24 @@ func (s *store) putRequests(recs []storedRequest) error {
 // putRequestsLater is putRequests deferred (committer.later): it returns
 // at once, and after gets the outcome.
 func (s *store) putRequestsLater(recs []storedRequest, after func(err error)) {
-	fn, err := putRequestsFn(recs)
+	op, err := requestOp(recs)
 	if err != nil {
 		after(err)
 		return
 	}
-	s.commit.later(fn, after)
+	s.reqs.commit.later(op, after)
 }
 
-func putRequestsFn(recs []storedRequest) (func(*bolt.Tx) error, error) {
-	vals := make([][]byte, len(recs))
+func requestOp(recs []storedRequest) (walOp, error) {
+	op := walOp{entries: make([]walEntry, len(recs))}
 	for i := range recs {
 		v, err := encodeRequest(&recs[i])
 		if err != nil {
-			return nil, err
+			return walOp{}, err
 		}
-		vals[i] = v
+		op.entries[i] = walEntry{id: recs[i].ID, val: v}
 	}
-	return func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketRequests)
-		for i := range recs {
-			key := []byte(recs[i].ID)
-			if old := b.Get(key); len(old) >= 8 && binary.BigEndian.Uint64(old[:8]) >= recs[i].Rev {
-				continue
-			}
-			if err := b.Put(key, vals[i]); err != nil {
-				return err
-			}
-		}
-		return nil
-	}, nil
+	return op, nil
 }
 
 // getRequest returns the stored request id.
@@ -185,6 +194,12 @@ func (s *store) getRequest(id string) (storedRequest, error) {
 		r   storedRequest
 		err error
 	)
+	if v, ok := s.reqs.lookup(id); ok {
+		if v == nil {
+			return r, ErrNotFound
+		}
+		return decodeRequest(v)
+	}
 	verr := s.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketRequests).Get([]byte(id))
 		if v == nil {
@@ -205,22 +220,18 @@ func (s *store) deleteRequests(ids []string) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	err := s.commit.do(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketRequests)
-		for _, id := range ids {
-			if err := b.Delete([]byte(id)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	op := walOp{entries: make([]walEntry, len(ids))}
+	for i, id := range ids {
+		op.entries[i] = walEntry{id: id}
+	}
+	if err := s.reqs.commit.do(op); err != nil {
 		return fmt.Errorf("relay: delete requests: %w", err)
 	}
 	return nil
 }
 
-// loadRequests calls fn for every stored request.
+// loadRequests calls fn for every stored request. It reads bbolt only:
+// it is for a store just opened, whose log was replayed into it.
 func (s *store) loadRequests(fn func(storedRequest)) error {
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketRequests).ForEach(func(k, v []byte) error {
