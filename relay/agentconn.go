@@ -3,7 +3,6 @@ package relay
 import (
 	"bufio"
 	"errors"
-	"net"
 	"net/http"
 
 	"github.com/gorilla/websocket"
@@ -20,10 +19,11 @@ const agentReadBuffer = 512
 // lets gorilla read (gorilla keeps its own buffer private). With
 // ReadBufferSize 0, gorilla's Upgrade reuses the bufio.Reader that Hijack
 // returns when it holds more than 256 bytes (server.go in
-// gorilla/websocket v1.5.3); agentResponse returns one of ours, of
-// agentReadBuffer bytes, instead of net/http's 4 KiB one.
+// gorilla/websocket v1.5.3); batchResponse returns one of ours, of
+// agentReadBuffer bytes, instead of net/http's 4 KiB one. The connection
+// gorilla writes to is a batchConn (conn.NetConn()).
 func upgradeAgent(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) (*websocket.Conn, *bufio.Reader, error) {
-	aw := &agentResponse{ResponseWriter: w}
+	aw := &batchResponse{ResponseWriter: w, readBuffer: agentReadBuffer}
 	conn, err := u.Upgrade(aw, r, nil)
 	if err != nil {
 		return nil, nil, err
@@ -33,24 +33,6 @@ func upgradeAgent(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request)
 		return nil, nil, errors.New("relay: agent connection hijacked without its read buffer")
 	}
 	return conn, aw.br, nil
-}
-
-// agentResponse is the ResponseWriter an agent's upgrade sees: its Hijack
-// hands out the connection with a read buffer of its own.
-type agentResponse struct {
-	http.ResponseWriter
-	br *bufio.Reader
-}
-
-func (w *agentResponse) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	c, rw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err != nil || rw.Reader.Buffered() > 0 {
-		// gorilla refuses a client that sent data before the handshake
-		// completed; let it see net/http's reader to do so.
-		return c, rw, err
-	}
-	w.br = bufio.NewReaderSize(c, agentReadBuffer)
-	return c, bufio.NewReadWriter(w.br, rw.Writer), nil
 }
 
 // Frame header bits (RFC 6455 section 5.2).

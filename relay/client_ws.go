@@ -71,7 +71,7 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		HandshakeTimeout: s.cfg.WriteTimeout,
 		CheckOrigin:      s.originAllowed, // checked above; kept as a second lock
 	}
-	conn, err := up.Upgrade(w, r, nil)
+	conn, err := up.Upgrade(&batchResponse{ResponseWriter: w}, r, nil)
 	if err != nil {
 		return // the upgrader has answered
 	}
@@ -102,6 +102,7 @@ type clientConn struct {
 	svc  ClientService
 	cfg  *Config
 	conn *websocket.Conn
+	out  *batchConn // what conn writes to: the writer batches its frames
 	log  *slog.Logger
 
 	// ctx ends the waiters and followers when the reader is done.
@@ -141,6 +142,7 @@ func newClientConn(s *Server, conn *websocket.Conn, name string) *clientConn {
 		svc:        s,
 		cfg:        &s.cfg,
 		conn:       conn,
+		out:        conn.NetConn().(*batchConn),
 		log:        s.log.With("client", name, "conn", newID("c")),
 		ctx:        ctx,
 		cancel:     cancel,
@@ -575,11 +577,11 @@ func (c *clientConn) writeLoop() {
 	for {
 		select {
 		case b := <-c.send:
-			if !c.write(websocket.TextMessage, b) {
+			if !c.writeQueued(b) {
 				return
 			}
 		case <-ping.C:
-			if !c.write(websocket.PingMessage, nil) {
+			if !c.write(websocket.PingMessage, nil) || !c.flush() {
 				return
 			}
 		case <-c.svc.Done():
@@ -589,6 +591,24 @@ func (c *clientConn) writeLoop() {
 		case <-c.quit:
 			c.finish()
 			return
+		}
+	}
+}
+
+// writeQueued writes b and the frames queued behind it in one write
+// syscall (or one per maxBatch bytes) instead of one each.
+func (c *clientConn) writeQueued(b []byte) bool {
+	for {
+		if !c.write(websocket.TextMessage, b) {
+			return false
+		}
+		if c.out.held() >= maxBatch {
+			return c.flush()
+		}
+		select {
+		case b = <-c.send:
+		default:
+			return c.flush()
 		}
 	}
 }
@@ -607,10 +627,12 @@ flush:
 		}
 	}
 	if c.closeCode == websocket.CloseAbnormalClosure {
-		return // the connection is already broken
+		c.out.flush(c.writeBy()) // only stops holding: the connection is broken
+		return
 	}
-	c.conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
-	if err := c.conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(c.closeCode, c.closeText)); err != nil {
+	c.out.hold() // no deadline until the flush
+	err := c.conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(c.closeCode, c.closeText))
+	if c.out.flush(c.writeBy()) != nil || err != nil {
 		return
 	}
 	grace := time.NewTimer(c.closeGrace())
@@ -621,12 +643,30 @@ flush:
 	}
 }
 
+// write writes a frame, held until the next flush (see batchConn).
 func (c *clientConn) write(typ int, b []byte) bool {
-	c.conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+	c.out.hold() // no deadline until the flush
 	if err := c.conn.WriteMessage(typ, b); err != nil {
-		c.log.Debug("client write failed", "err", err)
-		c.stop(websocket.CloseAbnormalClosure, "write failed")
+		c.out.flush(c.writeBy()) // what was held before still goes out, if it can
+		c.writeFailed(err)
 		return false
 	}
 	return true
 }
+
+// flush sends the frames held since the first write of the batch.
+func (c *clientConn) flush() bool {
+	if err := c.out.flush(c.writeBy()); err != nil {
+		c.writeFailed(err)
+		return false
+	}
+	return true
+}
+
+func (c *clientConn) writeFailed(err error) {
+	c.log.Debug("client write failed", "err", err)
+	c.stop(websocket.CloseAbnormalClosure, "write failed")
+}
+
+// writeBy is the deadline of a write starting now.
+func (c *clientConn) writeBy() time.Time { return time.Now().Add(c.cfg.WriteTimeout) }

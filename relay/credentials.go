@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -168,16 +169,27 @@ func hashSecret(s string) string {
 
 // readCredentials reads dir's credentials; a missing file is empty.
 func readCredentials(dir string) (*credentials, error) {
-	b, err := os.ReadFile(filepath.Join(dir, credentialsFile))
+	path := filepath.Join(dir, credentialsFile)
+	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return &credentials{}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("relay: credentials: %w", err)
 	}
+	defer f.Close()
+	return decodeCredentials(f, path)
+}
+
+// decodeCredentials reads the credentials file f, named path.
+func decodeCredentials(f *os.File, path string) (*credentials, error) {
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("relay: credentials: %w", err)
+	}
 	var c credentials
 	if err := json.Unmarshal(b, &c); err != nil {
-		return nil, fmt.Errorf("relay: credentials %s: %w", filepath.Join(dir, credentialsFile), err)
+		return nil, fmt.Errorf("relay: credentials %s: %w", path, err)
 	}
 	return &c, nil
 }
@@ -229,14 +241,25 @@ func syncDir(dir string) error {
 }
 
 // credCache is the running relay's view of credentials.json. It re-reads
-// the file whenever a stat shows it changed, so a device added by the admin
-// command can connect at once.
+// the file whenever it changed, so a device added by the admin command can
+// connect at once and deleted credentials stop working at once.
+//
+// Every authentication checks the file, so the check must be cheap. The
+// file last loaded stays open and is fstat'ed, which neither walks the
+// path nor allocates: writers replace the file by rename (the open file
+// is then left with no links and a new ctime) or an editor rewrites it in
+// place (new size, mtime or ctime), and either shows on the open file.
+// While no file is loaded, or where the open file cannot be checked this
+// way (see credentials_other.go), the path is stat'ed instead.
 type credCache struct {
-	dir string
-	log *slog.Logger
+	dir  string
+	path string // dir/credentials.json
+	log  *slog.Logger
 
 	mu sync.Mutex
 	// Guarded by mu:
+	file    *os.File             // the file last loaded, kept open; nil if none or not kept
+	version fileVersion          // of file when it was loaded
 	stat    fs.FileInfo          // of the file last loaded; nil if none
 	devices map[string]credEntry // by SHA-256 hex
 	clients map[string]credEntry // by SHA-256 hex
@@ -248,7 +271,7 @@ type credCache struct {
 }
 
 func newCredCache(dir string, log *slog.Logger) (*credCache, error) {
-	c := &credCache{dir: dir, log: log}
+	c := &credCache{dir: dir, path: filepath.Join(dir, credentialsFile), log: log}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.refreshLocked(); err != nil {
@@ -257,27 +280,74 @@ func newCredCache(dir string, log *slog.Logger) (*credCache, error) {
 	return c, nil
 }
 
+// close releases the open file. The cache still works after it, checking
+// the path on every call.
+func (c *credCache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.file != nil {
+		c.file.Close()
+		c.file = nil
+	}
+}
+
 // refreshLocked reloads the file if it changed since the last load. If the
 // new file cannot be read, the old credentials stay in force.
 func (c *credCache) refreshLocked() error {
-	path := filepath.Join(c.dir, credentialsFile)
-	fi, err := os.Stat(path)
+	if c.devices != nil {
+		if c.file != nil {
+			if unchanged(c.file, c.version) {
+				return nil
+			}
+		} else {
+			fi, err := os.Stat(c.path)
+			if errors.Is(err, fs.ErrNotExist) {
+				fi, err = nil, nil
+			}
+			if err != nil {
+				return fmt.Errorf("relay: credentials: %w", err)
+			}
+			if sameFile(c.stat, fi) {
+				return nil
+			}
+		}
+	}
+	f, err := os.Open(c.path)
 	if errors.Is(err, fs.ErrNotExist) {
-		fi, err = nil, nil
+		c.setLocked(nil, fileVersion{}, nil, &credentials{})
+		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("relay: credentials: %w", err)
 	}
-	if c.devices != nil && sameFile(c.stat, fi) {
-		return nil
+	// Both versions are taken before reading: an edit made while reading
+	// shows as a change on the next call, which reads the file again.
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("relay: credentials: %w", err)
 	}
-	creds := &credentials{}
-	if fi != nil {
-		if creds, err = readCredentials(c.dir); err != nil {
-			return err
-		}
+	v, watchable := versionOf(f)
+	creds, err := decodeCredentials(f, c.path)
+	if err != nil {
+		f.Close()
+		return err
 	}
-	c.stat = fi
+	if !watchable {
+		f.Close()
+		f = nil
+	}
+	c.setLocked(f, v, fi, creds)
+	return nil
+}
+
+// setLocked puts creds in force: read from f (nil: not kept open) at
+// version v, whose FileInfo is fi (nil: there is no file).
+func (c *credCache) setLocked(f *os.File, v fileVersion, fi fs.FileInfo, creds *credentials) {
+	if c.file != nil {
+		c.file.Close()
+	}
+	c.file, c.version, c.stat = f, v, fi
 	c.devices = indexByHash(creds.Devices)
 	c.clients = indexByHash(creds.Clients)
 	c.names = make(map[string]credEntry, len(creds.Devices))
@@ -289,7 +359,6 @@ func (c *credCache) refreshLocked() error {
 	for _, e := range creds.Clients {
 		c.clientNames[e.Name] = e
 	}
-	return nil
 }
 
 func sameFile(a, b fs.FileInfo) bool {

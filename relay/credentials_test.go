@@ -1,9 +1,12 @@
 package relay
 
 import (
+	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -109,4 +112,77 @@ func TestCredentialsReloadWhileRunning(t *testing.T) {
 	if _, ok := e.srv.AuthenticateClient(key); !ok {
 		t.Fatal("new client key refused")
 	}
+}
+
+// TestCredCacheSeesEveryChange checks that each way the file changes under
+// a running relay shows on the next call: replaced by rename (the admin
+// commands), rewritten in place (an editor), deleted, created again.
+func TestCredCacheSeesEveryChange(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, credentialsFile)
+	tokA, err := AddDevice(dir, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := newCredCache(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	want := func(step, tok, dev string) {
+		t.Helper()
+		got, ok := c.device(tok)
+		if dev == "" && ok {
+			t.Fatalf("%s: token of %q still accepted", step, got)
+		}
+		if dev != "" && got != dev {
+			t.Fatalf("%s: token refused (got %q, %v), want %q", step, got, ok, dev)
+		}
+	}
+	want("loaded", tokA, "a")
+
+	before, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokB, err := AddDevice(dir, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(path); os.SameFile(before, fi) {
+		t.Fatal("AddDevice should replace the file by rename")
+	}
+	want("replaced by rename", tokB, "b")
+
+	// An editor drops device a, writing the same file.
+	before, _ = os.Stat(path)
+	creds, err := readCredentials(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds.Devices = slices.DeleteFunc(creds.Devices, func(e credEntry) bool { return e.Name == "a" })
+	b, err := json.MarshalIndent(creds, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(path); !os.SameFile(before, fi) {
+		t.Fatal("the edit should keep the file")
+	}
+	want("edited in place", tokA, "")
+	want("edited in place", tokB, "b")
+
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	want("deleted", tokB, "")
+
+	tokC, err := AddDevice(dir, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want("created again", tokC, "c")
+	want("created again", tokB, "")
 }

@@ -158,7 +158,7 @@ func (l *loop) schedule(s *session, due time.Duration) {
 // TLS connection may hold decrypted data the socket no longer shows, so
 // only plain TCP connections are, and only where there is a poller.
 func (l *loop) watch(s *session) bool {
-	tc, ok := s.conn.NetConn().(*net.TCPConn)
+	tc, ok := s.out.Conn.(*net.TCPConn)
 	if !ok || !l.p.usable() {
 		return false
 	}

@@ -57,15 +57,18 @@ func New(cfg Config) (*Server, error) {
 	}
 	g, err := newGuard(cfg)
 	if err != nil {
+		creds.close()
 		return nil, err
 	}
 	st, err := openStore(filepath.Join(cfg.DataDir, "relay.db"), cfg.Logger)
 	if err != nil {
+		creds.close()
 		return nil, err
 	}
 	h, err := newHub(cfg, st)
 	if err != nil {
 		st.abandon()
+		creds.close()
 		return nil, err
 	}
 	s := &Server{
@@ -156,6 +159,7 @@ func (s *Server) Close() error {
 		s.sessions.wait()
 		s.hub.behind.Wait()
 		s.closeErr = s.st.close()
+		s.creds.close()
 	})
 	return s.closeErr
 }

@@ -48,6 +48,7 @@ type session struct {
 	id     string
 	device string
 	conn   *websocket.Conn
+	out    *batchConn    // what conn writes to: the writer batches its frames
 	br     *bufio.Reader // the connection's read buffer, shared with gorilla
 	cfg    *Config
 	hub    *hub
@@ -116,12 +117,14 @@ func (s *session) closing() bool {
 	}
 }
 
+// newSession makes the session of conn, which upgradeAgent made.
 func newSession(conn *websocket.Conn, br *bufio.Reader, dev string, cfg *Config, h *hub) *session {
 	id := newID("s")
 	return &session{
 		id:     id,
 		device: dev,
 		conn:   conn,
+		out:    conn.NetConn().(*batchConn),
 		br:     br,
 		cfg:    cfg,
 		hub:    h,
@@ -668,6 +671,11 @@ func (s *session) writeLoop() {
 	for {
 		s.mu.Lock()
 		if s.closing() {
+			if s.out.holding() {
+				s.mu.Unlock()
+				s.flush()
+				continue
+			}
 			// The finisher writes what is queued and the close frame.
 			s.writing = false
 			s.signalLocked()
@@ -698,6 +706,11 @@ func (s *session) writeLoop() {
 			s.pingDue = false
 			s.mu.Unlock()
 			s.write(websocket.PingMessage, nil)
+		case s.out.holding():
+			// Nothing more to write: what was written goes out in one
+			// write, and what was queued meanwhile in the next.
+			s.mu.Unlock()
+			s.flush()
 		default:
 			s.writing = false
 			s.signalLocked()
@@ -747,22 +760,48 @@ func (s *session) flushQueue() bool {
 	}
 }
 
+// write writes a frame. The frames written by one writer run are held
+// and go out together, in one write syscall instead of one each, when
+// the writer has nothing more to write (or has held maxBatch bytes).
+// Whoever owns the write side flushes before giving it up.
 func (s *session) write(typ int, b []byte) bool {
-	s.conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+	s.out.hold() // no deadline until the flush
 	if err := s.conn.WriteMessage(typ, b); err != nil {
-		s.log().Debug("write failed", "err", err)
-		s.stop(websocket.CloseAbnormalClosure, "write failed")
+		s.out.flush(s.writeBy()) // what was held before still goes out, if it can
+		s.writeFailed(err)
+		return false
+	}
+	if s.out.held() >= maxBatch {
+		return s.flush()
+	}
+	return true
+}
+
+// flush sends the frames held since the first write of the batch.
+func (s *session) flush() bool {
+	if err := s.out.flush(s.writeBy()); err != nil {
+		s.writeFailed(err)
 		return false
 	}
 	return true
 }
 
-// writeClose sends the close frame and reports whether it went out.
+func (s *session) writeFailed(err error) {
+	s.log().Debug("write failed", "err", err)
+	s.stop(websocket.CloseAbnormalClosure, "write failed")
+}
+
+// writeClose sends the close frame, after the frames held, and reports
+// whether it went out.
 func (s *session) writeClose() bool {
 	if s.closeCode == websocket.CloseAbnormalClosure {
-		return false // the connection is already broken
+		s.out.flush(s.writeBy()) // only stops holding: the connection is broken
+		return false
 	}
-	s.conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+	s.out.hold() // no deadline until the flush
 	err := s.conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(s.closeCode, s.closeText))
-	return err == nil
+	return s.out.flush(s.writeBy()) == nil && err == nil
 }
+
+// writeBy is the deadline of a write starting now.
+func (s *session) writeBy() time.Time { return time.Now().Add(s.cfg.WriteTimeout) }
