@@ -587,5 +587,22 @@ func (r *runner) throughput(ctx context.Context) error {
 	if err := r.rate(ctx, nameA+"_rest", "nats_"+nameA, concA, true, noteTputAg, t.restCall(spread)); err != nil {
 		return err
 	}
-	return r.rate(ctx, nameC+"_rest", "nats_"+nameC, concC, true, "durable; one agent with that many credits", t.restCall(single))
+	if err := r.rate(ctx, nameC+"_rest", "nats_"+nameC, concC, true, "durable; one agent with that many credits", t.restCall(single)); err != nil {
+		return err
+	}
+	// The same calls over one /v1/client WebSocket, as NATS's requesters
+	// share one connection.
+	ws, err := t.dialWS()
+	if errors.Is(err, errNoClientWS) {
+		r.skip("tput_ws", err.Error())
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer ws.close()
+	if err := r.rate(ctx, nameA+"_ws", "nats_"+nameA, concA, true, noteTputAg+"; one /v1/client WebSocket for all callers", func(w int) error { return ws.call(spread(w)) }); err != nil {
+		return err
+	}
+	return r.rate(ctx, nameC+"_ws", "nats_"+nameC, concC, true, "durable; one agent with that many credits; one /v1/client WebSocket for all callers", func(w int) error { return ws.call(single(w)) })
 }
