@@ -448,8 +448,9 @@ func (a *Agent) finish(res *protocol.Result) {
 	a.mu.Lock()
 	j := a.running[res.ID]
 	delete(a.running, res.ID)
-	a.out.addResult(res, now)
-	if j == nil || !j.pure {
+	pure := j != nil && j.pure
+	a.out.addResult(res, now, pure)
+	if !pure {
 		pos := a.recordLocked(record{Op: opResult, ID: res.ID, Result: res, Time: now.UnixMilli()})
 		a.mu.Unlock()
 		// The result reaches disk before it reaches the relay.
@@ -480,15 +481,22 @@ func (a *Agent) onAck(m *protocol.Ack) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.out.ack(m.IDs, m.Events)
-	// Acks are journaled lazily: losing one only causes a resend.
-	recs := make([]record, 0, len(m.IDs)+1)
+	// Acks are journaled lazily: losing one only causes a resend. The
+	// results of pure requests never reach the journal, so neither do
+	// their acks; recording them anyway would only grow the buffer of
+	// records waiting for the next fsync, which pure traffic never makes.
+	var recs []record
 	for _, id := range m.IDs {
-		recs = append(recs, record{Op: opAck, ID: id})
+		if a.out.journaled(id) {
+			recs = append(recs, record{Op: opAck, ID: id})
+		}
 	}
 	if m.Events > 0 {
 		recs = append(recs, record{Op: opEventAck, Seq: m.Events})
 	}
-	a.recordLocked(recs...)
+	if len(recs) > 0 {
+		a.recordLocked(recs...)
+	}
 	a.topUpLocked()
 	a.notifyLocked()
 }

@@ -191,3 +191,67 @@ func TestDuplicateAnsweredOnlyFromDurableResult(t *testing.T) {
 	a.j.mu.Unlock()
 	<-finished
 }
+
+// pureExec answers every method without touching hardware.
+type pureExec struct{ echoExec }
+
+func (pureExec) Pure(string) bool { return true }
+
+// A pure request leaves no trace in the journal: not its start, not its
+// result, and not the relay's ack of it, which would otherwise pile up
+// waiting for an fsync that pure traffic never makes.
+func TestPureRequestNotJournaled(t *testing.T) {
+	a, err := New(Config{
+		Relay:    "ws://127.0.0.1:1",
+		Token:    "t",
+		StateDir: t.TempDir(),
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, pureExec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	s := &session{out: make(chan []byte, 64), done: make(chan struct{}), failed: make(chan struct{})}
+	a.attach(s)
+	<-s.out // the pull
+	a.j.mu.Lock()
+	before := a.j.appended
+	a.j.mu.Unlock()
+
+	a.onRequest(s, &protocol.Request{ID: "p1", Method: "sys.ping", TimeoutMs: 1000, Attempt: 1})
+	timeout, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if !a.waitFor(timeout.Done(), func() bool { return len(a.running) == 0 }) {
+		t.Fatal("p1 did not finish")
+	}
+	a.onAck(&protocol.Ack{IDs: []string{"p1"}})
+	a.jobs.Wait()
+
+	a.j.mu.Lock()
+	after := a.j.appended
+	a.j.mu.Unlock()
+	if after != before {
+		t.Errorf("journal grew by %d bytes for a pure request", after-before)
+	}
+	a.mu.Lock()
+	recs := a.snapshotLocked()
+	a.mu.Unlock()
+	for _, r := range recs {
+		if r.ID == "p1" {
+			t.Errorf("snapshot holds %s record of a pure request", r.Op)
+		}
+	}
+	var sawResult bool
+	for len(s.out) > 0 {
+		m, err := protocol.Decode(<-s.out, protocol.MaxFrame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, ok := m.(*protocol.Result); ok && r.ID == "p1" {
+			sawResult = true
+		}
+	}
+	if !sawResult {
+		t.Error("result of p1 not sent")
+	}
+}
