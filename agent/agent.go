@@ -75,8 +75,10 @@ type Agent struct {
 	draining    bool
 	// compactAt is the journal size that triggers the next compaction.
 	compactAt int64
-	// changed is closed and replaced whenever running or the outbox
-	// changes, so waiters can block without polling.
+	// changed is closed whenever running or the outbox changes, so
+	// waiters can block without polling. It is made only when someone
+	// waits: every request changes the state twice, and nobody waits
+	// outside shutdown.
 	changed chan struct{}
 }
 
@@ -103,7 +105,6 @@ func New(cfg Config, exec Executor) (*Agent, error) {
 		cancelJobs: cancel,
 		running:    make(map[string]*job),
 		out:        newOutbox(cfg.DedupeCount, cfg.DedupeWindow),
-		changed:    make(chan struct{}),
 	}
 	a.token.set(cfg.Token)
 	if cfg.StateDir != "" {
@@ -170,7 +171,11 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) waitFor(timeout <-chan struct{}, cond func() bool) bool {
 	for {
 		a.mu.Lock()
-		ok, ch := cond(), a.changed
+		ok := cond()
+		if !ok && a.changed == nil {
+			a.changed = make(chan struct{})
+		}
+		ch := a.changed
 		a.mu.Unlock()
 		if ok {
 			return true
@@ -184,8 +189,10 @@ func (a *Agent) waitFor(timeout <-chan struct{}, cond func() bool) bool {
 }
 
 func (a *Agent) notifyLocked() {
-	close(a.changed)
-	a.changed = make(chan struct{})
+	if a.changed != nil {
+		close(a.changed)
+		a.changed = nil
+	}
 }
 
 // Emit queues a device event. It is sent now if connected, otherwise after

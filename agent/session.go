@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -247,11 +248,18 @@ func (a *Agent) reader(s *session) error {
 		}
 		return err
 	})
+	// One buffer for every frame: Decode copies what it keeps.
+	var buf bytes.Buffer
 	for {
-		_, frame, err := s.conn.ReadMessage()
+		_, r, err := s.conn.NextReader()
+		if err == nil {
+			buf.Reset()
+			_, err = buf.ReadFrom(r)
+		}
 		if err != nil {
 			return fmt.Errorf("agent: read: %w", err)
 		}
+		frame := buf.Bytes()
 		extend()
 		m, err := protocol.Decode(frame, a.cfg.MaxFrame)
 		if err != nil {
