@@ -255,3 +255,41 @@ func TestPureRequestNotJournaled(t *testing.T) {
 		t.Error("result of p1 not sent")
 	}
 }
+
+// instantExec answers every method at once, without touching hardware.
+type instantExec struct{ pureExec }
+
+func (instantExec) Instant(string) bool { return true }
+
+// A pure, instant request is answered before onRequest returns: it runs
+// on the reader's goroutine, not one started for it.
+func TestInstantRequestRunsOnReader(t *testing.T) {
+	a, err := New(Config{
+		Relay:  "ws://127.0.0.1:1",
+		Token:  "t",
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, instantExec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	s := &session{out: make(chan []byte, 64), done: make(chan struct{}), failed: make(chan struct{})}
+	a.attach(s)
+	<-s.out // the pull
+
+	a.onRequest(s, &protocol.Request{ID: "i1", Method: "sys.ping", TimeoutMs: 1000, Attempt: 1})
+	if st := a.Status(); st.Running != 0 {
+		t.Errorf("%d requests still running after onRequest returned", st.Running)
+	}
+	var types []string
+	for len(s.out) > 0 {
+		m, err := protocol.Decode(<-s.out, protocol.MaxFrame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		types = append(types, m.MsgType())
+	}
+	if strings.Join(types, ",") != "result,pull" {
+		t.Errorf("sent %v after onRequest, want the result and a new credit", types)
+	}
+}
