@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
@@ -93,8 +94,21 @@ type Agent struct {
 
 type job struct {
 	req    *protocol.Request
-	cancel context.CancelCauseFunc
-	pure   bool // see Pure: not journaled
+	cancel context.CancelFunc
+	// canceled is set by the relay's cancel, before cancel is called. It
+	// stands in for a cancellation cause: a context with a deadline and
+	// a cause would take two contexts per request.
+	canceled atomic.Bool
+	pure     bool // see Pure: not journaled
+}
+
+// cause says why ctx, the job's context, ended: the relay's cancel, or
+// whatever ended it otherwise (its deadline, the agent's shutdown).
+func (j *job) cause(ctx context.Context) error {
+	if j.canceled.Load() {
+		return errCanceled
+	}
+	return context.Cause(ctx)
 }
 
 // New returns an agent that runs requests on exec.
@@ -376,8 +390,7 @@ func (a *Agent) finishedLocked(s *session, id string) bool {
 // the monotonic clock, so the board's wall clock never matters.
 func (a *Agent) startLocked(r *protocol.Request) (runNow func()) {
 	deadline := time.Now().Add(time.Duration(r.TimeoutMs) * time.Millisecond)
-	ctx, cancelDeadline := context.WithDeadline(a.jobsCtx, deadline)
-	ctx, cancel := context.WithCancelCause(ctx)
+	ctx, cancel := context.WithDeadline(a.jobsCtx, deadline)
 	p, ok := a.exec.(Pure)
 	j := &job{req: r, cancel: cancel, pure: ok && p.Pure(r.Method)}
 	a.running[r.ID] = j
@@ -391,16 +404,15 @@ func (a *Agent) startLocked(r *protocol.Request) (runNow func()) {
 	a.jobs.Add(1)
 	run := func() {
 		defer a.jobs.Done()
-		defer cancelDeadline()
 		var res *protocol.Result
 		if err := a.durable(pos); err != nil {
 			a.log.Error("journal failed; not running the request", "id", r.ID, "err", err)
 			res = &protocol.Result{ID: r.ID, State: protocol.StateFailed,
 				Error: protocol.Errorf(protocol.CodeInternal, "agent journal unavailable: %v", err)}
 		} else {
-			res = a.execute(ctx, r)
+			res = a.execute(ctx, j)
 		}
-		cancel(nil)
+		cancel()
 		a.finish(res)
 	}
 	if in, ok := a.exec.(Instant); ok && j.pure && in.Instant(r.Method) {
@@ -411,17 +423,18 @@ func (a *Agent) startLocked(r *protocol.Request) (runNow func()) {
 }
 
 // execute runs the executor and turns its outcome into a result.
-func (a *Agent) execute(ctx context.Context, r *protocol.Request) *protocol.Result {
+func (a *Agent) execute(ctx context.Context, j *job) *protocol.Result {
+	r := j.req
 	if ctx.Err() != nil {
 		// Over before it started (a request redelivered past its deadline,
 		// a cancel or shutdown while the start was being journaled): the
 		// hardware is not touched.
-		return notStarted(r.ID, context.Cause(ctx))
+		return notStarted(r.ID, j.cause(ctx))
 	}
 	start := time.Now()
 	val, err := a.safeExecute(ctx, r)
 	res := &protocol.Result{ID: r.ID, RunMs: time.Since(start).Milliseconds()}
-	cause := context.Cause(ctx)
+	cause := j.cause(ctx)
 	var f *protocol.Failure
 	switch {
 	case errors.Is(cause, errCanceled):
@@ -501,7 +514,8 @@ func (a *Agent) onCancel(id string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if j := a.running[id]; j != nil {
-		j.cancel(errCanceled)
+		j.canceled.Store(true)
+		j.cancel()
 	}
 }
 
