@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
@@ -28,6 +29,15 @@ type Executor interface {
 // (in memory) until the relay acknowledges it.
 type Pure interface {
 	Pure(method string) bool
+}
+
+// Instant is implemented by executors that know which methods return at
+// once, never blocking (an echo). A pure method that is also instant runs
+// on the goroutine that read its request, instead of one started for it:
+// it costs no hand-off between goroutines and, for as short as it runs,
+// holds up nothing else the reader would do.
+type Instant interface {
+	Instant(method string) bool
 }
 
 // Describer is implemented by executors that can say what they offer; the
@@ -75,15 +85,30 @@ type Agent struct {
 	draining    bool
 	// compactAt is the journal size that triggers the next compaction.
 	compactAt int64
-	// changed is closed and replaced whenever running or the outbox
-	// changes, so waiters can block without polling.
+	// changed is closed whenever running or the outbox changes, so
+	// waiters can block without polling. It is made only when someone
+	// waits: every request changes the state twice, and nobody waits
+	// outside shutdown.
 	changed chan struct{}
 }
 
 type job struct {
 	req    *protocol.Request
-	cancel context.CancelCauseFunc
-	pure   bool // see Pure: not journaled
+	cancel context.CancelFunc
+	// canceled is set by the relay's cancel, before cancel is called. It
+	// stands in for a cancellation cause: a context with a deadline and
+	// a cause would take two contexts per request.
+	canceled atomic.Bool
+	pure     bool // see Pure: not journaled
+}
+
+// cause says why ctx, the job's context, ended: the relay's cancel, or
+// whatever ended it otherwise (its deadline, the agent's shutdown).
+func (j *job) cause(ctx context.Context) error {
+	if j.canceled.Load() {
+		return errCanceled
+	}
+	return context.Cause(ctx)
 }
 
 // New returns an agent that runs requests on exec.
@@ -103,7 +128,6 @@ func New(cfg Config, exec Executor) (*Agent, error) {
 		cancelJobs: cancel,
 		running:    make(map[string]*job),
 		out:        newOutbox(cfg.DedupeCount, cfg.DedupeWindow),
-		changed:    make(chan struct{}),
 	}
 	a.token.set(cfg.Token)
 	if cfg.StateDir != "" {
@@ -170,7 +194,11 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) waitFor(timeout <-chan struct{}, cond func() bool) bool {
 	for {
 		a.mu.Lock()
-		ok, ch := cond(), a.changed
+		ok := cond()
+		if !ok && a.changed == nil {
+			a.changed = make(chan struct{})
+		}
+		ch := a.changed
 		a.mu.Unlock()
 		if ok {
 			return true
@@ -184,8 +212,10 @@ func (a *Agent) waitFor(timeout <-chan struct{}, cond func() bool) bool {
 }
 
 func (a *Agent) notifyLocked() {
-	close(a.changed)
-	a.changed = make(chan struct{})
+	if a.changed != nil {
+		close(a.changed)
+		a.changed = nil
+	}
 }
 
 // Emit queues a device event. It is sent now if connected, otherwise after
@@ -314,7 +344,13 @@ func (a *Agent) topUpLocked() {
 // onRequest handles a request frame from session s.
 func (a *Agent) onRequest(s *session, r *protocol.Request) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	var run func() // an instant request, run once the lock is let go
+	defer func() {
+		a.mu.Unlock()
+		if run != nil {
+			run()
+		}
+	}()
 	if a.outstanding > 0 {
 		a.outstanding--
 	}
@@ -331,7 +367,7 @@ func (a *Agent) onRequest(s *session, r *protocol.Request) {
 	case len(a.running) >= a.cfg.Credits:
 		a.log.Warn("relay sent a request beyond the granted credits; ignoring it", "id", r.ID)
 	default:
-		a.startLocked(r)
+		run = a.startLocked(r)
 		return
 	}
 	a.topUpLocked()
@@ -348,13 +384,13 @@ func (a *Agent) finishedLocked(s *session, id string) bool {
 	return ok
 }
 
-// startLocked runs r in its own goroutine. The deadline is taken from the
-// remaining duration on the monotonic clock, so the board's wall clock
-// never matters.
-func (a *Agent) startLocked(r *protocol.Request) {
+// startLocked runs r in its own goroutine, or, if it is pure and instant
+// (see Instant), returns the function for the caller to run once it has
+// let go of the lock. The deadline is taken from the remaining duration on
+// the monotonic clock, so the board's wall clock never matters.
+func (a *Agent) startLocked(r *protocol.Request) (runNow func()) {
 	deadline := time.Now().Add(time.Duration(r.TimeoutMs) * time.Millisecond)
-	ctx, cancelDeadline := context.WithDeadline(a.jobsCtx, deadline)
-	ctx, cancel := context.WithCancelCause(ctx)
+	ctx, cancel := context.WithDeadline(a.jobsCtx, deadline)
 	p, ok := a.exec.(Pure)
 	j := &job{req: r, cancel: cancel, pure: ok && p.Pure(r.Method)}
 	a.running[r.ID] = j
@@ -366,34 +402,39 @@ func (a *Agent) startLocked(r *protocol.Request) {
 	}
 	a.notifyLocked()
 	a.jobs.Add(1)
-	go func() {
+	run := func() {
 		defer a.jobs.Done()
-		defer cancelDeadline()
 		var res *protocol.Result
 		if err := a.durable(pos); err != nil {
 			a.log.Error("journal failed; not running the request", "id", r.ID, "err", err)
 			res = &protocol.Result{ID: r.ID, State: protocol.StateFailed,
 				Error: protocol.Errorf(protocol.CodeInternal, "agent journal unavailable: %v", err)}
 		} else {
-			res = a.execute(ctx, r)
+			res = a.execute(ctx, j)
 		}
-		cancel(nil)
+		cancel()
 		a.finish(res)
-	}()
+	}
+	if in, ok := a.exec.(Instant); ok && j.pure && in.Instant(r.Method) {
+		return run
+	}
+	go run()
+	return nil
 }
 
 // execute runs the executor and turns its outcome into a result.
-func (a *Agent) execute(ctx context.Context, r *protocol.Request) *protocol.Result {
+func (a *Agent) execute(ctx context.Context, j *job) *protocol.Result {
+	r := j.req
 	if ctx.Err() != nil {
 		// Over before it started (a request redelivered past its deadline,
 		// a cancel or shutdown while the start was being journaled): the
 		// hardware is not touched.
-		return notStarted(r.ID, context.Cause(ctx))
+		return notStarted(r.ID, j.cause(ctx))
 	}
 	start := time.Now()
 	val, err := a.safeExecute(ctx, r)
 	res := &protocol.Result{ID: r.ID, RunMs: time.Since(start).Milliseconds()}
-	cause := context.Cause(ctx)
+	cause := j.cause(ctx)
 	var f *protocol.Failure
 	switch {
 	case errors.Is(cause, errCanceled):
@@ -448,8 +489,9 @@ func (a *Agent) finish(res *protocol.Result) {
 	a.mu.Lock()
 	j := a.running[res.ID]
 	delete(a.running, res.ID)
-	a.out.addResult(res, now)
-	if j == nil || !j.pure {
+	pure := j != nil && j.pure
+	a.out.addResult(res, now, pure)
+	if !pure {
 		pos := a.recordLocked(record{Op: opResult, ID: res.ID, Result: res, Time: now.UnixMilli()})
 		a.mu.Unlock()
 		// The result reaches disk before it reaches the relay.
@@ -472,7 +514,8 @@ func (a *Agent) onCancel(id string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if j := a.running[id]; j != nil {
-		j.cancel(errCanceled)
+		j.canceled.Store(true)
+		j.cancel()
 	}
 }
 
@@ -480,15 +523,22 @@ func (a *Agent) onAck(m *protocol.Ack) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.out.ack(m.IDs, m.Events)
-	// Acks are journaled lazily: losing one only causes a resend.
-	recs := make([]record, 0, len(m.IDs)+1)
+	// Acks are journaled lazily: losing one only causes a resend. The
+	// results of pure requests never reach the journal, so neither do
+	// their acks; recording them anyway would only grow the buffer of
+	// records waiting for the next fsync, which pure traffic never makes.
+	var recs []record
 	for _, id := range m.IDs {
-		recs = append(recs, record{Op: opAck, ID: id})
+		if a.out.journaled(id) {
+			recs = append(recs, record{Op: opAck, ID: id})
+		}
 	}
 	if m.Events > 0 {
 		recs = append(recs, record{Op: opEventAck, Seq: m.Events})
 	}
-	a.recordLocked(recs...)
+	if len(recs) > 0 {
+		a.recordLocked(recs...)
+	}
 	a.topUpLocked()
 	a.notifyLocked()
 }

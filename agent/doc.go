@@ -9,5 +9,6 @@
 //
 // Goroutine ownership: Run owns everything. It starts one session at a time
 // (a reader and a writer goroutine per connection) and one goroutine per
-// running request, and returns only after all of them have stopped.
+// running request, except instant pure ones (see Instant), which run on
+// the reader, and returns only after all of them have stopped.
 package agent

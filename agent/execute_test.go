@@ -22,28 +22,29 @@ func (c *countingExec) Execute(ctx context.Context, r *protocol.Request) (json.R
 // run late.
 func TestExecuteDoesNotStartWhatIsOver(t *testing.T) {
 	tests := []struct {
-		name  string
-		ctx   func() (context.Context, func())
-		state string
-		code  string
-		calls int32
+		name    string
+		ctx     func() (context.Context, func())
+		byRelay bool // canceled by the relay
+		state   string
+		code    string
+		calls   int32
 	}{
 		{"deadline passed", func() (context.Context, func()) {
 			return context.WithDeadline(context.Background(), time.Now().Add(-time.Millisecond))
-		}, protocol.StateExpired, protocol.CodeExpired, 0},
+		}, false, protocol.StateExpired, protocol.CodeExpired, 0},
 		{"canceled", func() (context.Context, func()) {
-			ctx, cancel := context.WithCancelCause(context.Background())
-			cancel(errCanceled)
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
 			return ctx, func() {}
-		}, protocol.StateCanceled, protocol.CodeCanceled, 0},
+		}, true, protocol.StateCanceled, protocol.CodeCanceled, 0},
 		{"shutting down", func() (context.Context, func()) {
 			ctx, cancel := context.WithCancelCause(context.Background())
 			cancel(errShutdown)
 			return ctx, func() {}
-		}, protocol.StateFailed, protocol.CodeInterrupted, 0},
+		}, false, protocol.StateFailed, protocol.CodeInterrupted, 0},
 		{"live", func() (context.Context, func()) {
 			return context.WithTimeout(context.Background(), time.Minute)
-		}, protocol.StateSucceeded, "", 1},
+		}, false, protocol.StateSucceeded, "", 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -54,7 +55,9 @@ func TestExecuteDoesNotStartWhatIsOver(t *testing.T) {
 			}
 			ctx, cancel := tt.ctx()
 			defer cancel()
-			res := a.execute(ctx, &protocol.Request{ID: "r1", Method: "m", TimeoutMs: 1, Attempt: 2})
+			j := &job{req: &protocol.Request{ID: "r1", Method: "m", TimeoutMs: 1, Attempt: 2}}
+			j.canceled.Store(tt.byRelay)
+			res := a.execute(ctx, j)
 			code := ""
 			if res.Error != nil {
 				code = res.Error.Code

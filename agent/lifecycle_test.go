@@ -191,3 +191,105 @@ func TestDuplicateAnsweredOnlyFromDurableResult(t *testing.T) {
 	a.j.mu.Unlock()
 	<-finished
 }
+
+// pureExec answers every method without touching hardware.
+type pureExec struct{ echoExec }
+
+func (pureExec) Pure(string) bool { return true }
+
+// A pure request leaves no trace in the journal: not its start, not its
+// result, and not the relay's ack of it, which would otherwise pile up
+// waiting for an fsync that pure traffic never makes.
+func TestPureRequestNotJournaled(t *testing.T) {
+	a, err := New(Config{
+		Relay:    "ws://127.0.0.1:1",
+		Token:    "t",
+		StateDir: t.TempDir(),
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, pureExec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	s := &session{out: make(chan []byte, 64), done: make(chan struct{}), failed: make(chan struct{})}
+	a.attach(s)
+	<-s.out // the pull
+	a.j.mu.Lock()
+	before := a.j.appended
+	a.j.mu.Unlock()
+
+	a.onRequest(s, &protocol.Request{ID: "p1", Method: "sys.ping", TimeoutMs: 1000, Attempt: 1})
+	timeout, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if !a.waitFor(timeout.Done(), func() bool { return len(a.running) == 0 }) {
+		t.Fatal("p1 did not finish")
+	}
+	a.onAck(&protocol.Ack{IDs: []string{"p1"}})
+	a.jobs.Wait()
+
+	a.j.mu.Lock()
+	after := a.j.appended
+	a.j.mu.Unlock()
+	if after != before {
+		t.Errorf("journal grew by %d bytes for a pure request", after-before)
+	}
+	a.mu.Lock()
+	recs := a.snapshotLocked()
+	a.mu.Unlock()
+	for _, r := range recs {
+		if r.ID == "p1" {
+			t.Errorf("snapshot holds %s record of a pure request", r.Op)
+		}
+	}
+	var sawResult bool
+	for len(s.out) > 0 {
+		m, err := protocol.Decode(<-s.out, protocol.MaxFrame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, ok := m.(*protocol.Result); ok && r.ID == "p1" {
+			sawResult = true
+		}
+	}
+	if !sawResult {
+		t.Error("result of p1 not sent")
+	}
+}
+
+// instantExec answers every method at once, without touching hardware.
+type instantExec struct{ pureExec }
+
+func (instantExec) Instant(string) bool { return true }
+
+// A pure, instant request is answered before onRequest returns: it runs
+// on the reader's goroutine, not one started for it.
+func TestInstantRequestRunsOnReader(t *testing.T) {
+	a, err := New(Config{
+		Relay:  "ws://127.0.0.1:1",
+		Token:  "t",
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, instantExec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	s := &session{out: make(chan []byte, 64), done: make(chan struct{}), failed: make(chan struct{})}
+	a.attach(s)
+	<-s.out // the pull
+
+	a.onRequest(s, &protocol.Request{ID: "i1", Method: "sys.ping", TimeoutMs: 1000, Attempt: 1})
+	if st := a.Status(); st.Running != 0 {
+		t.Errorf("%d requests still running after onRequest returned", st.Running)
+	}
+	var types []string
+	for len(s.out) > 0 {
+		m, err := protocol.Decode(<-s.out, protocol.MaxFrame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		types = append(types, m.MsgType())
+	}
+	if strings.Join(types, ",") != "result,pull" {
+		t.Errorf("sent %v after onRequest, want the result and a new credit", types)
+	}
+}

@@ -38,8 +38,9 @@ type pendingEvent struct {
 }
 
 type doneEntry struct {
-	res *protocol.Result
-	at  time.Time
+	res  *protocol.Result
+	at   time.Time
+	pure bool // neither started nor finished in the journal (see Pure)
 }
 
 func newOutbox(maxDone int, window time.Duration) *outbox {
@@ -55,11 +56,12 @@ func newOutbox(maxDone int, window time.Duration) *outbox {
 // size is the number of entries waiting for an ack.
 func (o *outbox) size() int { return len(o.results) + len(o.events) }
 
-// addResult records a finished request and queues its result.
-func (o *outbox) addResult(res *protocol.Result, now time.Time) {
+// addResult records a finished request and queues its result. pure marks
+// a result the journal never holds.
+func (o *outbox) addResult(res *protocol.Result, now time.Time, pure bool) {
 	o.results = append(o.results, pendingResult{res: res})
 	o.unacked[res.ID] = true
-	o.done[res.ID] = doneEntry{res: res, at: now}
+	o.done[res.ID] = doneEntry{res: res, at: now, pure: pure}
 	o.doneOrder = append(o.doneOrder, res.ID)
 	o.evict(now)
 }
@@ -69,6 +71,13 @@ func (o *outbox) addResult(res *protocol.Result, now time.Time) {
 func (o *outbox) finished(id string) (*protocol.Result, bool) {
 	e, ok := o.done[id]
 	return e.res, ok
+}
+
+// journaled reports whether the journal may hold the result of id, so
+// that its ack is worth recording.
+func (o *outbox) journaled(id string) bool {
+	e, ok := o.done[id]
+	return !ok || !e.pure
 }
 
 // durable reports whether the result of finished request id is on disk:

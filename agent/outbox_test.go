@@ -12,7 +12,7 @@ func TestOutboxAckAndDedupe(t *testing.T) {
 	o := newOutbox(3, time.Hour)
 	now := time.Now()
 	for i := 1; i <= 5; i++ {
-		o.addResult(&protocol.Result{ID: fmt.Sprint("r", i), State: protocol.StateSucceeded}, now)
+		o.addResult(&protocol.Result{ID: fmt.Sprint("r", i), State: protocol.StateSucceeded}, now, false)
 	}
 	// Unacknowledged results are never forgotten, even over the count.
 	if _, ok := o.finished("r1"); !ok || len(o.results) != 5 {
@@ -22,7 +22,7 @@ func TestOutboxAckAndDedupe(t *testing.T) {
 	if len(o.results) != 2 || o.results[0].res.ID != "r3" || o.results[1].res.ID != "r5" {
 		t.Fatalf("after ack: %+v", o.results)
 	}
-	o.addResult(&protocol.Result{ID: "r6", State: protocol.StateSucceeded}, now)
+	o.addResult(&protocol.Result{ID: "r6", State: protocol.StateSucceeded}, now, false)
 	// r1, r2 are acked and over the count bound; r3 is not acked, so
 	// eviction stops there (it keeps finishing order).
 	if _, ok := o.finished("r1"); ok {

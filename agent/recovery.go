@@ -73,7 +73,7 @@ func (a *Agent) openJournal() error {
 			e.t = now.UnixMilli()
 			interrupted++
 		}
-		a.out.addResult(e.res, time.UnixMilli(e.t))
+		a.out.addResult(e.res, time.UnixMilli(e.t), false)
 		a.out.markResultDurable(id)
 		if e.acked {
 			a.out.ack([]string{id}, 0)
@@ -153,6 +153,9 @@ func (a *Agent) snapshotLocked() []record {
 	}
 	for _, id := range a.out.doneOrder {
 		e := a.out.done[id]
+		if e.pure {
+			continue // kept in memory only, as its start was
+		}
 		recs = append(recs, record{Op: opResult, ID: id, Result: e.res, Time: e.at.UnixMilli()})
 		if !a.out.unacked[id] {
 			recs = append(recs, record{Op: opAck, ID: id})

@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -19,8 +21,9 @@ import (
 // runSession's goroutine; the writer is the only goroutine that writes
 // frames.
 type session struct {
-	conn *websocket.Conn
-	ping time.Duration
+	conn  *websocket.Conn
+	batch *batchConn // conn's connection underneath, for the writer
+	ping  time.Duration
 	// out carries encoded frames to the writer. It is sized so the whole
 	// outbox fits; if it still fills up the relay is not reading, and the
 	// session is dropped (everything unacknowledged stays in the outbox).
@@ -114,7 +117,7 @@ func restartDelay(err error) (time.Duration, bool) {
 // runSession dials, shakes hands and serves one session until it ends.
 // connected reports whether the handshake completed.
 func (a *Agent) runSession(ctx context.Context) (connected bool, err error) {
-	conn, err := a.dial(ctx)
+	conn, batch, err := a.dial(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -129,6 +132,7 @@ func (a *Agent) runSession(ctx context.Context) (connected bool, err error) {
 	}
 	s := &session{
 		conn:   conn,
+		batch:  batch,
 		ping:   ping,
 		out:    make(chan []byte, 2*a.cfg.OutboxLimit+a.cfg.Credits+64),
 		done:   make(chan struct{}),
@@ -150,12 +154,23 @@ func (a *Agent) runSession(ctx context.Context) (connected bool, err error) {
 	return true, err
 }
 
-func (a *Agent) dial(ctx context.Context) (*websocket.Conn, error) {
+func (a *Agent) dial(ctx context.Context) (*websocket.Conn, *batchConn, error) {
+	var batch *batchConn
 	d := websocket.Dialer{
 		Proxy:            http.ProxyFromEnvironment,
 		HandshakeTimeout: a.cfg.HandshakeTimeout,
 		Subprotocols:     []string{protocol.Version},
 		TLSClientConfig:  a.cfg.TLS,
+		// As gorilla dials by default, but keeping hold of the connection
+		// so that the writer can batch its frames.
+		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			batch = &batchConn{Conn: c}
+			return batch, nil
+		},
 	}
 	hdr := http.Header{}
 	if tok := a.token.get(); tok != "" {
@@ -164,7 +179,7 @@ func (a *Agent) dial(ctx context.Context) (*websocket.Conn, error) {
 	conn, resp, err := d.DialContext(ctx, a.cfg.Relay, hdr)
 	if err != nil {
 		if resp == nil {
-			return nil, fmt.Errorf("agent: dial %s: %w", a.cfg.Relay, err)
+			return nil, nil, fmt.Errorf("agent: dial %s: %w", a.cfg.Relay, err)
 		}
 		ref := &refusal{status: resp.StatusCode, reason: resp.Status}
 		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
@@ -172,16 +187,16 @@ func (a *Agent) dial(ctx context.Context) (*websocket.Conn, error) {
 		}
 		switch resp.StatusCode {
 		case http.StatusUnauthorized, http.StatusForbidden, http.StatusBadRequest:
-			return nil, fmt.Errorf("%w: %w", ErrRefused, ref)
+			return nil, nil, fmt.Errorf("%w: %w", ErrRefused, ref)
 		}
-		return nil, ref
+		return nil, nil, ref
 	}
 	if conn.Subprotocol() != protocol.Version {
 		conn.Close()
-		return nil, fmt.Errorf("%w: relay did not agree to subprotocol %s", ErrRefused, protocol.Version)
+		return nil, nil, fmt.Errorf("%w: relay did not agree to subprotocol %s", ErrRefused, protocol.Version)
 	}
 	conn.SetReadLimit(int64(a.cfg.MaxFrame))
-	return conn, nil
+	return conn, batch, nil
 }
 
 // handshake sends hello and waits for welcome.
@@ -233,11 +248,18 @@ func (a *Agent) reader(s *session) error {
 		}
 		return err
 	})
+	// One buffer for every frame: Decode copies what it keeps.
+	var buf bytes.Buffer
 	for {
-		_, frame, err := s.conn.ReadMessage()
+		_, r, err := s.conn.NextReader()
+		if err == nil {
+			buf.Reset()
+			_, err = buf.ReadFrom(r)
+		}
 		if err != nil {
 			return fmt.Errorf("agent: read: %w", err)
 		}
+		frame := buf.Bytes()
 		extend()
 		m, err := protocol.Decode(frame, a.cfg.MaxFrame)
 		if err != nil {
@@ -296,10 +318,24 @@ func (a *Agent) writer(ctx context.Context, s *session) {
 		}
 		return true
 	}
+	// writeQueued writes b and whatever else is queued by now in one go;
+	// it never waits for more.
+	writeQueued := func(b []byte) bool {
+		s.batch.begin()
+		ok := write(websocket.TextMessage, b)
+		for ok && len(s.out) > 0 {
+			ok = write(websocket.TextMessage, <-s.out)
+		}
+		if err := s.batch.flush(); err != nil && ok {
+			s.conn.Close()
+			ok = false
+		}
+		return ok
+	}
 	for {
 		select {
 		case b := <-s.out:
-			if !write(websocket.TextMessage, b) {
+			if !writeQueued(b) {
 				return
 			}
 		case <-tick.C:

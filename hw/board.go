@@ -229,6 +229,13 @@ func (b *Board) Pure(method string) bool {
 	return method == MethodSysPing || method == MethodSysInfo
 }
 
+// Instant reports whether method returns at once: sys.ping does, unless
+// Options.Delay or Options.ExecLog makes every request wait (see
+// agent.Instant).
+func (b *Board) Instant(method string) bool {
+	return method == MethodSysPing && b.opts.Delay == 0 && b.opts.ExecLog == nil
+}
+
 // Execute runs one request. Failures are *protocol.Failure values; a
 // canceled ctx yields ctx.Err(). It never panics: a panic in a driver is
 // reported as an internal failure of that request alone.

@@ -501,3 +501,32 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// Only sys.ping is instant, and only while nothing makes every request
+// wait: the agent runs instant methods on its reader goroutine.
+func TestInstant(t *testing.T) {
+	tests := []struct {
+		name   string
+		opts   Options
+		method string
+		want   bool
+	}{
+		{"ping", Options{}, MethodSysPing, true},
+		{"info reads files", Options{}, MethodSysInfo, false},
+		{"hardware", Options{}, MethodGPIOWrite, false},
+		{"ping with delay", Options{Delay: time.Millisecond}, MethodSysPing, false},
+		{"ping with exec log", Options{ExecLog: &strings.Builder{}}, MethodSysPing, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := NewBoard("t", Config{}, Resources{}, tt.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			if got := b.Instant(tt.method); got != tt.want {
+				t.Errorf("Instant(%s) = %v, want %v", tt.method, got, tt.want)
+			}
+		})
+	}
+}

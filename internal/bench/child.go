@@ -11,7 +11,7 @@ import (
 	"math"
 	"net"
 	"net/http"
-	_ "net/http/pprof" // --pprof on the bench relay, for profiling its per-session cost
+	_ "net/http/pprof" // --pprof on the bench relay and agents, for profiling by hand
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -243,12 +243,18 @@ func roleAgents(args []string) error {
 	tokens := fs.String("tokens", "", "file of 'device token' lines")
 	state := fs.String("state", "", "state directory (one journal per agent below it)")
 	credits := fs.Int("credits", 1, "credits per agent")
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	creds, err := readTokens(*tokens)
 	if err != nil {
 		return err
+	}
+	if *pprofAddr != "" {
+		// With several agents processes only the first gets the address;
+		// the others' listen fails quietly.
+		go http.ListenAndServe(*pprofAddr, nil) // dies with the process
 	}
 	ctx, stop := untilTerm()
 	defer stop()

@@ -263,7 +263,7 @@ func (r *runner) tetherSetup(groups ...[2]int) (*tether, error) {
 		if err := os.WriteFile(tf, []byte(b.String()), 0o600); err != nil {
 			return nil, err
 		}
-		a, err := r.start("agents", "--relay", "ws://"+addr, "--tokens", tf, "--state", state, "--credits", strconv.Itoa(g[1]))
+		a, err := r.start("agents", "--relay", "ws://"+addr, "--tokens", tf, "--state", state, "--credits", strconv.Itoa(g[1]), "--pprof", os.Getenv("TETHER_BENCH_AGENTS_PPROF"))
 		if err != nil {
 			return nil, err
 		}
