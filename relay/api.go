@@ -173,7 +173,7 @@ func (s *Server) answerRecord(w http.ResponseWriter, r *http.Request, rec protoc
 	if protocol.Terminal(rec.State) {
 		status = http.StatusOK
 	}
-	writeJSON(w, status, rec)
+	writeRecord(w, status, &rec)
 }
 
 func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
@@ -194,9 +194,9 @@ func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		s.writeErr(w, err)
 	case protocol.Terminal(rec.State):
-		writeJSON(w, http.StatusOK, rec)
+		writeRecord(w, http.StatusOK, &rec)
 	default:
-		writeJSON(w, http.StatusAccepted, rec)
+		writeRecord(w, http.StatusAccepted, &rec)
 	}
 }
 
@@ -317,8 +317,18 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 		status = http.StatusInternalServerError
 		b = []byte(`{"error":{"code":"internal","message":"encoding failed"}}`)
 	}
+	writeBody(w, status, append(b, '\n'))
+}
+
+// writeRecord is writeJSON for a request, the answer of most calls,
+// without reflection (protocol.Record.AppendJSON).
+func writeRecord(w http.ResponseWriter, status int, rec *protocol.Record) {
+	writeBody(w, status, append(rec.AppendJSON(make([]byte, 0, 512)), '\n'))
+}
+
+func writeBody(w http.ResponseWriter, status int, b []byte) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
+	w.Write(b)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -128,12 +129,18 @@ func seqKey(n uint64) []byte {
 	return k[:]
 }
 
-func encodeRequest(r *storedRequest) ([]byte, error) {
-	body, err := json.Marshal(r)
-	if err != nil {
-		return nil, fmt.Errorf("relay: encode request %s: %w", r.ID, err)
-	}
-	return append(seqKey(r.Rev), body...), nil
+// encodeRequest returns r as stored: its revision, then its JSON, which
+// is what json.Marshal gives (see protocol.Record.AppendJSON) and
+// decodeRequest reads.
+func encodeRequest(r *storedRequest) []byte {
+	b := make([]byte, 8, 8+512+len(r.Params)+len(r.Result))
+	binary.BigEndian.PutUint64(b, r.Rev)
+	b = r.Record.AppendJSON(b)
+	b = append(b[:len(b)-1], `,"seq":`...) // the record's object goes on
+	b = strconv.AppendUint(b, r.Seq, 10)
+	b = append(b, `,"deadline":`...)
+	b = protocol.AppendJSONTime(b, r.Deadline)
+	return append(b, '}')
 }
 
 func decodeRequest(v []byte) (storedRequest, error) {
@@ -155,11 +162,7 @@ func (s *store) putRequests(recs []storedRequest) error {
 	if len(recs) == 0 {
 		return nil
 	}
-	op, err := requestOp(recs)
-	if err == nil {
-		err = s.reqs.commit.do(op)
-	}
-	if err != nil {
+	if err := s.reqs.commit.do(requestOp(recs)); err != nil {
 		return fmt.Errorf("relay: commit requests: %w", err)
 	}
 	return nil
@@ -168,24 +171,15 @@ func (s *store) putRequests(recs []storedRequest) error {
 // putRequestsLater is putRequests deferred (committer.later): it returns
 // at once, and after gets the outcome.
 func (s *store) putRequestsLater(recs []storedRequest, after func(err error)) {
-	op, err := requestOp(recs)
-	if err != nil {
-		after(err)
-		return
-	}
-	s.reqs.commit.later(op, after)
+	s.reqs.commit.later(requestOp(recs), after)
 }
 
-func requestOp(recs []storedRequest) (walOp, error) {
+func requestOp(recs []storedRequest) walOp {
 	op := walOp{entries: make([]walEntry, len(recs))}
 	for i := range recs {
-		v, err := encodeRequest(&recs[i])
-		if err != nil {
-			return walOp{}, err
-		}
-		op.entries[i] = walEntry{id: recs[i].ID, val: v}
+		op.entries[i] = walEntry{id: recs[i].ID, val: encodeRequest(&recs[i])}
 	}
-	return op, nil
+	return op
 }
 
 // getRequest returns the stored request id.

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"os"
@@ -191,4 +192,31 @@ func FuzzWALDecode(f *testing.F) {
 			t.Fatalf("decoded records do not encode back to a prefix of the input")
 		}
 	})
+}
+
+// A stored request reads back as it was written, and its JSON is what
+// json.Marshal makes of it.
+func TestEncodeRequestRoundTrip(t *testing.T) {
+	fin := time.Date(2026, 11, 25, 22, 0, 0, 5, time.UTC)
+	r := storedRequest{
+		Record: protocol.Record{ID: "r1", Device: "pi", Method: "gpio.write", Params: json.RawMessage(`{"pin":"GPIO17"}`),
+			State: protocol.StateFailed, Error: &protocol.Failure{Code: "x", Message: "<y>"}, Attempts: 2,
+			Timeout: protocol.Duration(time.Second), Created: fin.Add(-time.Second), Finished: &fin, RunMs: 3},
+		Seq: 77, Deadline: fin.Add(time.Minute), Rev: 9,
+	}
+	v := encodeRequest(&r)
+	want, err := json.Marshal(&r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(v[8:], want) {
+		t.Fatalf("stored JSON\n got %s\nwant %s", v[8:], want)
+	}
+	back, err := decodeRequest(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Rev != 9 || back.Seq != 77 || !back.Deadline.Equal(r.Deadline) || back.Error.Message != "<y>" || !back.Finished.Equal(fin) {
+		t.Fatalf("read back %+v", back)
+	}
 }

@@ -1,0 +1,90 @@
+package protocol
+
+import (
+	"encoding/json"
+	"strconv"
+	"time"
+)
+
+// AppendJSON appends r to b as a JSON object with the fields and names
+// json.Marshal gives it. It exists because a relay encodes every request
+// three or four times on its way (stored when submitted, delivered and
+// finished, then answered), and json.Marshal, through reflection and a
+// compaction of every raw field, was the largest part of that work.
+//
+// Params and Result are copied as they are: they must hold valid JSON,
+// as they do once decoded from a frame or a body. Unlike json.Marshal,
+// nothing in them is compacted or HTML-escaped; the value is the same.
+func (r *Record) AppendJSON(b []byte) []byte {
+	b = append(b, `{"id":`...)
+	b = appendJSONString(b, r.ID)
+	b = append(b, `,"device":`...)
+	b = appendJSONString(b, r.Device)
+	b = append(b, `,"method":`...)
+	b = appendJSONString(b, r.Method)
+	if len(r.Params) > 0 {
+		b = append(b, `,"params":`...)
+		b = append(b, r.Params...)
+	}
+	b = append(b, `,"state":`...)
+	b = appendJSONString(b, r.State)
+	if len(r.Result) > 0 {
+		b = append(b, `,"result":`...)
+		b = append(b, r.Result...)
+	}
+	if r.Error != nil {
+		b = append(b, `,"error":{"code":`...)
+		b = appendJSONString(b, r.Error.Code)
+		b = append(b, `,"message":`...)
+		b = appendJSONString(b, r.Error.Message)
+		b = append(b, '}')
+	}
+	b = append(b, `,"attempts":`...)
+	b = strconv.AppendInt(b, int64(r.Attempts), 10)
+	if r.Idempotent {
+		b = append(b, `,"idempotent":true`...)
+	}
+	b = append(b, `,"timeout":`...)
+	b = appendJSONString(b, time.Duration(r.Timeout).String())
+	b = append(b, `,"created":`...)
+	b = AppendJSONTime(b, r.Created)
+	if r.Finished != nil {
+		b = append(b, `,"finished":`...)
+		b = AppendJSONTime(b, *r.Finished)
+	}
+	if r.RunMs != 0 {
+		b = append(b, `,"run_ms":`...)
+		b = strconv.AppendInt(b, r.RunMs, 10)
+	}
+	return append(b, '}')
+}
+
+// AppendJSONTime appends t as json.Marshal does (RFC 3339, nanoseconds
+// as needed, quoted).
+func AppendJSONTime(b []byte, t time.Time) []byte {
+	if y := t.Year(); y < 0 || y > 9999 {
+		// Out of RFC 3339's range: let json.Marshal say what it says.
+		enc, err := json.Marshal(t)
+		if err != nil {
+			return append(b, "null"...)
+		}
+		return append(b, enc...)
+	}
+	b = append(b, '"')
+	b = t.AppendFormat(b, time.RFC3339Nano)
+	return append(b, '"')
+}
+
+// appendJSONString appends s as a JSON string, byte for byte as
+// json.Marshal writes it.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			enc, _ := json.Marshal(s) // a string always encodes
+			return append(b, enc...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
