@@ -118,3 +118,27 @@ func TestSubmitValidate(t *testing.T) {
 		}
 	}
 }
+
+// A frame as Encode writes it (type first) decodes as the same frame
+// written otherwise, through the general path.
+func TestDecodeLeadingType(t *testing.T) {
+	m := &Result{ID: "r1", State: StateSucceeded, Value: json.RawMessage(`{"type":"pull"}`)}
+	fast, err := Encode(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := leadingType(fast); !ok {
+		t.Fatalf("%s: no leading type", fast)
+	}
+	slow := append([]byte(`{ `), fast[1:]...)
+	a, err1 := Decode(fast, 0)
+	b, err2 := Decode(slow, 0)
+	if err1 != nil || err2 != nil || !reflect.DeepEqual(a, b) {
+		t.Fatalf("fast %v %v; general %v %v", a, err1, b, err2)
+	}
+	for _, bad := range []string{`{"type":"result"`, `{"type":"nope","id":"x"}`, `{"type":"","id":"x"}`, `{"type":"re\"sult"}`} {
+		if _, err := Decode([]byte(bad), 0); err == nil {
+			t.Errorf("%s decoded", bad)
+		}
+	}
+}
