@@ -20,6 +20,21 @@ func Decode(frame []byte, max int) (Message, error) {
 // Encode returns the frame for m: its JSON object with "type" first. It does
 // not validate m; senders build valid messages.
 func Encode(m Message) ([]byte, error) {
+	if a, ok := m.(frameAppender); ok {
+		return a.appendFrame(make([]byte, 0, 256)), nil
+	}
+	return encodeReflect(m)
+}
+
+// frameAppender is implemented by the messages sent once or more for
+// every request (request, accepted, result): they write their frames
+// without reflection, byte for byte as encodeReflect does.
+type frameAppender interface {
+	appendFrame(b []byte) []byte
+}
+
+// encodeReflect is Encode through json.Marshal.
+func encodeReflect(m Message) ([]byte, error) {
 	body, err := json.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("protocol: encode %s: %w", m.MsgType(), err)

@@ -33,11 +33,7 @@ func (r *Record) AppendJSON(b []byte) []byte {
 		b = append(b, r.Result...)
 	}
 	if r.Error != nil {
-		b = append(b, `,"error":{"code":`...)
-		b = appendJSONString(b, r.Error.Code)
-		b = append(b, `,"message":`...)
-		b = appendJSONString(b, r.Error.Message)
-		b = append(b, '}')
+		b = appendFailure(append(b, `,"error":`...), r.Error)
 	}
 	b = append(b, `,"attempts":`...)
 	b = strconv.AppendInt(b, int64(r.Attempts), 10)
@@ -56,6 +52,67 @@ func (r *Record) AppendJSON(b []byte) []byte {
 		b = append(b, `,"run_ms":`...)
 		b = strconv.AppendInt(b, r.RunMs, 10)
 	}
+	return append(b, '}')
+}
+
+func (m *Request) appendFrame(b []byte) []byte {
+	b = append(b, `{"type":"request","id":`...)
+	b = appendJSONString(b, m.ID)
+	b = append(b, `,"method":`...)
+	b = appendJSONString(b, m.Method)
+	if len(m.Params) > 0 {
+		b = append(b, `,"params":`...)
+		b = append(b, m.Params...)
+	}
+	b = append(b, `,"timeout_ms":`...)
+	b = strconv.AppendInt(b, m.TimeoutMs, 10)
+	b = append(b, `,"attempt":`...)
+	b = strconv.AppendInt(b, int64(m.Attempt), 10)
+	if m.Idempotent {
+		b = append(b, `,"idempotent":true`...)
+	}
+	return append(b, '}')
+}
+
+func (m *ClientAccepted) appendFrame(b []byte) []byte {
+	b = append(b, `{"type":"accepted"`...)
+	if m.Ref != "" {
+		b = append(b, `,"ref":`...)
+		b = appendJSONString(b, m.Ref)
+	}
+	b = append(b, `,"id":`...)
+	b = appendJSONString(b, m.ID)
+	b = append(b, `,"request":`...)
+	b = m.Request.AppendJSON(b)
+	return append(b, '}')
+}
+
+func (m *ClientResult) appendFrame(b []byte) []byte {
+	b = append(b, `{"type":"result","id":`...)
+	b = appendJSONString(b, m.ID)
+	if m.Ref != "" {
+		b = append(b, `,"ref":`...)
+		b = appendJSONString(b, m.Ref)
+	}
+	b = append(b, `,"state":`...)
+	b = appendJSONString(b, m.State)
+	if len(m.Result) > 0 {
+		b = append(b, `,"result":`...)
+		b = append(b, m.Result...)
+	}
+	if m.Error != nil {
+		b = appendFailure(append(b, `,"error":`...), m.Error)
+	}
+	b = append(b, `,"request":`...)
+	b = m.Request.AppendJSON(b)
+	return append(b, '}')
+}
+
+func appendFailure(b []byte, f *Failure) []byte {
+	b = append(b, `{"code":`...)
+	b = appendJSONString(b, f.Code)
+	b = append(b, `,"message":`...)
+	b = appendJSONString(b, f.Message)
 	return append(b, '}')
 }
 

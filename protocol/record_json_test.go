@@ -53,6 +53,30 @@ func TestRecordAppendJSON(t *testing.T) {
 	}
 }
 
+// The frames written without reflection are the ones reflection writes.
+func TestAppendFrame(t *testing.T) {
+	fin := time.Date(2026, 11, 25, 21, 30, 0, 0, time.UTC)
+	rec := Record{ID: "r1", Device: "pi", Method: "m", Params: json.RawMessage(`{"a":1}`), State: StateFailed,
+		Error: &Failure{Code: "c", Message: "m & <n>"}, Attempts: 1, Timeout: Duration(time.Second), Created: fin, Finished: &fin}
+	for _, m := range []Message{
+		&Request{ID: "r1", Method: "sys.ping", Params: json.RawMessage(`{"p":"x"}`), TimeoutMs: 30000, Attempt: 2, Idempotent: true},
+		&Request{ID: "r2", Method: "gpio.read", TimeoutMs: 1, Attempt: 1},
+		&ClientAccepted{Ref: "c1", ID: "r1", Request: rec},
+		&ClientAccepted{ID: "r1", Request: Record{ID: "r1"}},
+		NewClientResult("c1", rec),
+		NewClientResult("", Record{ID: "r2", State: StateSucceeded, Result: json.RawMessage(`[true]`)}),
+	} {
+		want, err := encodeReflect(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Encode(m)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%T:\n got %s\nwant %s", m, got, want)
+		}
+	}
+}
+
 func BenchmarkRecordJSON(b *testing.B) {
 	fin := time.Now()
 	r := Record{ID: "r0123456789abcdef0123456789abcdef", Device: "dev-00001", Method: "sys.ping",
