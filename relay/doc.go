@@ -16,10 +16,10 @@
 //
 // # Durability
 //
-// What the relay itself decides is committed to bbolt before anyone is
-// told: a request before its id is returned to the submitter; a cancel,
-// an expiry or an undeliverable verdict before it is reported; an event
-// before its ack. Two kinds of write go behind the traffic instead, each
+// What the relay itself decides is committed (to the request log, below,
+// or to bbolt) before anyone is told: a request before its id is returned
+// to the submitter; a cancel, an expiry or an undeliverable verdict before
+// it is reported; an event before its ack. Two kinds of write go behind the traffic instead, each
 // because someone else already holds the truth durably:
 //
 //   - a delivery (state delivered, attempt count) is written behind the
