@@ -134,19 +134,7 @@ func TestRunHonoursShutdownGraceWhenHandlersOverrun(t *testing.T) {
 // being journaled must not be answered yet: a result reaches the relay only
 // once it is on the agent's disk.
 func TestDuplicateAnsweredOnlyFromDurableResult(t *testing.T) {
-	a, err := New(Config{
-		Relay:    "ws://127.0.0.1:1",
-		Token:    "t",
-		StateDir: t.TempDir(),
-		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}, echoExec{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	s := &session{out: make(chan []byte, 64), done: make(chan struct{}), failed: make(chan struct{})}
-	a.attach(s)
-	<-s.out // the pull
+	a, s := attachedAgent(t, t.TempDir(), echoExec{})
 
 	// Hold every journal flush, as a slow fsync would.
 	a.j.mu.Lock()
@@ -201,19 +189,7 @@ func (pureExec) Pure(string) bool { return true }
 // result, and not the relay's ack of it, which would otherwise pile up
 // waiting for an fsync that pure traffic never makes.
 func TestPureRequestNotJournaled(t *testing.T) {
-	a, err := New(Config{
-		Relay:    "ws://127.0.0.1:1",
-		Token:    "t",
-		StateDir: t.TempDir(),
-		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}, pureExec{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	s := &session{out: make(chan []byte, 64), done: make(chan struct{}), failed: make(chan struct{})}
-	a.attach(s)
-	<-s.out // the pull
+	a, s := attachedAgent(t, t.TempDir(), pureExec{})
 	a.j.mu.Lock()
 	before := a.j.appended
 	a.j.mu.Unlock()
@@ -264,18 +240,7 @@ func (instantExec) Instant(string) bool { return true }
 // A pure, instant request is answered before onRequest returns: it runs
 // on the reader's goroutine, not one started for it.
 func TestInstantRequestRunsOnReader(t *testing.T) {
-	a, err := New(Config{
-		Relay:  "ws://127.0.0.1:1",
-		Token:  "t",
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}, instantExec{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	s := &session{out: make(chan []byte, 64), done: make(chan struct{}), failed: make(chan struct{})}
-	a.attach(s)
-	<-s.out // the pull
+	a, s := attachedAgent(t, "", instantExec{})
 
 	a.onRequest(s, &protocol.Request{ID: "i1", Method: "sys.ping", TimeoutMs: 1000, Attempt: 1})
 	if st := a.Status(); st.Running != 0 {
@@ -292,4 +257,25 @@ func TestInstantRequestRunsOnReader(t *testing.T) {
 	if strings.Join(types, ",") != "result,pull" {
 		t.Errorf("sent %v after onRequest, want the result and a new credit", types)
 	}
+}
+
+// attachedAgent returns an agent (journaled in stateDir, if set) attached
+// to a session with no connection behind it, its first pull already
+// taken from the session's queue. The agent is closed when t ends.
+func attachedAgent(t *testing.T, stateDir string, exec Executor) (*Agent, *session) {
+	t.Helper()
+	a, err := New(Config{
+		Relay:    "ws://127.0.0.1:1",
+		Token:    "t",
+		StateDir: stateDir,
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, exec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	s := &session{out: make(chan []byte, 64), done: make(chan struct{}), failed: make(chan struct{})}
+	a.attach(s)
+	<-s.out // the pull
+	return a, s
 }
