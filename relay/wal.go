@@ -205,30 +205,36 @@ func (w *wal) prepare(seq uint64) (*os.File, error) {
 	return f, nil
 }
 
-// replayWAL applies every log file in dir to db, in one transaction,
-// removes the files and returns the highest sequence number ever used
-// (kept in bbolt as well, so that a reused file's old records can never
-// pass for new ones).
+// replayWAL applies the log files in dir that bbolt does not hold yet to
+// db, in one transaction, removes every file and returns the highest
+// sequence number ever used. bbolt keeps, with each checkpoint, the
+// number of the file the log had moved on to (keyWALSeq): every file
+// numbered below it was in bbolt by then, whatever it still holds (a
+// spare not reused yet), so it is skipped. The number also keeps a
+// reused file's old records from ever passing for new ones.
 func replayWAL(dir string, db *bolt.DB) (uint64, error) {
 	seqs, err := walFiles(dir)
 	if err != nil {
 		return 0, err
 	}
-	var last uint64
+	var done uint64
 	if err := db.View(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketMeta).Get(keyWALSeq); len(v) == 8 {
-			last = binary.BigEndian.Uint64(v)
+			done = binary.BigEndian.Uint64(v)
 		}
 		return nil
 	}); err != nil {
 		return 0, fmt.Errorf("relay: request log: %w", err)
 	}
 	if len(seqs) == 0 {
-		return last, nil
+		return done, nil
 	}
-	last = max(last, seqs[len(seqs)-1])
+	last := max(done, seqs[len(seqs)-1])
 	var all []walEntry
 	for _, seq := range seqs {
+		if seq < done {
+			continue
+		}
 		b, err := os.ReadFile(walName(dir, seq))
 		if err != nil {
 			return 0, fmt.Errorf("relay: request log: %w", err)
@@ -322,7 +328,7 @@ func decodeWAL(b []byte, seq uint64) []walEntry {
 }
 
 // applyEntries writes entries to the requests bucket in order, and
-// records seq as the highest log file sequence number used. A put never
+// records seq as the log file that takes the changes after them. A put never
 // replaces a newer revision, so replaying a change twice, or after a
 // newer one, is harmless.
 func applyEntries(tx *bolt.Tx, entries []walEntry, seq uint64) error {
@@ -515,6 +521,8 @@ func (w *wal) flush() error {
 	for _, e := range flushing {
 		entries = append(entries, e)
 	}
+	// seq, the file commits go to now, is recorded with the changes: every
+	// file numbered below it is then in bbolt (see replayWAL).
 	if err := w.db.Update(func(tx *bolt.Tx) error { return applyEntries(tx, entries, seq) }); err != nil {
 		return fmt.Errorf("relay: checkpoint request log: %w", err)
 	}
@@ -522,8 +530,7 @@ func (w *wal) flush() error {
 	w.flushing, w.old = nil, nil
 	w.mu.Unlock()
 	// The file's records stay valid under its name until prepare renames
-	// it; replaying them again is harmless (see applyEntries), and no
-	// change that could follow them reaches bbolt before that rename.
+	// it, but its number is below the one just recorded: a replay skips it.
 	w.spare, w.spareSeq = old, oldSeq
 	return nil
 }

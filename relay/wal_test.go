@@ -114,6 +114,33 @@ func TestWALReusedFileOldRecordsIgnored(t *testing.T) {
 	}
 }
 
+// A file emptied into bbolt is skipped by a replay even if it is still
+// there under its own number, as a spare the relay could not reuse would
+// be: its put of a request deleted since must not bring it back.
+func TestWALCheckpointedFileNotReplayed(t *testing.T) {
+	dir := t.TempDir()
+	st := openTestStore(t, dir)
+	must(t, st.putRequests([]storedRequest{testRequest("a", 5, protocol.StateSucceeded)}))
+	must(t, st.reqs.checkpoint()) // a → bbolt; file 1 is the spare
+	st.reqs.cpMu.Lock()
+	st.reqs.spare.Close()
+	st.reqs.spare = nil // lost: file 1 stays on disk, a's put valid in it
+	st.reqs.cpMu.Unlock()
+	must(t, st.deleteRequests([]string{"a"}))
+	must(t, st.reqs.checkpoint()) // file 2 (the delete) → bbolt; file 2 is the spare
+	must(t, st.putRequests([]storedRequest{testRequest("b", 1, protocol.StateQueued)}))
+	must(t, st.reqs.checkpoint()) // file 2 reused as 4: the delete is gone
+	if left, _ := walFiles(filepath.Join(dir, "wal")); len(left) != 3 || left[0] != 1 || left[2] != 4 {
+		t.Fatalf("log files %v, want 1 (the lost spare), 3 and 4", left)
+	}
+	st.abandon()
+
+	st = openTestStore(t, dir)
+	defer st.close()
+	wantState(t, st, "a", "")
+	wantState(t, st, "b", protocol.StateQueued)
+}
+
 // A clean close leaves everything in bbolt and no log file.
 func TestWALCloseCheckpoints(t *testing.T) {
 	dir := t.TempDir()
