@@ -121,9 +121,11 @@ func TestIdleSessionsHoldNoGoroutine(t *testing.T) {
 }
 
 // Agents that answer the relay's pings (gorilla's default ping handler)
-// stay connected across several silence limits.
+// stay connected across several silence limits. The period leaves a pong
+// half a second to arrive: under -race on two busy cores, 125 ms (a 50 ms
+// period) was sometimes not enough.
 func TestAnsweredPingsKeepSessions(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.PingPeriod = 50 * time.Millisecond })
+	e := newEnv(t, func(c *Config) { c.PingPeriod = 200 * time.Millisecond })
 	var agents []*testAgent
 	for i := range 5 {
 		tok, err := AddDevice(e.cfg.DataDir, fmt.Sprintf("ping%d", i))
