@@ -27,8 +27,9 @@ func Encode(m Message) ([]byte, error) {
 }
 
 // frameAppender is implemented by the messages sent once or more for
-// every request (request, accepted, result): they write their frames
-// without reflection, byte for byte as encodeReflect does.
+// every request (request, result, pull, ack; call, accepted, result on the
+// client socket): they write their frames without reflection, byte for
+// byte as encodeReflect does.
 type frameAppender interface {
 	appendFrame(b []byte) []byte
 }

@@ -74,6 +74,72 @@ func (m *Request) appendFrame(b []byte) []byte {
 	return append(b, '}')
 }
 
+func (m *Result) appendFrame(b []byte) []byte {
+	b = append(b, `{"type":"result","id":`...)
+	b = appendJSONString(b, m.ID)
+	b = append(b, `,"state":`...)
+	b = appendJSONString(b, m.State)
+	if len(m.Value) > 0 {
+		b = append(b, `,"value":`...)
+		b = append(b, m.Value...)
+	}
+	if m.Error != nil {
+		b = appendFailure(append(b, `,"error":`...), m.Error)
+	}
+	b = append(b, `,"run_ms":`...)
+	b = strconv.AppendInt(b, m.RunMs, 10)
+	return append(b, '}')
+}
+
+func (m *Pull) appendFrame(b []byte) []byte {
+	b = append(b, `{"type":"pull","n":`...)
+	b = strconv.AppendInt(b, int64(m.N), 10)
+	return append(b, '}')
+}
+
+func (m *Ack) appendFrame(b []byte) []byte {
+	b = append(b, `{"type":"ack"`...)
+	if len(m.IDs) > 0 {
+		b = append(b, `,"ids":[`...)
+		for i, id := range m.IDs {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendJSONString(b, id)
+		}
+		b = append(b, ']')
+	}
+	if m.Events != 0 {
+		b = append(b, `,"events":`...)
+		b = strconv.AppendUint(b, m.Events, 10)
+	}
+	return append(b, '}')
+}
+
+func (m *ClientCall) appendFrame(b []byte) []byte {
+	b = append(b, `{"type":"call"`...)
+	if m.Ref != "" {
+		b = append(b, `,"ref":`...)
+		b = appendJSONString(b, m.Ref)
+	}
+	b = append(b, `,"device":`...)
+	b = appendJSONString(b, m.Device)
+	b = append(b, `,"method":`...)
+	b = appendJSONString(b, m.Method)
+	if len(m.Params) > 0 {
+		b = append(b, `,"params":`...)
+		b = append(b, m.Params...)
+	}
+	if m.Timeout != 0 {
+		b = append(b, `,"timeout":`...)
+		b = appendJSONString(b, time.Duration(m.Timeout).String())
+	}
+	if m.Idempotent {
+		b = append(b, `,"idempotent":true`...)
+	}
+	return append(b, '}')
+}
+
 func (m *ClientAccepted) appendFrame(b []byte) []byte {
 	b = append(b, `{"type":"accepted"`...)
 	if m.Ref != "" {

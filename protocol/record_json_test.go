@@ -65,6 +65,14 @@ func TestAppendFrame(t *testing.T) {
 		&ClientAccepted{ID: "r1", Request: Record{ID: "r1"}},
 		NewClientResult("c1", rec),
 		NewClientResult("", Record{ID: "r2", State: StateSucceeded, Result: json.RawMessage(`[true]`)}),
+		&Result{ID: "r1", State: StateSucceeded, Value: json.RawMessage(`{"pong":1}`), RunMs: 3},
+		&Result{ID: "r1", State: StateFailed, Error: &Failure{Code: "x", Message: "y\n"}},
+		&Pull{N: 64},
+		&Ack{IDs: []string{"r1", "r\"2"}, Events: 9},
+		&Ack{Events: 1},
+		&Ack{IDs: []string{"r1"}},
+		&ClientCall{Ref: "1", Device: "pi", Method: "sys.ping", Params: json.RawMessage(`{}`), Timeout: Duration(1500 * time.Millisecond), Idempotent: true},
+		&ClientCall{Device: "pi", Method: "m"},
 	} {
 		want, err := encodeReflect(m)
 		if err != nil {
