@@ -61,6 +61,9 @@ type loop struct {
 	p    *poller
 	base time.Time     // the zero of the sessions' timers
 	done chan struct{} // closed when run returns
+	// work runs the sessions' read turns and writers; it ends with the
+	// loop, after the last session.
+	work workers
 
 	mu sync.Mutex
 	// Guarded by mu:
@@ -135,6 +138,7 @@ func (l *loop) stop() {
 	l.p.wake()
 	<-l.done
 	l.p.close()
+	l.work.close()
 }
 
 // schedule has the loop tick s at due.

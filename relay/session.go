@@ -285,7 +285,11 @@ func (s *session) kickLocked() {
 		return
 	}
 	s.writing = true
-	go s.writeLoop()
+	if s.started {
+		s.loop.work.run(s.writeLoop)
+	} else {
+		go s.writeLoop() // before start, there is no loop yet
+	}
 }
 
 // enqueue hands m to the writer. It blocks while the send queue is full,
@@ -432,7 +436,7 @@ func (s *session) readable() {
 	}
 	s.reading = true
 	s.mu.Unlock()
-	go s.readTurn()
+	s.loop.work.run(s.readTurn)
 }
 
 // readTurn reads the frames at hand, then has the loop watch the
