@@ -74,8 +74,10 @@
 // own deadline). A writer goroutine runs only while something is queued:
 // control frames (welcome, acks, errors) on a bounded queue, pongs,
 // pings, and requests and cancels pulled from the hub when it is poked.
-// At most one read turn and one writer run per session; stop starts a
-// finisher that sends the close frame, waits for the rest and detaches
+// At most one read turn and one writer run per session. Both run on the
+// loop's workers (workers.go): goroutines that take the next task with
+// their stacks already grown, and end after a second without one. Stop
+// starts a finisher that sends the close frame, waits for the rest and detaches
 // the session. TLS connections, and every connection on systems without
 // epoll, keep one reader goroutine each (decrypted data can wait inside
 // crypto/tls where the socket does not show it). /v1/client connections
