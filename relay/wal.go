@@ -521,6 +521,9 @@ func (w *wal) flush() error {
 	for _, e := range flushing {
 		entries = append(entries, e)
 	}
+	// In key order, bbolt's puts walk the tree once, left to right; and
+	// ids sort by creation, so new requests land at its right edge.
+	slices.SortFunc(entries, func(a, b walEntry) int { return strings.Compare(a.id, b.id) })
 	// seq, the file commits go to now, is recorded with the changes: every
 	// file numbered below it is then in bbolt (see replayWAL).
 	if err := w.db.Update(func(tx *bolt.Tx) error { return applyEntries(tx, entries, seq) }); err != nil {
