@@ -563,7 +563,7 @@ func (s *session) handle(m protocol.Message) bool {
 		}
 		commit := s.hub.result(s, m)
 		s.commits.Add(1)
-		go func() {
+		s.loop.work.run(func() {
 			defer s.commits.Done()
 			defer func() { <-slots }()
 			if err := commit(); err != nil {
@@ -574,7 +574,7 @@ func (s *session) handle(m protocol.Message) bool {
 			}
 			// Acked only once committed; acks may overtake one another.
 			s.enqueue(&protocol.Ack{IDs: []string{m.ID}})
-		}()
+		})
 	case *protocol.Event:
 		if err := s.hub.event(s, m); err != nil {
 			s.fail(protocol.Errorf(protocol.CodeInternal, "relay storage failed"), websocket.CloseInternalServerErr)
