@@ -429,3 +429,45 @@ func TestAgentHugeFrameCutOff(t *testing.T) {
 	}
 	waitFor(t, "offline", func() bool { return !e.device("dev1").Online })
 }
+
+// Acks of results committed close together share one ack frame: the
+// first waits up to ackDelay for company. Each result is still acked,
+// and only after its commit.
+func TestAcksShareFrames(t *testing.T) {
+	e := newEnv(t)
+	a := dialAgent(e, e.token)
+	const n = 8
+	a.send(&protocol.Pull{N: n})
+	ids := make(map[string]bool)
+	for range n {
+		rec := e.submit(protocol.Submit{Method: "m"})
+		ids[rec.ID] = false
+	}
+	for range n {
+		nextAs[*protocol.Request](a)
+	}
+	for id := range ids {
+		a.send(&protocol.Result{ID: id, State: protocol.StateSucceeded, Value: json.RawMessage(`1`)})
+	}
+	frames, acked := 0, 0
+	for acked < n {
+		ack := nextAs[*protocol.Ack](a)
+		frames++
+		for _, id := range ack.IDs {
+			if done, ok := ids[id]; !ok || done {
+				t.Fatalf("ack of %s: unknown or twice", id)
+			}
+			ids[id] = true
+			acked++
+		}
+	}
+	// The results are committed in one or a few groups, never eight.
+	if frames > n/2 {
+		t.Errorf("%d results acked in %d frames", n, frames)
+	}
+	for id := range ids {
+		if got := e.record(id, ""); got.State != protocol.StateSucceeded {
+			t.Fatalf("%s is %s", id, got.State)
+		}
+	}
+}

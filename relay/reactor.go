@@ -157,6 +157,25 @@ func (l *loop) schedule(s *session, due time.Duration) {
 	}
 }
 
+// scheduleBy has the loop tick s at due at the latest.
+func (l *loop) scheduleBy(s *session, due time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s.forgotten || s.slot >= 0 && s.due <= due {
+		return
+	}
+	s.due = due
+	if s.slot < 0 {
+		heap.Push(&l.timers, s)
+	} else {
+		heap.Fix(&l.timers, s.slot)
+	}
+	if l.wakeAt < 0 || due < l.wakeAt {
+		l.wakeAt = due
+		l.p.wake()
+	}
+}
+
 // watch has the loop start read turns on s when its connection becomes
 // readable. It reports false when the connection cannot be watched: a
 // TLS connection may hold decrypted data the socket no longer shows, so
@@ -198,6 +217,7 @@ func (l *loop) rearm(s *session) error { return l.p.rearm(s.fd, s.key) }
 func (l *loop) forget(s *session) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	s.forgotten = true
 	if s.slot >= 0 {
 		heap.Remove(&l.timers, s.slot)
 	}

@@ -95,11 +95,18 @@ type session struct {
 	hello      bool          // hello was received; written by the reader
 	readBy     time.Duration // the read deadline, on the loop's clock
 	pingAt     time.Duration // the next ping, on the loop's clock
+	// acks are committed results not yet acknowledged: they go out in one
+	// ack frame with whatever the writer writes next, or at ackAt (the
+	// loop's clock; 0: none waiting) when it writes nothing (see ackLater).
+	acks   []string
+	ackAt  time.Duration
+	ackDue bool
 	changed    chan struct{} // made by the finisher: reading, writing or readDone changed
 
 	// Guarded by loop.mu:
-	due  time.Duration // when the loop next ticks s
-	slot int           // index in the loop's timers, -1 if absent
+	due       time.Duration // when the loop next ticks s
+	slot      int           // index in the loop's timers, -1 if absent
+	forgotten bool          // the loop dropped s for good (forget)
 
 	// Guarded by hub.mu:
 	credits int
@@ -281,7 +288,7 @@ func (s *session) kickLocked() {
 	if s.writing || s.closing() {
 		return
 	}
-	if len(s.queue) == 0 && !s.pongDue && !s.workDue && !s.pingDue {
+	if len(s.queue) == 0 && !s.pongDue && !s.workDue && !s.pingDue && !s.ackDue {
 		return
 	}
 	s.writing = true
@@ -290,6 +297,38 @@ func (s *session) kickLocked() {
 	} else {
 		go s.writeLoop() // before start, there is no loop yet
 	}
+}
+
+// ackDelay is how long the ack of a committed result may wait for
+// another frame to the agent to ride with. The agent keeps the result
+// until then; with results and requests flowing, an ack costs no write
+// and no wakeup of its own.
+const ackDelay = 5 * time.Millisecond
+
+// ackLater acknowledges result id, committed, with the writer's next
+// frame, or on its own after ackDelay.
+func (s *session) ackLater(id string) {
+	s.mu.Lock()
+	s.acks = append(s.acks, id)
+	if s.closing() || s.writing || s.ackAt != 0 || s.ackDue {
+		// The writer, the timer already set or the finisher takes it
+		// along; a finisher that has already written its last frames
+		// leaves it unsent, and the agent resends the result to its next
+		// session, which acks it at once.
+		s.mu.Unlock()
+		return
+	}
+	s.ackAt = s.loop.now() + ackDelay
+	at := s.ackAt
+	s.mu.Unlock()
+	s.loop.scheduleBy(s, at)
+}
+
+// takeAcksLocked returns the ack frame of the waiting acks and clears them.
+func (s *session) takeAcksLocked() *protocol.Ack {
+	m := &protocol.Ack{IDs: s.acks}
+	s.acks, s.ackAt, s.ackDue = nil, 0, false
+	return m
 }
 
 // enqueue hands m to the writer. It blocks while the send queue is full,
@@ -418,7 +457,14 @@ func (s *session) tick(now time.Duration) time.Duration {
 		s.pingAt = now + s.cfg.PingPeriod
 		s.kickLocked()
 	}
+	if s.ackAt != 0 && now >= s.ackAt {
+		s.ackAt, s.ackDue = 0, true
+		s.kickLocked()
+	}
 	next := s.pingAt
+	if s.ackAt != 0 {
+		next = min(next, s.ackAt)
+	}
 	if !s.reading && !s.readDone {
 		next = min(next, s.readBy)
 	}
@@ -573,7 +619,7 @@ func (s *session) handle(m protocol.Message) bool {
 				return
 			}
 			// Acked only once committed; acks may overtake one another.
-			s.enqueue(&protocol.Ack{IDs: []string{m.ID}})
+			s.ackLater(m.ID)
 		})
 	case *protocol.Event:
 		if err := s.hub.event(s, m); err != nil {
@@ -687,6 +733,11 @@ func (s *session) writeLoop() {
 			return
 		}
 		switch {
+		case len(s.acks) > 0:
+			// Waiting acks ride with whatever this run writes.
+			m := s.takeAcksLocked()
+			s.mu.Unlock()
+			s.writeMsg(m)
 		case len(s.queue) > 0:
 			// Control frames go first: welcome before any request.
 			b := s.popLocked()
@@ -750,6 +801,16 @@ func (s *session) writeMsg(m protocol.Message) bool {
 // flushQueue writes the control frames still queued; only the finisher
 // calls it, once no producer can add to the queue.
 func (s *session) flushQueue() bool {
+	s.mu.Lock()
+	if len(s.acks) > 0 {
+		m := s.takeAcksLocked()
+		s.mu.Unlock()
+		if !s.writeMsg(m) {
+			return false
+		}
+	} else {
+		s.mu.Unlock()
+	}
 	for {
 		s.mu.Lock()
 		if len(s.queue) == 0 {
