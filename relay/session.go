@@ -98,10 +98,10 @@ type session struct {
 	// acks are committed results not yet acknowledged: they go out in one
 	// ack frame with whatever the writer writes next, or at ackAt (the
 	// loop's clock; 0: none waiting) when it writes nothing (see ackLater).
-	acks   []string
-	ackAt  time.Duration
-	ackDue bool
-	changed    chan struct{} // made by the finisher: reading, writing or readDone changed
+	acks    []string
+	ackAt   time.Duration
+	ackDue  bool
+	changed chan struct{} // made by the finisher: reading, writing or readDone changed
 
 	// Guarded by loop.mu:
 	due       time.Duration // when the loop next ticks s
