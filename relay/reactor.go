@@ -145,16 +145,7 @@ func (l *loop) stop() {
 func (l *loop) schedule(s *session, due time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	s.due = due
-	if s.slot < 0 {
-		heap.Push(&l.timers, s)
-	} else {
-		heap.Fix(&l.timers, s.slot)
-	}
-	if l.wakeAt < 0 || due < l.wakeAt {
-		l.wakeAt = due
-		l.p.wake()
-	}
+	l.setDueLocked(s, due)
 }
 
 // scheduleBy has the loop tick s at due at the latest.
@@ -164,6 +155,10 @@ func (l *loop) scheduleBy(s *session, due time.Duration) {
 	if s.forgotten || s.slot >= 0 && s.due <= due {
 		return
 	}
+	l.setDueLocked(s, due)
+}
+
+func (l *loop) setDueLocked(s *session, due time.Duration) {
 	s.due = due
 	if s.slot < 0 {
 		heap.Push(&l.timers, s)
