@@ -14,6 +14,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/tetherhq/tether/internal/batchconn"
 	"github.com/tetherhq/tether/protocol"
 )
 
@@ -22,7 +23,7 @@ import (
 // frames.
 type session struct {
 	conn  *websocket.Conn
-	batch *batchConn // conn's connection underneath, for the writer
+	batch *batchconn.Conn // conn's connection underneath, for the writer
 	ping  time.Duration
 	// out carries encoded frames to the writer. It is sized so the whole
 	// outbox fits; if it still fills up the relay is not reading, and the
@@ -154,8 +155,8 @@ func (a *Agent) runSession(ctx context.Context) (connected bool, err error) {
 	return true, err
 }
 
-func (a *Agent) dial(ctx context.Context) (*websocket.Conn, *batchConn, error) {
-	var batch *batchConn
+func (a *Agent) dial(ctx context.Context) (*websocket.Conn, *batchconn.Conn, error) {
+	var batch *batchconn.Conn
 	d := websocket.Dialer{
 		Proxy:            http.ProxyFromEnvironment,
 		HandshakeTimeout: a.cfg.HandshakeTimeout,
@@ -168,7 +169,7 @@ func (a *Agent) dial(ctx context.Context) (*websocket.Conn, *batchConn, error) {
 			if err != nil {
 				return nil, err
 			}
-			batch = &batchConn{Conn: c}
+			batch = batchconn.New(c)
 			return batch, nil
 		},
 	}
@@ -318,15 +319,15 @@ func (a *Agent) writer(ctx context.Context, s *session) {
 		}
 		return true
 	}
-	// writeQueued writes b and whatever else is queued by now in one go;
-	// it never waits for more.
+	// writeQueued writes b and whatever else is queued by now (up to
+	// batchconn.MaxHeld bytes) in one go; it never waits for more.
 	writeQueued := func(b []byte) bool {
-		s.batch.begin()
+		s.batch.Hold()
 		ok := write(websocket.TextMessage, b)
-		for ok && len(s.out) > 0 {
+		for ok && len(s.out) > 0 && s.batch.Held() < batchconn.MaxHeld {
 			ok = write(websocket.TextMessage, <-s.out)
 		}
-		if err := s.batch.flush(); err != nil && ok {
+		if err := s.batch.Flush(time.Now().Add(a.cfg.WriteTimeout)); err != nil && ok {
 			s.conn.Close()
 			ok = false
 		}

@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,18 +19,7 @@ func runCheck(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(binaries(t), "tether-agent"), append([]string{"check"}, args...)...)
 	cmd.Env = append(os.Environ(), "TETHER_RELAY=", "TETHER_TOKEN=")
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		code = ee.ExitCode()
-	default:
-		t.Fatal(err)
-	}
-	return code, out.String(), errb.String()
+	return runCmd(t, cmd)
 }
 
 func writeFile(t *testing.T, path, data string) string {

@@ -83,16 +83,18 @@ func (d *liveDevice) tether(t *testing.T, args ...string) (code int, stdout, std
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binaries(t), "tether"), append([]string{"--relay", d.relay.url()}, args...)...)
 	cmd.Env = append(os.Environ(), "TETHER_KEY="+d.key, "TETHER_RELAY=")
+	return runCmd(t, cmd)
+}
+
+// runCmd runs cmd and returns its exit code and output. A command that
+// could not run at all fails the test.
+func runCmd(t *testing.T, cmd *exec.Cmd) (code int, stdout, stderr string) {
+	t.Helper()
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		code = ee.ExitCode()
-	default:
-		t.Fatalf("tether %q: %v", args, err)
+	if code = exitCode(err); code < 0 {
+		t.Fatalf("%s %q: %v", cmd.Path, cmd.Args[1:], err)
 	}
 	return code, out.String(), errOut.String()
 }

@@ -24,13 +24,11 @@ func sh(t *testing.T, env []string, name string, args ...string) (int, string) {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return ee.ExitCode(), out.String()
-	}
-	if err != nil {
+	code := exitCode(err)
+	if code < 0 {
 		t.Fatalf("%s %v: %v", name, args, err)
 	}
-	return 0, out.String()
+	return code, out.String()
 }
 
 func installScript(t *testing.T) string {

@@ -21,7 +21,7 @@ const agentReadBuffer = 512
 // returns when it holds more than 256 bytes (server.go in
 // gorilla/websocket v1.5.3); batchResponse returns one of ours, of
 // agentReadBuffer bytes, instead of net/http's 4 KiB one. The connection
-// gorilla writes to is a batchConn (conn.NetConn()).
+// gorilla writes to is a batchconn.Conn (conn.NetConn()).
 func upgradeAgent(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) (*websocket.Conn, *bufio.Reader, error) {
 	aw := &batchResponse{ResponseWriter: w, readBuffer: agentReadBuffer}
 	conn, err := u.Upgrade(aw, r, nil)

@@ -41,7 +41,7 @@ func (s *Server) Handler() http.Handler {
 		{"GET", "/v1/devices/{id}/events", s.client(s.handleEvents)},
 		{"GET", "/v1/requests/{id}", s.client(s.handleGet)},
 		{"DELETE", "/v1/requests/{id}", s.client(s.handleCancel)},
-		{"POST", "/v1/tickets", s.handleTicket},
+		{"POST", "/v1/tickets", s.client(s.handleTicket)},
 		{"GET", "/v1/client", s.countUpgrades(endpointClient, s.handleClient)},
 		{"GET", "/metrics", s.handleMetrics},
 		{"GET", "/{$}", s.handleDashboard},

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/tetherhq/tether/internal/batchconn"
 	"github.com/tetherhq/tether/protocol"
 )
 
@@ -102,7 +103,7 @@ type clientConn struct {
 	svc  ClientService
 	cfg  *Config
 	conn *websocket.Conn
-	out  *batchConn // what conn writes to: the writer batches its frames
+	out  *batchconn.Conn // what conn writes to: the writer batches its frames
 	log  *slog.Logger
 
 	// ctx ends the waiters and followers when the reader is done.
@@ -142,7 +143,7 @@ func newClientConn(s *Server, conn *websocket.Conn, name string) *clientConn {
 		svc:        s,
 		cfg:        &s.cfg,
 		conn:       conn,
-		out:        conn.NetConn().(*batchConn),
+		out:        conn.NetConn().(*batchconn.Conn),
 		log:        s.log.With("client", name, "conn", newID("c")),
 		ctx:        ctx,
 		cancel:     cancel,
@@ -596,13 +597,13 @@ func (c *clientConn) writeLoop() {
 }
 
 // writeQueued writes b and the frames queued behind it in one write
-// syscall (or one per maxBatch bytes) instead of one each.
+// syscall (or one per batchconn.MaxHeld bytes) instead of one each.
 func (c *clientConn) writeQueued(b []byte) bool {
 	for {
 		if !c.write(websocket.TextMessage, b) {
 			return false
 		}
-		if c.out.held() >= maxBatch {
+		if c.out.Held() >= batchconn.MaxHeld {
 			return c.flush()
 		}
 		select {
@@ -627,12 +628,12 @@ flush:
 		}
 	}
 	if c.closeCode == websocket.CloseAbnormalClosure {
-		c.out.flush(c.writeBy()) // only stops holding: the connection is broken
+		c.out.Flush(c.writeBy()) // only stops holding: the connection is broken
 		return
 	}
-	c.out.hold() // no deadline until the flush
+	c.out.Hold() // no deadline until the flush
 	err := c.conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(c.closeCode, c.closeText))
-	if c.out.flush(c.writeBy()) != nil || err != nil {
+	if c.out.Flush(c.writeBy()) != nil || err != nil {
 		return
 	}
 	grace := time.NewTimer(c.closeGrace())
@@ -643,11 +644,11 @@ flush:
 	}
 }
 
-// write writes a frame, held until the next flush (see batchConn).
+// write writes a frame, held until the next flush (see batchconn.Conn).
 func (c *clientConn) write(typ int, b []byte) bool {
-	c.out.hold() // no deadline until the flush
+	c.out.Hold() // no deadline until the flush
 	if err := c.conn.WriteMessage(typ, b); err != nil {
-		c.out.flush(c.writeBy()) // what was held before still goes out, if it can
+		c.out.Flush(c.writeBy()) // what was held before still goes out, if it can
 		c.writeFailed(err)
 		return false
 	}
@@ -656,7 +657,7 @@ func (c *clientConn) write(typ int, b []byte) bool {
 
 // flush sends the frames held since the first write of the batch.
 func (c *clientConn) flush() bool {
-	if err := c.out.flush(c.writeBy()); err != nil {
+	if err := c.out.Flush(c.writeBy()); err != nil {
 		c.writeFailed(err)
 		return false
 	}

@@ -63,7 +63,7 @@ type loop struct {
 	done chan struct{} // closed when run returns
 	// work runs the sessions' read turns and writers; it ends with the
 	// loop, after the last session.
-	work workers
+	work *workers
 
 	mu sync.Mutex
 	// Guarded by mu:
@@ -83,6 +83,7 @@ func newLoop() (*loop, error) {
 		p:       p,
 		base:    time.Now(),
 		done:    make(chan struct{}),
+		work:    newWorkers(),
 		watched: make(map[int32]*session),
 		nextKey: 1,
 		wakeAt:  -1,

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -265,11 +266,7 @@ func (r *rotations) remove(s *session) {
 func (r *rotations) snapshot() []*session {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]*session, 0, len(r.live))
-	for s := range r.live {
-		out = append(out, s)
-	}
-	return out
+	return slices.Collect(maps.Keys(r.live))
 }
 
 // checkCredentials closes sessions whose device was revoked or whose

@@ -43,22 +43,25 @@ func serveRelay(t *testing.T, cfg Config) *tlsRelay {
 	if err != nil {
 		t.Fatal(err)
 	}
+	r := &tlsRelay{srv: srv, addr: ln.Addr().String(), stop: sync.OnceFunc(serveOn(srv, ln))}
+	t.Cleanup(r.stop)
+	return r
+}
+
+// serveOn serves srv on ln until the returned function is called, which
+// stops serving and closes srv.
+func serveOn(srv *Server, ln net.Listener) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		srv.Serve(ctx, ln)
 	}()
-	var once sync.Once
-	r := &tlsRelay{srv: srv, addr: ln.Addr().String(), stop: func() {
-		once.Do(func() {
-			cancel()
-			<-done
-			srv.Close()
-		})
-	}}
-	t.Cleanup(r.stop)
-	return r
+	return func() {
+		cancel()
+		<-done
+		srv.Close()
+	}
 }
 
 // logBuffer collects logs (an agent's, a relay's) for a test to read while

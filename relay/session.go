@@ -11,6 +11,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/tetherhq/tether/internal/batchconn"
 	"github.com/tetherhq/tether/protocol"
 )
 
@@ -48,8 +49,8 @@ type session struct {
 	id     string
 	device string
 	conn   *websocket.Conn
-	out    *batchConn    // what conn writes to: the writer batches its frames
-	br     *bufio.Reader // the connection's read buffer, shared with gorilla
+	out    *batchconn.Conn // what conn writes to: the writer batches its frames
+	br     *bufio.Reader   // the connection's read buffer, shared with gorilla
 	cfg    *Config
 	hub    *hub
 
@@ -95,13 +96,12 @@ type session struct {
 	hello      bool          // hello was received; written by the reader
 	readBy     time.Duration // the read deadline, on the loop's clock
 	pingAt     time.Duration // the next ping, on the loop's clock
+	changed    chan struct{} // made by the finisher: reading, writing or readDone changed
 	// acks are committed results not yet acknowledged: they go out in one
 	// ack frame with whatever the writer writes next, or at ackAt (the
-	// loop's clock; 0: none waiting) when it writes nothing (see ackLater).
-	acks    []string
-	ackAt   time.Duration
-	ackDue  bool
-	changed chan struct{} // made by the finisher: reading, writing or readDone changed
+	// loop's clock; 0: no timer set) when it writes nothing (see ackLater).
+	acks  []string
+	ackAt time.Duration
 
 	// Guarded by loop.mu:
 	due       time.Duration // when the loop next ticks s
@@ -131,7 +131,7 @@ func newSession(conn *websocket.Conn, br *bufio.Reader, dev string, cfg *Config,
 		id:     id,
 		device: dev,
 		conn:   conn,
-		out:    conn.NetConn().(*batchConn),
+		out:    conn.NetConn().(*batchconn.Conn),
 		br:     br,
 		cfg:    cfg,
 		hub:    h,
@@ -288,7 +288,7 @@ func (s *session) kickLocked() {
 	if s.writing || s.closing() {
 		return
 	}
-	if len(s.queue) == 0 && !s.pongDue && !s.workDue && !s.pingDue && !s.ackDue {
+	if len(s.queue) == 0 && !s.pongDue && !s.workDue && !s.pingDue && len(s.acks) == 0 {
 		return
 	}
 	s.writing = true
@@ -310,7 +310,7 @@ const ackDelay = 5 * time.Millisecond
 func (s *session) ackLater(id string) {
 	s.mu.Lock()
 	s.acks = append(s.acks, id)
-	if s.closing() || s.writing || s.ackAt != 0 || s.ackDue {
+	if s.closing() || s.writing || s.ackAt != 0 {
 		// The writer, the timer already set or the finisher takes it
 		// along; a finisher that has already written its last frames
 		// leaves it unsent, and the agent resends the result to its next
@@ -327,7 +327,7 @@ func (s *session) ackLater(id string) {
 // takeAcksLocked returns the ack frame of the waiting acks and clears them.
 func (s *session) takeAcksLocked() *protocol.Ack {
 	m := &protocol.Ack{IDs: s.acks}
-	s.acks, s.ackAt, s.ackDue = nil, 0, false
+	s.acks, s.ackAt = nil, 0
 	return m
 }
 
@@ -458,7 +458,7 @@ func (s *session) tick(now time.Duration) time.Duration {
 		s.kickLocked()
 	}
 	if s.ackAt != 0 && now >= s.ackAt {
-		s.ackAt, s.ackDue = 0, true
+		s.ackAt = 0
 		s.kickLocked()
 	}
 	next := s.pingAt
@@ -721,7 +721,7 @@ func (s *session) writeLoop() {
 	for {
 		s.mu.Lock()
 		if s.closing() {
-			if s.out.holding() {
+			if s.out.Holding() {
 				s.mu.Unlock()
 				s.flush()
 				continue
@@ -761,7 +761,7 @@ func (s *session) writeLoop() {
 			s.pingDue = false
 			s.mu.Unlock()
 			s.write(websocket.PingMessage, nil)
-		case s.out.holding():
+		case s.out.Holding():
 			// Nothing more to write: what was written goes out in one
 			// write, and what was queued meanwhile in the next.
 			s.mu.Unlock()
@@ -827,16 +827,16 @@ func (s *session) flushQueue() bool {
 
 // write writes a frame. The frames written by one writer run are held
 // and go out together, in one write syscall instead of one each, when
-// the writer has nothing more to write (or has held maxBatch bytes).
+// the writer has nothing more to write (or has held batchconn.MaxHeld bytes).
 // Whoever owns the write side flushes before giving it up.
 func (s *session) write(typ int, b []byte) bool {
-	s.out.hold() // no deadline until the flush
+	s.out.Hold() // no deadline until the flush
 	if err := s.conn.WriteMessage(typ, b); err != nil {
-		s.out.flush(s.writeBy()) // what was held before still goes out, if it can
+		s.out.Flush(s.writeBy()) // what was held before still goes out, if it can
 		s.writeFailed(err)
 		return false
 	}
-	if s.out.held() >= maxBatch {
+	if s.out.Held() >= batchconn.MaxHeld {
 		return s.flush()
 	}
 	return true
@@ -844,7 +844,7 @@ func (s *session) write(typ int, b []byte) bool {
 
 // flush sends the frames held since the first write of the batch.
 func (s *session) flush() bool {
-	if err := s.out.flush(s.writeBy()); err != nil {
+	if err := s.out.Flush(s.writeBy()); err != nil {
 		s.writeFailed(err)
 		return false
 	}
@@ -860,12 +860,12 @@ func (s *session) writeFailed(err error) {
 // whether it went out.
 func (s *session) writeClose() bool {
 	if s.closeCode == websocket.CloseAbnormalClosure {
-		s.out.flush(s.writeBy()) // only stops holding: the connection is broken
+		s.out.Flush(s.writeBy()) // only stops holding: the connection is broken
 		return false
 	}
-	s.out.hold() // no deadline until the flush
+	s.out.Hold() // no deadline until the flush
 	err := s.conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(s.closeCode, s.closeText))
-	return s.out.flush(s.writeBy()) == nil && err == nil
+	return s.out.Flush(s.writeBy()) == nil && err == nil
 }
 
 // writeBy is the deadline of a write starting now.

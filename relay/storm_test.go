@@ -76,17 +76,7 @@ func TestReconnectStorm(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			srv.Serve(ctx, ln)
-		}()
-		return ln.Addr().String(), func() {
-			cancel()
-			<-done
-			srv.Close()
-		}
+		return ln.Addr().String(), serveOn(srv, ln)
 	}
 	addr, stop := start("127.0.0.1:0", false)
 

@@ -14,25 +14,18 @@ const workerIdle = time.Second
 // of every frame: under load that was 6% of the relay's CPU. A worker
 // keeps its grown stack for the next task, and ends after workerIdle
 // without one, so idle sessions still hold no goroutine.
-//
-// The zero workers is ready to use; close ends it.
 type workers struct {
 	next chan func() // unbuffered: a send succeeds only to a waiting worker
 	quit chan struct{}
-	once sync.Once
 	wg   sync.WaitGroup
 }
 
-func (w *workers) init() {
-	w.once.Do(func() {
-		w.next = make(chan func())
-		w.quit = make(chan struct{})
-	})
+func newWorkers() *workers {
+	return &workers{next: make(chan func()), quit: make(chan struct{})}
 }
 
 // run runs fn on an idle worker, or on a new one.
 func (w *workers) run(fn func()) {
-	w.init()
 	select {
 	case w.next <- fn:
 	default:
@@ -61,7 +54,6 @@ func (w *workers) work(fn func()) {
 // close ends the idle workers and waits for every worker to end. No task
 // may be handed in after it.
 func (w *workers) close() {
-	w.init()
 	close(w.quit)
 	w.wg.Wait()
 }

@@ -9,7 +9,7 @@ import (
 // Tasks never wait for a busy worker: each one that finds none idle gets
 // a new one. close waits for the tasks, and ends the idle workers.
 func TestWorkersNeverQueue(t *testing.T) {
-	var w workers
+	w := newWorkers()
 	release := make(chan struct{})
 	var started sync.WaitGroup
 	const n = 8

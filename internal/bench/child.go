@@ -84,10 +84,11 @@ func untilTerm() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 }
 
-// freeOnUSR1 answers SIGUSR1 with a full GC that returns free memory to
-// the OS, then prints "freed": RSS read afterwards is live memory, not
-// garbage the scavenger has not reached yet.
-func freeOnUSR1(ctx context.Context, out io.Writer, mu *sync.Mutex) {
+// readyFreeing prints "ready ADDR", having first set SIGUSR1 to mean: a
+// full GC that returns free memory to the OS, then "freed". RSS read
+// afterwards is live memory, not garbage the scavenger has not reached
+// yet. Each line is one write, so the two never mix.
+func readyFreeing(ctx context.Context, addr net.Addr) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGUSR1)
 	go func() {
@@ -99,12 +100,11 @@ func freeOnUSR1(ctx context.Context, out io.Writer, mu *sync.Mutex) {
 			case <-ch:
 				runtime.GC()
 				debug.FreeOSMemory()
-				mu.Lock()
-				fmt.Fprintln(out, "freed")
-				mu.Unlock()
+				fmt.Println("freed")
 			}
 		}
 	}()
+	fmt.Println("ready", addr)
 }
 
 // listenRetry listens on addr, retrying briefly: a restarted relay takes
@@ -156,11 +156,7 @@ func roleRelay(args []string) error {
 	}
 	ctx, stop := untilTerm()
 	defer stop()
-	var mu sync.Mutex
-	freeOnUSR1(ctx, os.Stdout, &mu)
-	mu.Lock()
-	fmt.Println("ready", ln.Addr())
-	mu.Unlock()
+	readyFreeing(ctx, ln.Addr())
 	err = srv.Serve(ctx, ln)
 	if cerr := srv.Close(); err == nil {
 		err = cerr
@@ -185,11 +181,7 @@ func roleNATS(args []string) error {
 	}
 	ctx, stop := untilTerm()
 	defer stop()
-	var mu sync.Mutex
-	freeOnUSR1(ctx, os.Stdout, &mu)
-	mu.Lock()
-	fmt.Println("ready", ns.Addr())
-	mu.Unlock()
+	readyFreeing(ctx, ns.Addr())
 	<-ctx.Done()
 	ns.Shutdown()
 	ns.WaitForShutdown()

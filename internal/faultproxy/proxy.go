@@ -24,8 +24,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -133,11 +135,7 @@ func (p *Proxy) accept() {
 func (p *Proxy) Links() []*Link {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]*Link, 0, len(p.links))
-	for l := range p.links {
-		out = append(out, l)
-	}
-	return out
+	return slices.Collect(maps.Keys(p.links))
 }
 
 // Reset resets every open link and returns how many there were.

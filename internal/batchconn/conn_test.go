@@ -1,4 +1,4 @@
-package relay
+package batchconn
 
 import (
 	"errors"
@@ -28,20 +28,20 @@ func (c *countingConn) SetWriteDeadline(t time.Time) error {
 	return nil
 }
 
-func TestBatchConnHoldsUntilFlush(t *testing.T) {
+func TestConnHoldsUntilFlush(t *testing.T) {
 	under := &countingConn{}
-	c := &batchConn{Conn: under}
+	c := New(under)
 
 	c.Write([]byte("a")) // not holding: straight through
-	c.hold()
+	c.Hold()
 	c.SetWriteDeadline(time.Unix(1, 0)) // ignored: flush sets the deadline
 	c.Write([]byte("b"))
 	c.Write([]byte("c"))
-	if len(under.writes) != 1 || c.held() != 2 || !c.holding() {
-		t.Fatalf("writes %q, %d held, holding %v: b and c must wait for flush", under.writes, c.held(), c.holding())
+	if len(under.writes) != 1 || c.Held() != 2 || !c.Holding() {
+		t.Fatalf("writes %q, %d held, holding %v: b and c must wait for flush", under.writes, c.Held(), c.Holding())
 	}
 	by := time.Unix(2, 0)
-	if err := c.flush(by); err != nil {
+	if err := c.Flush(by); err != nil {
 		t.Fatal(err)
 	}
 	if got := under.writes; len(got) != 2 || got[1] != "bc" {
@@ -50,23 +50,23 @@ func TestBatchConnHoldsUntilFlush(t *testing.T) {
 	if d := under.deadlines; len(d) != 1 || !d[0].Equal(by) {
 		t.Fatalf("deadlines %v, want only the flush's", d)
 	}
-	if c.holding() || c.held() != 0 {
+	if c.Holding() || c.Held() != 0 {
 		t.Fatal("flush must stop holding")
 	}
-	if err := c.flush(by); err != nil || len(under.writes) != 2 {
+	if err := c.Flush(by); err != nil || len(under.writes) != 2 {
 		t.Fatalf("a flush with nothing held wrote (%v)", err)
 	}
 }
 
-func TestBatchConnFlushErrorSticks(t *testing.T) {
+func TestConnFlushErrorSticks(t *testing.T) {
 	broken := errors.New("broken pipe")
 	under := &countingConn{err: broken}
-	c := &batchConn{Conn: under}
-	c.hold()
+	c := New(under)
+	c.Hold()
 	if _, err := c.Write([]byte("a")); err != nil {
 		t.Fatalf("held write: %v", err)
 	}
-	if err := c.flush(time.Time{}); !errors.Is(err, broken) {
+	if err := c.Flush(time.Time{}); !errors.Is(err, broken) {
 		t.Fatalf("flush: %v", err)
 	}
 	under.err = nil // a later write must not reach a connection that lost bytes
