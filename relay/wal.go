@@ -25,9 +25,9 @@ import (
 //
 // A checkpointer moves what the log holds into bbolt in one transaction
 // every walCheckpointEvery (or sooner, once a file passes walRotateSize),
-// then deletes the file. Until then, reads see the changes through an
-// in-memory table. At open, the files left by a crash are replayed into
-// bbolt before anything reads it.
+// then keeps the file for reuse. Until then, reads see the changes
+// through an in-memory table. At open, the files left by a crash are
+// replayed into bbolt before anything reads it.
 //
 // The same approach (a write-ahead log in front of bbolt, applied in
 // batches) is how etcd keeps its commits cheap.
@@ -116,13 +116,13 @@ type wal struct {
 	spareSeq uint64
 }
 
-// openWAL replays the log files in dir into db, removes them and starts
-// a new one, with its checkpointer.
+// openWAL replays the log files in dir into db, removes them but one,
+// which it reuses, and starts the log with its checkpointer.
 func openWAL(dir string, db *bolt.DB, log *slog.Logger) (*wal, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("relay: request log: %w", err)
 	}
-	last, err := replayWAL(dir, db)
+	last, spare, err := replayWAL(dir, db)
 	if err != nil {
 		return nil, err
 	}
@@ -130,6 +130,12 @@ func openWAL(dir string, db *bolt.DB, log *slog.Logger) (*wal, error) {
 		dir: dir, db: db, log: log,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 		seq: last + 1, mem: make(map[string]walEntry),
+	}
+	if spare != 0 {
+		if w.spare, err = os.OpenFile(walName(dir, spare), os.O_RDWR, 0); err != nil {
+			return nil, fmt.Errorf("relay: request log: %w", err)
+		}
+		w.spareSeq = spare
 	}
 	if w.f, err = w.prepare(w.seq); err != nil {
 		return nil, err
@@ -206,16 +212,21 @@ func (w *wal) prepare(seq uint64) (*os.File, error) {
 }
 
 // replayWAL applies the log files in dir that bbolt does not hold yet to
-// db, in one transaction, removes every file and returns the highest
-// sequence number ever used. bbolt keeps, with each checkpoint, the
-// number of the file the log had moved on to (keyWALSeq): every file
-// numbered below it was in bbolt by then, whatever it still holds (a
-// spare not reused yet), so it is skipped. The number also keeps a
-// reused file's old records from ever passing for new ones.
-func replayWAL(dir string, db *bolt.DB) (uint64, error) {
+// db, in one transaction, and returns the highest sequence number ever
+// used. bbolt keeps, with each checkpoint, the number of the file the log
+// had moved on to (keyWALSeq): every file numbered below it was in bbolt
+// by then, whatever it still holds (a spare not reused yet), so it is
+// skipped. The number also keeps a reused file's old records from ever
+// passing for new ones.
+//
+// Once the files are in bbolt, the mark is set past all of them. One
+// file of full size is kept as the spare (its number is returned, 0 if
+// none): reusing it saves writing a new one with zeros. The others are
+// removed.
+func replayWAL(dir string, db *bolt.DB) (last, spare uint64, err error) {
 	seqs, err := walFiles(dir)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	var done uint64
 	if err := db.View(func(tx *bolt.Tx) error {
@@ -224,12 +235,12 @@ func replayWAL(dir string, db *bolt.DB) (uint64, error) {
 		}
 		return nil
 	}); err != nil {
-		return 0, fmt.Errorf("relay: request log: %w", err)
+		return 0, 0, fmt.Errorf("relay: request log: %w", err)
 	}
 	if len(seqs) == 0 {
-		return done, nil
+		return done, 0, nil
 	}
-	last := max(done, seqs[len(seqs)-1])
+	last = max(done, seqs[len(seqs)-1])
 	var all []walEntry
 	for _, seq := range seqs {
 		if seq < done {
@@ -237,17 +248,24 @@ func replayWAL(dir string, db *bolt.DB) (uint64, error) {
 		}
 		b, err := os.ReadFile(walName(dir, seq))
 		if err != nil {
-			return 0, fmt.Errorf("relay: request log: %w", err)
+			return 0, 0, fmt.Errorf("relay: request log: %w", err)
 		}
 		all = append(all, decodeWAL(b, seq)...)
 	}
+	last++ // every file is now below the mark
 	if err := db.Update(func(tx *bolt.Tx) error { return applyEntries(tx, all, last) }); err != nil {
-		return 0, fmt.Errorf("relay: replay request log: %w", err)
+		return 0, 0, fmt.Errorf("relay: replay request log: %w", err)
+	}
+	for i := len(seqs) - 1; i >= 0 && spare == 0; i-- {
+		if fi, err := os.Stat(walName(dir, seqs[i])); err == nil && fi.Size() >= walFileSize {
+			spare = seqs[i]
+			seqs = slices.Delete(seqs, i, i+1)
+		}
 	}
 	if err := removeWALFiles(dir, seqs); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return last, nil
+	return last, spare, nil
 }
 
 func removeWALFiles(dir string, seqs []uint64) error {
@@ -538,9 +556,11 @@ func (w *wal) flush() error {
 	return nil
 }
 
-// close stops the checkpointer and moves every change into bbolt, then
-// removes the log files. Every commit must have returned before. After a
-// failure the files stay, to be replayed at the next open.
+// close stops the checkpointer and moves every change into bbolt, with
+// the mark past every file; then it removes the log files but the one in
+// use, which the next open reuses. Every commit must have returned
+// before. After a failure the files stay, to be replayed at the next
+// open.
 func (w *wal) close() error {
 	close(w.stop)
 	<-w.done
@@ -552,17 +572,21 @@ func (w *wal) close() error {
 			entries = append(entries, e)
 		}
 	}
-	seq := max(w.seq, w.nextSeq)
+	keep := w.seq
+	if w.sick != nil {
+		keep = 0 // a write failed on it: it is not trusted again
+	}
+	mark := max(w.seq, w.nextSeq) + 1
 	w.mu.Unlock()
 	w.closeFiles()
-	if err := w.db.Update(func(tx *bolt.Tx) error { return applyEntries(tx, entries, seq) }); err != nil {
+	if err := w.db.Update(func(tx *bolt.Tx) error { return applyEntries(tx, entries, mark) }); err != nil {
 		return fmt.Errorf("relay: checkpoint request log: %w", err)
 	}
 	seqs, err := walFiles(w.dir)
 	if err != nil {
 		return err
 	}
-	return removeWALFiles(w.dir, seqs)
+	return removeWALFiles(w.dir, slices.DeleteFunc(seqs, func(s uint64) bool { return s == keep }))
 }
 
 // abandon stops the checkpointer and closes the files, leaving them for

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -146,19 +147,48 @@ func TestWALCloseCheckpoints(t *testing.T) {
 	dir := t.TempDir()
 	st := openTestStore(t, dir)
 	must(t, st.putRequests([]storedRequest{testRequest("a", 1, protocol.StateQueued)}))
+	must(t, st.deleteRequests([]string{"a"}))
+	must(t, st.putRequests([]storedRequest{testRequest("b", 1, protocol.StateQueued)}))
 	must(t, st.close())
-	if left, _ := walFiles(filepath.Join(dir, "wal")); len(left) != 0 {
-		t.Fatalf("log files after a clean close: %v", left)
+	wdir := filepath.Join(dir, "wal")
+	left, _ := walFiles(wdir)
+	if len(left) != 1 {
+		t.Fatalf("log files after a clean close: %v, want the one kept for reuse", left)
 	}
+	kept, err := os.Stat(walName(wdir, left[0]))
+	must(t, err)
 	st = openTestStore(t, dir)
-	defer st.close()
 	if st.unclean {
 		t.Fatal("a cleanly closed store opens as unclean")
 	}
 	var ids []string
 	must(t, st.loadRequests(func(r storedRequest) { ids = append(ids, r.ID) }))
-	if len(ids) != 1 || ids[0] != "a" {
+	if len(ids) != 1 || ids[0] != "b" {
 		t.Fatalf("bbolt holds %v", ids)
+	}
+	// The kept file is the one in use now, under a new number: no new
+	// file was written with zeros.
+	st.reqs.mu.Lock()
+	seq := st.reqs.seq
+	st.reqs.mu.Unlock()
+	if seq <= left[0] {
+		t.Fatalf("the log reopened at file %d, not past %d", seq, left[0])
+	}
+	cur, err := os.Stat(walName(wdir, seq))
+	must(t, err)
+	if !os.SameFile(kept, cur) {
+		t.Fatal("the log did not reuse the file kept at close")
+	}
+	// Its old records (a's put and delete, b's put) are not replayed
+	// after a crash: only what was written since.
+	must(t, st.putRequests([]storedRequest{testRequest("c", 1, protocol.StateQueued)}))
+	st.abandon()
+	st = openTestStore(t, dir)
+	defer st.close()
+	ids = nil
+	must(t, st.loadRequests(func(r storedRequest) { ids = append(ids, r.ID) }))
+	if !slices.Equal(ids, []string{"b", "c"}) {
+		t.Fatalf("after a crash bbolt holds %v, want [b c]", ids)
 	}
 }
 
