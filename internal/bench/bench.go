@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -125,6 +126,9 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		opts.Out = io.Discard
 	}
 	r := &runner{opts: opts, out: opts.Out, rep: &Report{Started: time.Now().UTC(), Machine: thisMachine(), Quick: opts.Quick}}
+	if p := os.Getenv("TETHER_BENCH_CLIENT_PPROF"); p != "" {
+		go http.ListenAndServe(p, nil) // the clients' pprof, for profiling by hand
+	}
 	r.work = opts.Work
 	if r.work == "" {
 		dir, err := os.MkdirTemp("", "tether-bench-")

@@ -21,6 +21,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
 
+	"github.com/tetherhq/tether/internal/batchconn"
 	"github.com/tetherhq/tether/protocol"
 )
 
@@ -363,35 +364,57 @@ func (t *tether) restCallWith(sub protocol.Submit, device func(w int) string) fu
 var errNoClientWS = errors.New("the relay does not serve the client WebSocket (/v1/client)")
 
 // wsClient is a /v1/client connection with calls multiplexed by ref: one
-// reader goroutine hands each result to its caller.
+// reader goroutine hands each result to its caller, and one writer sends
+// the calls queued meanwhile in one write, as nats.go's flusher does for
+// its requesters.
 type wsClient struct {
-	conn *websocket.Conn
-	wmu  sync.Mutex // serialises writes
-	ref  atomic.Uint64
-	done chan struct{}
+	conn  *websocket.Conn
+	batch *batchconn.Conn // conn's connection underneath, for the writer
+	ref   atomic.Uint64
+	done  chan struct{} // the reader returned
+	kick  chan struct{} // calls were queued
+
+	wmu   sync.Mutex
+	queue [][]byte // frames for the writer; guarded by wmu
+	werr  error    // the writer's failure; guarded by wmu
 
 	mu      sync.Mutex
 	waiting map[string]chan error // by ref; guarded by mu
 }
 
 func (t *tether) dialWS() (*wsClient, error) {
+	var batch *batchconn.Conn
+	d := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		batch = batchconn.New(c)
+		return batch, nil
+	}}
 	hdr := http.Header{"Authorization": {"Bearer " + t.key}}
-	conn, resp, err := websocket.DefaultDialer.Dial("ws://"+t.addr+protocol.ClientPath, hdr)
+	conn, resp, err := d.Dial("ws://"+t.addr+protocol.ClientPath, hdr)
 	if err != nil {
 		if resp != nil && (resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed) {
 			return nil, errNoClientWS
 		}
 		return nil, fmt.Errorf("client ws: %w", err)
 	}
-	c := &wsClient{conn: conn, done: make(chan struct{}), waiting: make(map[string]chan error)}
+	c := &wsClient{conn: conn, batch: batch, done: make(chan struct{}), kick: make(chan struct{}, 1), waiting: make(map[string]chan error)}
 	go c.read()
+	go c.write()
 	return c, nil
 }
 
 func (c *wsClient) read() {
 	defer close(c.done)
+	var buf bytes.Buffer
 	for {
-		_, b, err := c.conn.ReadMessage()
+		_, r, err := c.conn.NextReader()
+		if err == nil {
+			buf.Reset()
+			_, err = buf.ReadFrom(r)
+		}
 		if err != nil {
 			c.mu.Lock()
 			for ref, ch := range c.waiting {
@@ -401,22 +424,30 @@ func (c *wsClient) read() {
 			c.mu.Unlock()
 			return
 		}
-		m, err := protocol.DecodePush(b, 0)
-		if err != nil {
+		// Only a result or an error ends a call, and only its ref, state
+		// and error are needed: the rest of the frame (the request's
+		// record) is skipped, as a client after throughput would.
+		b := buf.Bytes()
+		if bytes.HasPrefix(b, acceptedPrefix) {
 			continue
 		}
-		var ref string
+		var m struct {
+			Type, Ref, ID, State, Code, Message string
+		}
+		if json.Unmarshal(b, &m) != nil {
+			continue
+		}
+		ref := m.Ref
 		var res error
-		switch m := m.(type) {
-		case *protocol.ClientResult:
-			ref = m.Ref
+		switch m.Type {
+		case protocol.TypeResult:
 			if m.State != protocol.StateSucceeded {
 				res = fmt.Errorf("client ws: request %s %s", m.ID, m.State)
 			}
-		case *protocol.ClientError:
-			ref, res = m.Ref, fmt.Errorf("client ws: %s: %s", m.Code, m.Message)
+		case protocol.TypeError:
+			res = fmt.Errorf("client ws: %s: %s", m.Code, m.Message)
 		default:
-			continue // accepted, presence
+			continue // presence
 		}
 		c.mu.Lock()
 		if ch := c.waiting[ref]; ch != nil {
@@ -424,6 +455,42 @@ func (c *wsClient) read() {
 			delete(c.waiting, ref)
 		}
 		c.mu.Unlock()
+	}
+}
+
+var acceptedPrefix = []byte(`{"type":"` + protocol.TypeAccepted + `"`)
+
+// write sends the queued frames, all of them in one write, until the
+// connection fails or closes.
+func (c *wsClient) write() {
+	var frames [][]byte
+	for {
+		select {
+		case <-c.kick:
+		case <-c.done:
+			return
+		}
+		c.wmu.Lock()
+		frames, c.queue = c.queue, frames[:0]
+		c.wmu.Unlock()
+		c.batch.Hold()
+		var err error
+		for _, f := range frames {
+			if err = c.conn.WriteMessage(websocket.TextMessage, f); err != nil {
+				break
+			}
+		}
+		if ferr := c.batch.Flush(time.Now().Add(10 * time.Second)); err == nil {
+			err = ferr
+		}
+		clear(frames)
+		if err != nil {
+			c.wmu.Lock()
+			c.werr = err
+			c.wmu.Unlock()
+			c.conn.Close() // the reader fails every waiting call
+			return
+		}
 	}
 }
 
@@ -435,10 +502,17 @@ func (c *wsClient) call(device string) error {
 	c.mu.Unlock()
 	b, _ := protocol.Encode(&protocol.ClientCall{Ref: ref, Device: device, Method: "sys.ping", Params: pingParams, Timeout: protocol.Duration(30 * time.Second)})
 	c.wmu.Lock()
-	err := c.conn.WriteMessage(websocket.TextMessage, b)
+	err := c.werr
+	if err == nil {
+		c.queue = append(c.queue, b)
+	}
 	c.wmu.Unlock()
 	if err != nil {
 		return err
+	}
+	select {
+	case c.kick <- struct{}{}:
+	default:
 	}
 	select {
 	case err := <-ch:
@@ -449,9 +523,7 @@ func (c *wsClient) call(device string) error {
 }
 
 func (c *wsClient) close() {
-	c.wmu.Lock()
 	c.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
-	c.wmu.Unlock()
 	select {
 	case <-c.done:
 	case <-time.After(2 * time.Second):
