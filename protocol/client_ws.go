@@ -195,24 +195,27 @@ func decodeFrom(frame []byte, max int, newFn func(string) Message) (Message, err
 	if len(frame) > max {
 		return nil, Errorf(CodeTooLarge, "frame of %d bytes exceeds limit of %d", len(frame), max)
 	}
-	var head struct {
-		Type string `json:"type"`
+	typ, ok := leadingType(frame) // the decode below checks the whole frame anyway
+	if !ok {
+		// json.Unmarshal moves head to the heap; declared here, only
+		// this path pays for that.
+		var head struct {
+			Type string `json:"type"`
+		}
+		if err := json.Unmarshal(frame, &head); err != nil {
+			return nil, Errorf(CodeBadFrame, "not a JSON object with a string type: %v", err)
+		}
+		typ = head.Type
 	}
-	if t, ok := leadingType(frame); ok {
-		// The second Unmarshal, below, checks the whole frame anyway.
-		head.Type = t
-	} else if err := json.Unmarshal(frame, &head); err != nil {
-		return nil, Errorf(CodeBadFrame, "not a JSON object with a string type: %v", err)
-	}
-	if head.Type == "" {
+	if typ == "" {
 		return nil, Errorf(CodeBadFrame, "type missing")
 	}
-	m := newFn(head.Type)
+	m := newFn(typ)
 	if m == nil {
-		return nil, Errorf(CodeUnknownType, "unknown type %q", clip(head.Type))
+		return nil, Errorf(CodeUnknownType, "unknown type %q", clip(typ))
 	}
 	if err := json.Unmarshal(frame, m); err != nil {
-		return nil, Errorf(CodeBadFrame, "%s: %v", head.Type, err)
+		return nil, Errorf(CodeBadFrame, "%s: %v", typ, err)
 	}
 	if err := m.validate(); err != nil {
 		return nil, err
