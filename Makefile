@@ -130,8 +130,8 @@ FUZZTIME ?= 30s
 # large input (the example config) spends up to a minute minimizing it and
 # reports 0 execs/s meanwhile; that is not a hang in the code under test.
 FUZZ_TARGETS := FuzzDecode:./protocol/ FuzzSubmit:./protocol/ FuzzClientFrame:./protocol/ \
-	FuzzJournalRecords:./agent/ FuzzParseConfig:./hw/ FuzzParseFile:./cmd/tether-agent/ \
-	FuzzWALDecode:./relay/
+	FuzzFastDecode:./protocol/ FuzzJournalRecords:./agent/ FuzzParseConfig:./hw/ \
+	FuzzParseFile:./cmd/tether-agent/ FuzzWALDecode:./relay/
 FUZZMINIMIZE ?= 10s
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
