@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -233,11 +234,22 @@ func (h *hub) enqueue(dev string, sub protocol.Submit) (commit func() (protocol.
 	// acked as unknown.
 	h.live[e.rec.ID] = e
 	d.queue = append(d.queue, e)
-	if d.sess != nil {
+	poked := d.sess != nil
+	if poked {
 		d.sess.poke()
 	}
 	h.mu.Unlock()
-	return func() (protocol.Record, error) { return h.store(d, e, rec) }, nil
+	return func() (protocol.Record, error) {
+		if poked {
+			// The agent's writer, just poked, waits on this P's run
+			// queue. Let it send the request before this goroutine
+			// blocks in the commit's fdatasync; otherwise it waits
+			// for another thread to wake and take it, and the
+			// agent's trip no longer overlaps the fsync.
+			runtime.Gosched()
+		}
+		return h.store(d, e, rec)
+	}, nil
 }
 
 // store commits the first revision of e, queued by enqueue.
