@@ -20,8 +20,13 @@ type outbox struct {
 	events  []pendingEvent // unacknowledged, in seq order
 	nextSeq uint64
 
-	done      map[string]doneEntry // finished requests, acked or not
-	doneOrder []string             // ids in finishing order, for eviction
+	done map[string]doneEntry // finished requests, acked or not
+	// doneOrder holds the ids of done in finishing order, for eviction,
+	// from doneHead on: evicting moves the head, and the slice is
+	// compacted once the head has passed half of it, so an eviction costs
+	// O(1) amortized rather than a copy of every id kept.
+	doneOrder []string
+	doneHead  int
 }
 
 // pendingResult is a result owed to the relay. It is sent only once
@@ -97,20 +102,26 @@ func (o *outbox) durable(id string) bool {
 // evict forgets finished requests beyond the count or age bound, but never
 // one whose result still waits for an ack.
 func (o *outbox) evict(now time.Time) {
-	n := 0
-	for _, id := range o.doneOrder {
-		e := o.done[id]
-		over := len(o.doneOrder)-n > o.maxDone || now.Sub(e.at) > o.doneWindow
+	for o.doneHead < len(o.doneOrder) {
+		id := o.doneOrder[o.doneHead]
+		over := len(o.doneOrder)-o.doneHead > o.maxDone || now.Sub(o.done[id].at) > o.doneWindow
 		if !over || o.unacked[id] {
 			break
 		}
 		delete(o.done, id)
-		n++
+		o.doneOrder[o.doneHead] = ""
+		o.doneHead++
 	}
-	if n > 0 {
-		o.doneOrder = append(o.doneOrder[:0], o.doneOrder[n:]...)
+	if o.doneHead > 0 && o.doneHead >= len(o.doneOrder)/2 {
+		n := copy(o.doneOrder, o.doneOrder[o.doneHead:])
+		clear(o.doneOrder[n:])
+		o.doneOrder, o.doneHead = o.doneOrder[:n], 0
 	}
 }
+
+// finishedOrder returns the ids of the finished requests kept, oldest
+// first.
+func (o *outbox) finishedOrder() []string { return o.doneOrder[o.doneHead:] }
 
 // addEvent queues an event and returns it with its sequence number.
 func (o *outbox) addEvent(name string, data []byte, at time.Time) protocol.Event {

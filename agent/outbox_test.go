@@ -39,6 +39,34 @@ func TestOutboxAckAndDedupe(t *testing.T) {
 	}
 }
 
+// Over a long run the outbox keeps exactly the newest maxDone finished
+// requests, in order, and its order slice does not grow with the run.
+func TestOutboxEvictsInOrder(t *testing.T) {
+	const keep = 100
+	o := newOutbox(keep, time.Hour)
+	now := time.Now()
+	for i := range 50 * keep {
+		id := fmt.Sprint("r", i)
+		o.addResult(&protocol.Result{ID: id, State: protocol.StateSucceeded}, now, false)
+		o.ack([]string{id}, 0)
+	}
+	order := o.finishedOrder()
+	if len(o.done) != keep || len(order) != keep {
+		t.Fatalf("kept %d finished requests (%d in order), want %d", len(o.done), len(order), keep)
+	}
+	for i, id := range order {
+		if want := fmt.Sprint("r", 49*keep+i); id != want {
+			t.Fatalf("order[%d] = %s, want %s", i, id, want)
+		}
+		if _, ok := o.finished(id); !ok {
+			t.Fatalf("%s in order but not remembered", id)
+		}
+	}
+	if cap(o.doneOrder) > 4*keep {
+		t.Fatalf("order slice grew to %d for %d entries", cap(o.doneOrder), keep)
+	}
+}
+
 func TestOutboxEvents(t *testing.T) {
 	o := newOutbox(10, time.Hour)
 	for i := 0; i < 4; i++ {

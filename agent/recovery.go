@@ -151,7 +151,7 @@ func (a *Agent) snapshotLocked() []record {
 			recs = append(recs, record{Op: opStart, ID: id, Idem: j.req.Idempotent, Time: now})
 		}
 	}
-	for _, id := range a.out.doneOrder {
+	for _, id := range a.out.finishedOrder() {
 		e := a.out.done[id]
 		if e.pure {
 			continue // kept in memory only, as its start was
