@@ -374,7 +374,9 @@ func (c *clientConn) handle(m protocol.Message) {
 				c.pushErr(m.Ref, "", err)
 				return
 			}
-			c.follow(m.Ref, rec)
+			if c.watch(m.Ref, rec) {
+				c.wait(rec.ID)
+			}
 		}()
 	case *protocol.ClientGet:
 		if err := c.srv.authorizeRequest(c.ctx, m.ID); err != nil {
@@ -421,33 +423,43 @@ func (c *clientConn) watching() int {
 // and, once it ends, a result pushed by a waiter. A request already
 // followed keeps its one waiter; the newest ref is used for its result.
 func (c *clientConn) follow(ref string, rec protocol.Record) {
-	if protocol.Terminal(rec.State) {
-		c.push(protocol.NewClientResult(ref, rec))
+	if !c.watch(ref, rec) {
 		return
 	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.wait(rec.ID)
+	}()
+}
+
+// watch is follow but for the waiter: it reports whether the caller must
+// become rec's waiter (call wait), which a goroutine of the connection's
+// own, done with the request otherwise, can do without starting another.
+func (c *clientConn) watch(ref string, rec protocol.Record) bool {
+	if protocol.Terminal(rec.State) {
+		c.push(protocol.NewClientResult(ref, rec))
+		return false
+	}
 	if !c.push(&protocol.ClientAccepted{Ref: ref, ID: rec.ID, Request: rec}) {
-		return
+		return false
 	}
 	c.mu.Lock()
 	if _, ok := c.watches[rec.ID]; ok {
 		c.watches[rec.ID] = ref
 		c.mu.Unlock()
-		return
+		return false
 	}
 	if len(c.watches) >= maxClientWatches {
 		c.mu.Unlock()
 		// Only get and cancel get here at the limit; the client can ask
 		// again once results have come in.
 		c.push(&protocol.ClientError{Ref: ref, ID: rec.ID, Code: codeTooMany, Message: "too many requests followed on this connection"})
-		return
+		return false
 	}
 	c.watches[rec.ID] = ref
-	c.wg.Add(1)
 	c.mu.Unlock()
-	go func() {
-		defer c.wg.Done()
-		c.wait(rec.ID)
-	}()
+	return true
 }
 
 // wait is the waiter of one request: it pushes its result when it ends.
