@@ -2,7 +2,7 @@ package protocol
 
 // Decoding without reflection of the frames that pass once or more per
 // request: request, result, pull and ack on /v1/agent; call, accepted and
-// result on /v1/client. Through encoding/json (a validity scan of the
+// result on /v1/client; and the body of a REST submission. Through encoding/json (a validity scan of the
 // whole frame, then a second pass by reflection, a string and a lookup for
 // every key) their decoding was a large share of the relay's and the
 // agent's CPU. The decoders here read them in one pass: the JSON that
@@ -510,6 +510,37 @@ func (m *ClientResult) decodeFast(frame []byte) bool {
 			m.Error = s.failure()
 		case "request":
 			s.record(&m.Request)
+		}
+	}
+	return s.end()
+}
+
+// DecodeSubmitFast reads the JSON body of a REST submission without
+// reflection, under the same rule as the frames above: when it reports
+// false the caller decodes body with encoding/json, as it always did.
+func DecodeSubmitFast(body []byte) (Submit, bool) {
+	var m Submit
+	if !m.decodeFast(body) {
+		return Submit{}, false
+	}
+	return m, true
+}
+
+func (m *Submit) decodeFast(body []byte) bool {
+	s := newScanner(body)
+	s.typed = true // a submission names no type
+	var seen uint32
+	s.expect('{')
+	for first := true; s.more('}', first); first = false {
+		switch s.key(&seen, "method", "params", "timeout", "idempotent") {
+		case "method":
+			m.Method = s.str()
+		case "params":
+			m.Params = s.raw()
+		case "timeout":
+			m.Timeout = s.duration()
+		case "idempotent":
+			m.Idempotent = s.bool()
 		}
 	}
 	return s.end()

@@ -8,15 +8,16 @@ import (
 	"time"
 )
 
-// fastTypes make an empty message of every type with a fast decoder.
-var fastTypes = []func() Message{
-	func() Message { return new(Request) },
-	func() Message { return new(Result) },
-	func() Message { return new(Pull) },
-	func() Message { return new(Ack) },
-	func() Message { return new(ClientCall) },
-	func() Message { return new(ClientAccepted) },
-	func() Message { return new(ClientResult) },
+// fastTypes make an empty value of every type with a fast decoder.
+var fastTypes = []func() fastDecoder{
+	func() fastDecoder { return new(Submit) },
+	func() fastDecoder { return new(Request) },
+	func() fastDecoder { return new(Result) },
+	func() fastDecoder { return new(Pull) },
+	func() fastDecoder { return new(Ack) },
+	func() fastDecoder { return new(ClientCall) },
+	func() fastDecoder { return new(ClientAccepted) },
+	func() fastDecoder { return new(ClientResult) },
 }
 
 // encodedFrames are messages as their senders build them, with the decoder
@@ -155,6 +156,13 @@ var trickyFrames = []string{
 	`{"type":"push","n":1}`,
 	`{"type":"","n":1}`,
 	`{}`, `[]`, `null`, ``, `{`, `"type"`,
+	// REST submissions.
+	`{"method":"sys.ping","params":{"p":"x"},"timeout":"30s"}`,
+	`{"method":"gpio.write","params":{"pin":"GPIO17","level":"high"},"idempotent":true}`,
+	` { "timeout" : "1m" , "method" : "m" } `,
+	`{"method":"m"}}`,
+	`{"method":"m","timeout":1500}`,
+	`{"method":"m","Method":"n"}`,
 }
 
 // FuzzFastDecode holds the fast decoders to encoding/json: a frame one of
@@ -173,7 +181,7 @@ func FuzzFastDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		for _, newMsg := range fastTypes {
 			m := newMsg()
-			if !m.(fastDecoder).decodeFast(frame) {
+			if !m.decodeFast(frame) {
 				continue
 			}
 			want := newMsg()

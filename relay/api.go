@@ -1,10 +1,12 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -113,21 +115,28 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	var sub protocol.Submit
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxFrame)))
-	if err := dec.Decode(&sub); err != nil {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxFrame)))
+	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			writeError(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge,
 				fmt.Sprintf("body exceeds %d bytes", s.cfg.MaxFrame))
 			return
 		}
-		writeError(w, http.StatusBadRequest, codeBadRequest, "malformed JSON body: "+err.Error())
+		writeError(w, http.StatusBadRequest, codeBadRequest, "reading body: "+err.Error())
 		return
 	}
-	if dec.More() {
-		writeError(w, http.StatusBadRequest, codeBadRequest, "malformed JSON body: trailing data")
-		return
+	sub, ok := protocol.DecodeSubmitFast(body)
+	if !ok {
+		dec := json.NewDecoder(bytes.NewReader(body))
+		if err := dec.Decode(&sub); err != nil {
+			writeError(w, http.StatusBadRequest, codeBadRequest, "malformed JSON body: "+err.Error())
+			return
+		}
+		if dec.More() {
+			writeError(w, http.StatusBadRequest, codeBadRequest, "malformed JSON body: trailing data")
+			return
+		}
 	}
 	rec, err := s.Submit(r.Context(), r.PathValue("id"), sub)
 	if err != nil {
