@@ -3,6 +3,7 @@ package relay
 import (
 	"bufio"
 	"context"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -20,6 +21,9 @@ func (s *Server) accessLog(next http.Handler) http.Handler {
 		rec := &statusRecorder{ResponseWriter: w}
 		note := &reqNote{}
 		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), noteKey{}, note)))
+		if !s.log.Enabled(r.Context(), slog.LevelInfo) {
+			return
+		}
 		status := rec.status
 		switch {
 		case rec.hijacked:
