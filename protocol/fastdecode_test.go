@@ -195,3 +195,46 @@ func TestFastDecodeFallsBack(t *testing.T) {
 		})
 	}
 }
+
+// A decoded message keeps nothing of the frame it came from, on either
+// path: the relay reads frames into buffers it reuses for the next one.
+func TestDecodeCopiesTheFrame(t *testing.T) {
+	type frame struct {
+		decode func([]byte, int) (Message, error)
+		b      []byte
+		fast   bool // the path it must take
+	}
+	fast := fastDecodes(t)
+	var frames []frame
+	for _, e := range encodedFrames() {
+		b, err := Encode(e.msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		frames = append(frames, frame{e.decode, b, true})
+		// The same frame with a member the fast path refuses (a key it
+		// does not know) takes encoding/json's path.
+		slow := []byte(strings.Replace(string(b), `"type":`, `"TYPE":"x","type":`, 1))
+		frames = append(frames, frame{e.decode, slow, false})
+	}
+	for _, f := range frames {
+		want, err := f.decode(append([]byte(nil), f.b...), 0)
+		if err != nil {
+			t.Fatalf("%s: %v", f.b, err)
+		}
+		*fast = 0
+		got, err := f.decode(f.b, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (*fast == 1) != f.fast {
+			t.Fatalf("%s: fast path taken %d times, want it taken: %v", f.b, *fast, f.fast)
+		}
+		for i := range f.b {
+			f.b[i] = 'x'
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("the message changed with its frame's bytes:\n%#v\n%#v", got, want)
+		}
+	}
+}

@@ -265,29 +265,42 @@ func (c *clientConn) readLoop() {
 			c.fail(protocol.Errorf(protocol.CodeBadFrame, "binary frames are not supported; send JSON text"), websocket.CloseUnsupportedData)
 			return
 		}
-		b, err := io.ReadAll(io.LimitReader(r, int64(c.cfg.ClientMaxFrame)+1))
+		buf, err := readFrameBuf(r, c.cfg.ClientMaxFrame)
 		if err != nil {
 			c.readFailed(err)
 			return
 		}
 		conn.SetReadDeadline(time.Now().Add(c.deadAfter()))
-		m, err := protocol.DecodeClient(b, c.cfg.ClientMaxFrame)
+		m, err := protocol.DecodeClient(buf.Bytes(), c.cfg.ClientMaxFrame)
 		if err != nil {
-			f := c.failure(err)
-			if f.Code == protocol.CodeTooLarge {
-				c.fail(f, websocket.CloseMessageTooBig)
+			stop := c.refuse(buf.Bytes(), err)
+			putFrameBuf(buf)
+			if stop {
 				return
 			}
-			if c.badFrames++; c.badFrames > maxBadFrames {
-				c.fail(protocol.Errorf(protocol.CodeBadFrame, "too many invalid frames"), websocket.ClosePolicyViolation)
-				return
-			}
-			c.push(&protocol.ClientError{Ref: refOf(b), Code: f.Code, Message: f.Message})
 			continue
 		}
+		putFrameBuf(buf)
 		c.badFrames = 0
 		c.handle(m)
 	}
+}
+
+// refuse answers a frame that did not decode with an error frame, and
+// reports whether the connection must end instead: a frame too large, or
+// too many bad ones in a row.
+func (c *clientConn) refuse(frame []byte, err error) (stop bool) {
+	f := c.failure(err)
+	if f.Code == protocol.CodeTooLarge {
+		c.fail(f, websocket.CloseMessageTooBig)
+		return true
+	}
+	if c.badFrames++; c.badFrames > maxBadFrames {
+		c.fail(protocol.Errorf(protocol.CodeBadFrame, "too many invalid frames"), websocket.ClosePolicyViolation)
+		return true
+	}
+	c.push(&protocol.ClientError{Ref: refOf(frame), Code: f.Code, Message: f.Message})
+	return false
 }
 
 // refOf digs the ref out of a frame that failed validation, so that the

@@ -655,15 +655,14 @@ func (s *session) readFrame(first bool) (protocol.Message, bool) {
 		s.fail(protocol.Errorf(protocol.CodeBadFrame, "binary frames are not part of %s", protocol.Version), websocket.CloseUnsupportedData)
 		return nil, false
 	}
-	// Read one byte past the limit to tell "exactly max" from "too large"
-	// without buffering the rest of an oversized frame.
-	b, err := io.ReadAll(io.LimitReader(r, int64(s.cfg.MaxFrame)+1))
+	buf, err := readFrameBuf(r, s.cfg.MaxFrame)
 	if err != nil {
 		s.readFailed(err, first)
 		return nil, false
 	}
 	s.extend()
-	m, err := protocol.Decode(b, s.cfg.MaxFrame)
+	m, err := protocol.Decode(buf.Bytes(), s.cfg.MaxFrame)
+	putFrameBuf(buf)
 	if err != nil {
 		var f *protocol.Failure
 		if !errors.As(err, &f) {

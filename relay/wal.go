@@ -87,8 +87,11 @@ type wal struct {
 	stop chan struct{}
 	done chan struct{} // the checkpointer returned
 
-	// buf is the leader's encoding buffer; only run touches it.
-	buf []byte
+	// buf is the leader's encoding buffer, and seed the walSeed of file
+	// seedOf; only run touches them.
+	buf    []byte
+	seed   uint32
+	seedOf uint64
 	// cpMu serialises checkpoints (the checkpointer's, and tests').
 	cpMu sync.Mutex
 
@@ -288,7 +291,8 @@ func removeWALFiles(dir string, seqs []uint64) error {
 // crash, or the end of the data.
 const walHeader = 8
 
-func appendWALRecord(b []byte, seq uint64, e walEntry) []byte {
+// appendWALRecord appends e's record for the file whose walSeed is seed.
+func appendWALRecord(b []byte, seed uint32, e walEntry) []byte {
 	kind := byte(walPut)
 	if e.val == nil {
 		kind = walDelete
@@ -301,27 +305,28 @@ func appendWALRecord(b []byte, seq uint64, e walEntry) []byte {
 	b = append(b, e.val...)
 	payload := b[start+walHeader:]
 	binary.LittleEndian.PutUint32(b[start:], uint32(len(payload)))
-	binary.LittleEndian.PutUint32(b[start+4:], walChecksum(seq, payload))
+	binary.LittleEndian.PutUint32(b[start+4:], crc32.Update(seed, crcTable, payload))
 	return b
 }
 
-func walChecksum(seq uint64, payload []byte) uint32 {
-	var s [8]byte
-	binary.LittleEndian.PutUint64(s[:], seq)
-	return crc32.Update(crc32.Checksum(s[:], crcTable), crcTable, payload)
+// walSeed is the checksum of file seq's number, which every record's
+// checksum goes on from.
+func walSeed(seq uint64) uint32 {
+	return crc32.Checksum(binary.LittleEndian.AppendUint64(nil, seq), crcTable)
 }
 
 // decodeWAL returns the records of log file seq up to the first one that
 // does not check.
 func decodeWAL(b []byte, seq uint64) []walEntry {
 	var out []walEntry
+	seed := walSeed(seq)
 	for len(b) >= walHeader {
 		n := binary.LittleEndian.Uint32(b)
 		if n < 3 || n > walMaxRecord || int(n) > len(b)-walHeader {
 			break
 		}
 		payload := b[walHeader : walHeader+int(n)]
-		if binary.LittleEndian.Uint32(b[4:]) != walChecksum(seq, payload) {
+		if binary.LittleEndian.Uint32(b[4:]) != crc32.Update(seed, crcTable, payload) {
 			break
 		}
 		b = b[walHeader+int(n):]
@@ -382,10 +387,13 @@ func (w *wal) run(group []*commitCall[walOp]) {
 	f, seq, sick := w.f, w.seq, w.sick
 	w.mu.Unlock()
 
+	if w.seedOf != seq { // file numbers start at 1
+		w.seed, w.seedOf = walSeed(seq), seq
+	}
 	w.buf = w.buf[:0]
 	for _, c := range group {
 		for _, e := range c.op.entries {
-			w.buf = appendWALRecord(w.buf, seq, e)
+			w.buf = appendWALRecord(w.buf, w.seed, e)
 		}
 	}
 	err := sick

@@ -57,7 +57,7 @@ func TestWALReplayAfterCrash(t *testing.T) {
 	f, size := st.reqs.f, st.reqs.size
 	st.reqs.mu.Unlock()
 	// Half a record, as a crash in the middle of a write leaves it.
-	torn := appendWALRecord(nil, st.reqs.seq, walEntry{id: "c", val: []byte("\x00\x00\x00\x00\x00\x00\x00\x09{}")})
+	torn := appendWALRecord(nil, walSeed(st.reqs.seq), walEntry{id: "c", val: []byte("\x00\x00\x00\x00\x00\x00\x00\x09{}")})
 	if _, err := f.WriteAt(torn[:len(torn)-3], size); err != nil {
 		t.Fatal(err)
 	}
@@ -233,8 +233,8 @@ func must(t *testing.T, err error) {
 // panic into records that encode back to a prefix of them.
 func FuzzWALDecode(f *testing.F) {
 	var good []byte
-	good = appendWALRecord(good, 7, walEntry{id: "r_1", val: []byte("\x00\x00\x00\x00\x00\x00\x00\x01{}")})
-	good = appendWALRecord(good, 7, walEntry{id: "r_2"})
+	good = appendWALRecord(good, walSeed(7), walEntry{id: "r_1", val: []byte("\x00\x00\x00\x00\x00\x00\x00\x01{}")})
+	good = appendWALRecord(good, walSeed(7), walEntry{id: "r_2"})
 	f.Add(good, uint64(7))
 	f.Add(good[:len(good)-1], uint64(7))
 	f.Add(good, uint64(8))
@@ -243,7 +243,7 @@ func FuzzWALDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte, seq uint64) {
 		var again []byte
 		for _, e := range decodeWAL(b, seq) {
-			again = appendWALRecord(again, seq, e)
+			again = appendWALRecord(again, walSeed(seq), e)
 		}
 		if !bytes.HasPrefix(b, again) {
 			t.Fatalf("decoded records do not encode back to a prefix of the input")

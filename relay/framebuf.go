@@ -1,0 +1,37 @@
+package relay
+
+import (
+	"bytes"
+	"io"
+	"sync"
+)
+
+// frameBufs lends the buffers frames are read into, one frame at a time:
+// a decoded message copies whatever it keeps, so the buffer goes back as
+// soon as the frame is decoded, and an idle connection holds none.
+var frameBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledFrame is the largest buffer kept for reuse; the rare bigger
+// frame's buffer is left to the garbage collector.
+const maxPooledFrame = 64 << 10
+
+// readFrameBuf reads the rest of a frame from r, up to max+1 bytes (one
+// past the limit, to tell "exactly max" from "too large" without reading
+// all of an oversized frame), into a lent buffer. The caller gives the
+// buffer back with putFrameBuf once done with its bytes.
+func readFrameBuf(r io.Reader, max int) (*bytes.Buffer, error) {
+	buf := frameBufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	_, err := buf.ReadFrom(&io.LimitedReader{R: r, N: int64(max) + 1})
+	if err != nil {
+		putFrameBuf(buf)
+		return nil, err
+	}
+	return buf, nil
+}
+
+func putFrameBuf(buf *bytes.Buffer) {
+	if buf.Cap() <= maxPooledFrame {
+		frameBufs.Put(buf)
+	}
+}
