@@ -21,7 +21,7 @@ func Decode(frame []byte, max int) (Message, error) {
 // not validate m; senders build valid messages.
 func Encode(m Message) ([]byte, error) {
 	if a, ok := m.(frameAppender); ok {
-		return a.appendFrame(make([]byte, 0, 256)), nil
+		return a.appendFrame(make([]byte, 0, frameSize(m))), nil
 	}
 	return encodeReflect(m)
 }
@@ -32,6 +32,38 @@ func Encode(m Message) ([]byte, error) {
 // byte as encodeReflect does.
 type frameAppender interface {
 	appendFrame(b []byte) []byte
+}
+
+// frameSize guesses the length of m's frame, so that Encode allocates its
+// buffer once: the fixed members take up to a few hundred bytes, raw
+// values and ids their own length, more if they need escaping.
+func frameSize(m Message) int {
+	switch m := m.(type) {
+	case *Request:
+		return 128 + len(m.ID) + len(m.Method) + len(m.Params)
+	case *Result:
+		return 128 + len(m.ID) + len(m.Value) + failureSize(m.Error)
+	case *Ack:
+		return 32 + 40*len(m.IDs)
+	case *ClientCall:
+		return 128 + len(m.Ref) + len(m.Device) + len(m.Method) + len(m.Params)
+	case *ClientAccepted:
+		return 64 + len(m.Ref) + recordSize(&m.Request)
+	case *ClientResult:
+		return 96 + len(m.Ref) + len(m.Result) + failureSize(m.Error) + recordSize(&m.Request)
+	}
+	return 64
+}
+
+func recordSize(r *Record) int {
+	return 256 + len(r.ID) + len(r.Device) + len(r.Method) + len(r.Params) + len(r.Result) + failureSize(r.Error)
+}
+
+func failureSize(f *Failure) int {
+	if f == nil {
+		return 0
+	}
+	return 32 + len(f.Code) + len(f.Message)
 }
 
 // encodeReflect is Encode through json.Marshal.
