@@ -142,6 +142,35 @@ func (s *scanner) key(seen *uint32, names ...string) string {
 	return ""
 }
 
+// object starts reading an object, whose members member then reads
+// one by one:
+//
+//	for o := s.object(); s.member(&o, names...); {
+//		switch o.key { ... read the value ... }
+//	}
+func (s *scanner) object() members {
+	s.expect('{')
+	return members{first: true}
+}
+
+// members is the state of an object being read.
+type members struct {
+	key   string // of the member whose value is next
+	seen  uint32 // keys read so far, as bits of names (see key)
+	first bool
+}
+
+// member reads the next member's key, one of names, into o.key, and
+// reports whether there is one; after the last, the object has been read.
+func (s *scanner) member(o *members, names ...string) bool {
+	if !s.more('}', o.first) {
+		return false
+	}
+	o.first = false
+	o.key = s.key(&o.seen, names...)
+	return true
+}
+
 // typ reads the frame's type, which must be want.
 func (s *scanner) typ(want string) {
 	if string(s.plain()) != want {
@@ -315,10 +344,8 @@ func (s *scanner) timestamp() time.Time {
 // failure reads the object of a Failure.
 func (s *scanner) failure() *Failure {
 	f := new(Failure)
-	var seen uint32
-	s.expect('{')
-	for first := true; s.more('}', first); first = false {
-		switch s.key(&seen, "code", "message") {
+	for o := s.object(); s.member(&o, "code", "message"); {
+		switch o.key {
 		case "code":
 			f.Code = s.str()
 		case "message":
@@ -330,11 +357,9 @@ func (s *scanner) failure() *Failure {
 
 // record reads the object of a Record into r.
 func (s *scanner) record(r *Record) {
-	var seen uint32
-	s.expect('{')
-	for first := true; s.more('}', first); first = false {
-		switch s.key(&seen, "id", "device", "method", "params", "state", "result", "error",
-			"attempts", "idempotent", "timeout", "created", "finished", "run_ms") {
+	for o := s.object(); s.member(&o, "id", "device", "method", "params", "state", "result", "error",
+		"attempts", "idempotent", "timeout", "created", "finished", "run_ms"); {
+		switch o.key {
 		case "id":
 			r.ID = s.str()
 		case "device":
@@ -368,10 +393,8 @@ func (s *scanner) record(r *Record) {
 
 func (m *Request) decodeFast(frame []byte) bool {
 	s := newScanner(frame)
-	var seen uint32
-	s.expect('{')
-	for first := true; s.more('}', first); first = false {
-		switch s.key(&seen, "type", "id", "method", "params", "timeout_ms", "attempt", "idempotent") {
+	for o := s.object(); s.member(&o, "type", "id", "method", "params", "timeout_ms", "attempt", "idempotent"); {
+		switch o.key {
 		case "type":
 			s.typ(TypeRequest)
 		case "id":
@@ -393,10 +416,8 @@ func (m *Request) decodeFast(frame []byte) bool {
 
 func (m *Result) decodeFast(frame []byte) bool {
 	s := newScanner(frame)
-	var seen uint32
-	s.expect('{')
-	for first := true; s.more('}', first); first = false {
-		switch s.key(&seen, "type", "id", "state", "value", "error", "run_ms") {
+	for o := s.object(); s.member(&o, "type", "id", "state", "value", "error", "run_ms"); {
+		switch o.key {
 		case "type":
 			s.typ(TypeResult)
 		case "id":
@@ -416,10 +437,8 @@ func (m *Result) decodeFast(frame []byte) bool {
 
 func (m *Pull) decodeFast(frame []byte) bool {
 	s := newScanner(frame)
-	var seen uint32
-	s.expect('{')
-	for first := true; s.more('}', first); first = false {
-		switch s.key(&seen, "type", "n") {
+	for o := s.object(); s.member(&o, "type", "n"); {
+		switch o.key {
 		case "type":
 			s.typ(TypePull)
 		case "n":
@@ -431,10 +450,8 @@ func (m *Pull) decodeFast(frame []byte) bool {
 
 func (m *Ack) decodeFast(frame []byte) bool {
 	s := newScanner(frame)
-	var seen uint32
-	s.expect('{')
-	for first := true; s.more('}', first); first = false {
-		switch s.key(&seen, "type", "ids", "events") {
+	for o := s.object(); s.member(&o, "type", "ids", "events"); {
+		switch o.key {
 		case "type":
 			s.typ(TypeAck)
 		case "ids":
@@ -448,10 +465,8 @@ func (m *Ack) decodeFast(frame []byte) bool {
 
 func (m *ClientCall) decodeFast(frame []byte) bool {
 	s := newScanner(frame)
-	var seen uint32
-	s.expect('{')
-	for first := true; s.more('}', first); first = false {
-		switch s.key(&seen, "type", "ref", "device", "method", "params", "timeout", "idempotent") {
+	for o := s.object(); s.member(&o, "type", "ref", "device", "method", "params", "timeout", "idempotent"); {
+		switch o.key {
 		case "type":
 			s.typ(TypeCall)
 		case "ref":
@@ -473,10 +488,8 @@ func (m *ClientCall) decodeFast(frame []byte) bool {
 
 func (m *ClientAccepted) decodeFast(frame []byte) bool {
 	s := newScanner(frame)
-	var seen uint32
-	s.expect('{')
-	for first := true; s.more('}', first); first = false {
-		switch s.key(&seen, "type", "ref", "id", "request") {
+	for o := s.object(); s.member(&o, "type", "ref", "id", "request"); {
+		switch o.key {
 		case "type":
 			s.typ(TypeAccepted)
 		case "ref":
@@ -492,10 +505,8 @@ func (m *ClientAccepted) decodeFast(frame []byte) bool {
 
 func (m *ClientResult) decodeFast(frame []byte) bool {
 	s := newScanner(frame)
-	var seen uint32
-	s.expect('{')
-	for first := true; s.more('}', first); first = false {
-		switch s.key(&seen, "type", "id", "ref", "state", "result", "error", "request") {
+	for o := s.object(); s.member(&o, "type", "id", "ref", "state", "result", "error", "request"); {
+		switch o.key {
 		case "type":
 			s.typ(TypeResult)
 		case "id":
@@ -529,10 +540,8 @@ func DecodeSubmitFast(body []byte) (Submit, bool) {
 func (m *Submit) decodeFast(body []byte) bool {
 	s := newScanner(body)
 	s.typed = true // a submission names no type
-	var seen uint32
-	s.expect('{')
-	for first := true; s.more('}', first); first = false {
-		switch s.key(&seen, "method", "params", "timeout", "idempotent") {
+	for o := s.object(); s.member(&o, "method", "params", "timeout", "idempotent"); {
+		switch o.key {
 		case "method":
 			m.Method = s.str()
 		case "params":
