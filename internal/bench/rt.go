@@ -436,6 +436,17 @@ func (rc *restConn) close() {
 	}
 }
 
+// dialWSOrSkip dials t's client WebSocket. On a relay that does not serve
+// one it records the figures named name as skipped and returns nil, nil.
+func (r *runner) dialWSOrSkip(t *tether, name string) (*wsClient, error) {
+	ws, err := t.dialWS()
+	if errors.Is(err, errNoClientWS) {
+		r.skip(name, err.Error())
+		return nil, nil
+	}
+	return ws, err
+}
+
 // errNoClientWS means the relay does not serve /v1/client.
 var errNoClientWS = errors.New("the relay does not serve the client WebSocket (/v1/client)")
 
@@ -669,12 +680,8 @@ func (r *runner) roundTrips(ctx context.Context) error {
 	if err := r.latency(ctx, "rt_rest_gpio_seq", "nats_seq", 1, false, noteGPIO, t.restCallWith(gpioSubmit, dev)); err != nil {
 		return err
 	}
-	ws, err := t.dialWS()
-	if errors.Is(err, errNoClientWS) {
-		r.skip("rt_ws", err.Error())
-		return nil
-	}
-	if err != nil {
+	ws, err := r.dialWSOrSkip(t, "rt_ws")
+	if ws == nil {
 		return err
 	}
 	defer ws.close()
@@ -740,12 +747,8 @@ func (r *runner) throughput(ctx context.Context) error {
 	}
 	// The same calls over one /v1/client WebSocket, as NATS's requesters
 	// share one connection.
-	ws, err := t.dialWS()
-	if errors.Is(err, errNoClientWS) {
-		r.skip("tput_ws", err.Error())
-		return nil
-	}
-	if err != nil {
+	ws, err := r.dialWSOrSkip(t, "tput_ws")
+	if ws == nil {
 		return err
 	}
 	defer ws.close()
