@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
+	"golang.org/x/sys/unix"
 
 	"github.com/tetherhq/tether/internal/batchconn"
 	"github.com/tetherhq/tether/protocol"
@@ -92,6 +94,14 @@ func (r *runner) latency(ctx context.Context, name, base string, conc int, withB
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	cpu := r.sampleCPU()
+	r.addLatency(name, base, lat, withBudget, note)
+	r.addCPU(name, base, before, cpu, n)
+	return nil
+}
+
+// addLatency adds NAME_p50, NAME_p99 and NAME_p999 of lat, in
+// microseconds, as latency describes them.
+func (r *runner) addLatency(name, base string, lat []time.Duration, withBudget bool, note string) {
 	slices.Sort(lat)
 	for _, q := range []struct {
 		suffix string
@@ -109,9 +119,75 @@ func (r *runner) latency(ctx context.Context, name, base string, conc int, withB
 		}
 		r.add(f)
 	}
-	r.addCPU(name, base, before, cpu, n)
+}
+
+// diskSync measures what one durable write costs on the filesystem of the
+// relay's data directory (the work directory): a small record written
+// into a file filled in advance, then fdatasync, as the relay's request
+// log commits a submit. It is on the path of every durable round trip,
+// and the figures compare it with NATS's whole round trip: disk_sync
+// with one write right after the other, the disk's own latency, and
+// disk_sync_paced with a pause before each, as a sequential caller's
+// commits come, which on a virtual machine adds the wake-up of an idle
+// CPU when the disk answers.
+func (r *runner) diskSync(ctx context.Context) error {
+	dir, err := r.dir("disk")
+	if err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(dir, "sync"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	const record = 512
+	n := min(r.opts.RoundTrips, 2000)
+	if _, err := f.Write(make([]byte, n*record)); err != nil {
+		return fmt.Errorf("disk_sync: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("disk_sync: %w", err)
+	}
+	buf := bytes.Repeat([]byte{'x'}, record)
+	var off int64
+	sync := func() error {
+		if _, err := f.WriteAt(buf, off); err != nil {
+			return err
+		}
+		off = (off + record) % int64(n*record) // stay inside the file written in advance
+		return unix.Fdatasync(int(f.Fd()))
+	}
+	for range min(n/10, 200) { // warm-up
+		if err := sync(); err != nil {
+			return fmt.Errorf("disk_sync: %w", err)
+		}
+	}
+	for _, run := range []struct {
+		name, note string
+		pause      time.Duration
+	}{{"disk_sync", noteDisk, 0}, {"disk_sync_paced", noteDiskPaced, diskPause}} {
+		lat := make([]time.Duration, n)
+		for i := range lat {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if run.pause > 0 {
+				time.Sleep(run.pause)
+			}
+			t := time.Now()
+			if err := sync(); err != nil {
+				return fmt.Errorf("%s: %w", run.name, err)
+			}
+			lat[i] = time.Since(t)
+		}
+		r.addLatency(run.name, "nats_seq", lat, false, run.note)
+	}
 	return nil
 }
+
+// diskPause is disk_sync_paced's pause before each write: about what a
+// sequential round trip spends between two commits.
+const diskPause = 250 * time.Microsecond
 
 // rate measures requests per second of n calls at conc.
 func (r *runner) rate(ctx context.Context, name, base string, conc int, withBudget bool, note string, call func(w int) error) error {
@@ -620,12 +696,14 @@ func (c *wsClient) close() {
 }
 
 const (
-	noteTCP    = "raw TCP ping-pong between two processes, one connection per caller: the loopback floor"
-	noteNATS   = "NATS request/reply through nats-server (own process) to a responder process; not durable"
-	noteREST   = "durable: POST ?wait= to a relay process, full agent process (simulated board, journal); sys.ping touches no hardware, so the agent does not journal it; on the path: the submit's bbolt commit (overlapping the delivery), not the delivery's or the result's"
-	noteGPIO   = "as rt_rest_seq, with gpio.write (a hardware action): the agent also fsyncs its journal before and after it runs"
-	noteWS     = "durable, as the REST figure, over one /v1/client WebSocket multiplexing the callers"
-	noteTputAg = "durable; callers spread evenly over the agents, two per agent"
+	noteTCP       = "raw TCP ping-pong between two processes, one connection per caller: the loopback floor"
+	noteNATS      = "NATS request/reply through nats-server (own process) to a responder process; not durable"
+	noteREST      = "durable: POST ?wait= to a relay process, full agent process (simulated board, journal); sys.ping touches no hardware, so the agent does not journal it; on the path: the submit's append to the request log and its fdatasync (overlapping the delivery), not the delivery's or the result's"
+	noteGPIO      = "as rt_rest_seq, with gpio.write (a hardware action): the agent also fsyncs its journal before and after it runs"
+	noteDisk      = "one 512-byte write into a file written in advance, then fdatasync, in the relay's data filesystem: what the relay's request log does to commit a submit, on the path of every durable round trip; compared with NATS's whole round trip"
+	noteDiskPaced = "as disk_sync, each write after a pause of 250 us (the pace of a sequential caller's commits)"
+	noteWS        = "durable, as the REST figure, over one /v1/client WebSocket multiplexing the callers"
+	noteTputAg    = "durable; callers spread evenly over the agents, two per agent"
 )
 
 func (r *runner) roundTrips(ctx context.Context) error {
@@ -661,6 +739,9 @@ func (r *runner) roundTrips(ctx context.Context) error {
 		return err
 	}
 	if err := r.latency(ctx, "nats_"+cs, "tcp_"+cs, c, false, noteNATS, natsCall(nc, subj)); err != nil {
+		return err
+	}
+	if err := r.diskSync(ctx); err != nil {
 		return err
 	}
 
