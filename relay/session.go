@@ -607,14 +607,19 @@ func (s *session) handle(m protocol.Message) bool {
 		case <-s.quit:
 			return false
 		}
-		commit := s.hub.result(s, m)
 		s.commits.Add(1)
-		s.loop.work.run(func() {
+		s.hub.result(s, m, func(err error) {
 			defer s.commits.Done()
-			defer func() { <-slots }()
-			if err := commit(); err != nil {
+			<-slots
+			if err != nil {
 				if !errors.Is(err, ErrClosed) {
-					s.fail(protocol.Errorf(protocol.CodeInternal, "relay storage failed"), websocket.CloseInternalServerErr)
+					// fail may wait for room in the send queue, and
+					// this may run on the committing goroutine.
+					s.commits.Add(1)
+					s.loop.work.run(func() {
+						defer s.commits.Done()
+						s.fail(protocol.Errorf(protocol.CodeInternal, "relay storage failed"), websocket.CloseInternalServerErr)
+					})
 				}
 				return
 			}
