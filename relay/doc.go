@@ -82,17 +82,13 @@
 // epoll, keep one reader goroutine each (decrypted data can wait inside
 // crypto/tls where the socket does not show it). /v1/client connections
 // keep one reader and one writer each, and one goroutine per call, which
-// commits the submit and then waits for the result. A result's commit
-// holds no goroutine: it rides along with the next commit, and the
-// goroutine that makes that commit queues the result's ack.
+// commits the submit and then waits for the result.
 //
 // A goroutine that hands work to another and then blocks in a system call
 // yields first (runtime.Gosched): the loop before epoll_wait, a submit
 // before its fdatasync. The work it readied then starts on the same
 // processor at once, instead of waiting for another thread to wake and
-// take it, which costs 50–70 µs on a small virtual machine. A client
-// connection's writer yields once before it sends what it holds, so the
-// results that other goroutines are about to hand it share its write.
+// take it, which costs 50–70 µs on a small virtual machine.
 //
 // Run owns the sweeper (expiry of queued requests, result retention) and,
 // on return, has waited for every session to end.

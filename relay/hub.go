@@ -136,6 +136,17 @@ func (h *hub) commit(c *changes) error {
 	return h.settle(c, h.st.putRequests(c.recs))
 }
 
+// commitLater is commit for changes nobody is waiting for: the write
+// rides along with the next commit someone waits for (committer.later).
+func (h *hub) commitLater(c *changes) error {
+	if len(c.recs) == 0 {
+		return h.settle(c, nil)
+	}
+	done := make(chan error, 1)
+	h.st.putRequestsLater(c.recs, func(err error) { done <- err })
+	return h.settle(c, <-done)
+}
+
 // settle finishes a commit of c that ended with err.
 func (h *hub) settle(c *changes, err error) error {
 	if err != nil {
@@ -532,12 +543,9 @@ func (h *hub) releaseLocked(d *device, old *session, keep map[string]bool, to *s
 
 // result records res unless the request already ended. The decision and
 // the in-memory change happen now, under the lock, so the slot the result
-// frees is never visible as still delivered. Once the outcome is durable,
-// or could not be made so, result calls done with nil if the caller may
-// ack, exactly once: on the caller's goroutine for a result it can ack at
-// once, on the goroutine that committed it for the usual first result,
-// and on a worker of s's loop otherwise. done must not block.
-func (h *hub) result(s *session, res *protocol.Result, done func(err error)) {
+// frees is never visible as still delivered; the returned function makes
+// the outcome durable and reports whether the caller may ack.
+func (h *hub) result(s *session, res *protocol.Result) (commit func() error) {
 	var c changes
 	h.mu.Lock()
 	e := h.live[res.ID]
@@ -545,8 +553,7 @@ func (h *hub) result(s *session, res *protocol.Result, done func(err error)) {
 		// Unknown, another device's, or settled long ago: ack so the agent
 		// drops it.
 		h.mu.Unlock()
-		done(nil)
-		return
+		return func() error { return nil }
 	}
 	if protocol.Terminal(e.rec.State) {
 		if e.unsaved {
@@ -554,22 +561,20 @@ func (h *hub) result(s *session, res *protocol.Result, done func(err error)) {
 			// if this one succeeds.
 			c.resaveLocked(e)
 			h.mu.Unlock()
-			s.loop.work.run(func() { done(h.commit(&c)) })
-			return
+			return func() error { return h.commit(&c) }
 		}
 		// A first result is being committed; ack this one after it, and
 		// only if it was saved.
-		saved := e.done
+		done := e.done
 		h.mu.Unlock()
-		s.loop.work.run(func() {
+		return func() error {
 			select {
-			case <-saved:
-				done(nil)
+			case <-done:
+				return nil
 			case <-s.quit:
-				done(ErrClosed)
+				return ErrClosed
 			}
-		})
-		return
+		}
 	}
 	if e.rec.State == protocol.StateQueued {
 		h.deviceLocked(e.rec.Device).removeLocked(e)
@@ -584,11 +589,8 @@ func (h *hub) result(s *session, res *protocol.Result, done func(err error)) {
 	e.endLocked()
 	h.mu.Unlock()
 	// Only the agent's ack waits for this commit (clients were told
-	// above), so it rides along with the next one a client waits for,
-	// and nothing waits for it: done runs where the commit ends.
-	h.st.putRequestsLater(c.recs, func(err error) {
-		done(h.settle(&c, err))
-	})
+	// above), so it rides along with the next one a client waits for.
+	return func() error { return h.commitLater(&c) }
 }
 
 // event stores ev for s's device unless its seq was seen before.

@@ -607,19 +607,14 @@ func (s *session) handle(m protocol.Message) bool {
 		case <-s.quit:
 			return false
 		}
+		commit := s.hub.result(s, m)
 		s.commits.Add(1)
-		s.hub.result(s, m, func(err error) {
+		s.loop.work.run(func() {
 			defer s.commits.Done()
-			<-slots
-			if err != nil {
+			defer func() { <-slots }()
+			if err := commit(); err != nil {
 				if !errors.Is(err, ErrClosed) {
-					// fail may wait for room in the send queue, and
-					// this may run on the committing goroutine.
-					s.commits.Add(1)
-					s.loop.work.run(func() {
-						defer s.commits.Done()
-						s.fail(protocol.Errorf(protocol.CodeInternal, "relay storage failed"), websocket.CloseInternalServerErr)
-					})
+					s.fail(protocol.Errorf(protocol.CodeInternal, "relay storage failed"), websocket.CloseInternalServerErr)
 				}
 				return
 			}
