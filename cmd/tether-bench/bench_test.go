@@ -41,7 +41,7 @@ func TestMain(m *testing.M) {
 
 // figureLine is the printed form of a figure: name, value, unit, and a
 // ratio to a baseline or budget.
-var figureLine = regexp.MustCompile(`^[a-z0-9_]+ -?[0-9.]+ [A-Za-z/]+ x([0-9.]+|\?) [a-z0-9_]+( \[budget .+: (ok|MISSED)\])?$`)
+var figureLine = regexp.MustCompile(`^[a-z0-9_]+ -?[0-9.]+ [A-Za-z/]+ x([0-9.]+|\?) [a-z0-9_]+( \(x[0-9.]+\.\.x[0-9.]+ in [0-9]+ runs\))?( \[budget .+: (ok|MISSED)\])?$`)
 
 // TestSmoke runs every benchmark at tiny sizes and checks only that the
 // output is well formed: benchmarks measure, they never assert on time.

@@ -55,6 +55,7 @@ func run(args []string) error {
 	burst := fs.Int("burst", 0, "requests of the agent footprint burst")
 	agentBin := fs.String("agent-bin", "", "stripped tether-agent to measure (default DIST/tether-agent-linux-GOARCH, built if missing)")
 	dist := fs.String("dist", "", "make cross output directory (default dist)")
+	repeat := fs.Int("repeat", 0, "run the round-trip and throughput benchmarks this many times and report each figure's median (default 3, 1 with --quick)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -78,6 +79,7 @@ func run(args []string) error {
 	setInt(&opts.Credits, *credits)
 	setInt(&opts.Storm, *storm)
 	setInt(&opts.Burst, *burst)
+	setInt(&opts.Repeat, *repeat)
 	if *only != "" {
 		opts.Only = strings.Split(*only, ",")
 	}

@@ -12,6 +12,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -47,6 +49,10 @@ type Options struct {
 	Only []string
 	// Quick marks a smoke run in the report.
 	Quick bool
+	// Repeat runs the round-trip and throughput benchmarks this many
+	// times and reports the median of each figure (see Figure.Runs); the
+	// runs' own figures are printed as comments.
+	Repeat int
 
 	// RoundTrips is the number of measured round trips per latency
 	// figure; Concurrency the number of concurrent callers of the
@@ -89,6 +95,7 @@ func DefaultOptions() Options {
 		Burst:       1000,
 		Dist:        "dist",
 		ModuleDir:   ".",
+		Repeat:      3,
 	}
 }
 
@@ -102,6 +109,7 @@ func QuickOptions() Options {
 	o.Capacity = []int{200}
 	o.Storm = 200
 	o.Burst = 100
+	o.Repeat = 1
 	return o
 }
 
@@ -148,8 +156,8 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		name string
 		fn   func(context.Context) error
 	}{
-		{"rt", r.roundTrips},
-		{"tput", r.throughput},
+		{"rt", r.repeated("rt", r.roundTrips)},
+		{"tput", r.repeated("tput", r.throughput)},
 		{"footprint", r.footprint},
 		{"capacity", r.capacity},
 		{"storm", r.storm},
@@ -176,6 +184,72 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		}
 	}
 	return r.rep, errors.Join(errs...)
+}
+
+// repeated returns fn run Options.Repeat times, with its figures folded
+// into their medians (see medians). Each run starts its processes afresh
+// and stops them at its end.
+func (r *runner) repeated(name string, fn func(context.Context) error) func(context.Context) error {
+	n := r.opts.Repeat
+	if n <= 1 {
+		return fn
+	}
+	return func(ctx context.Context) error {
+		main, out := r.rep, r.out
+		defer func() { r.rep, r.out = main, out }()
+		var (
+			runs []*Report
+			err  error
+		)
+		for i := range n {
+			fmt.Fprintf(out, "# %s, run %d of %d\n", name, i+1, n)
+			r.rep = &Report{}
+			r.out = &commentWriter{w: out}
+			err = fn(ctx)
+			r.stopAll()
+			runs = append(runs, r.rep)
+			for _, s := range r.rep.Skipped {
+				if !slices.Contains(main.Skipped, s) {
+					main.Skipped = append(main.Skipped, s)
+				}
+			}
+			if err != nil || ctx.Err() != nil {
+				break
+			}
+		}
+		fmt.Fprintf(out, "# %s: the median of %d runs, and the range of the ratio\n", name, len(runs))
+		main.addMedians(out, medians(runs))
+		return err
+	}
+}
+
+// commentWriter prints what it is given as comment lines ("# " before
+// each), so that the figures of one of several runs stay out of the
+// "name value unit" lines.
+type commentWriter struct {
+	w   io.Writer
+	mid bool // within a line
+}
+
+func (c *commentWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		if !c.mid {
+			if _, err := io.WriteString(c.w, "#   "); err != nil {
+				return 0, err
+			}
+			c.mid = true
+		}
+		line := p
+		if i := bytes.IndexByte(p, '\n'); i >= 0 {
+			line, c.mid = p[:i+1], false
+		}
+		if _, err := c.w.Write(line); err != nil {
+			return 0, err
+		}
+		p = p[len(line):]
+	}
+	return n, nil
 }
 
 func (r *runner) wants(name string) bool {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -30,6 +31,13 @@ type Figure struct {
 	Max    float64 `json:"-"`
 	// Pass is set when a budget applies.
 	Pass *bool `json:"pass,omitempty"`
+	// Runs holds the value of every run when the figure's benchmark was
+	// repeated (Options.Repeat); Value is then their median, Ratio the
+	// median of the runs' ratios, each to its own run's baseline, and
+	// RatioMin and RatioMax their range.
+	Runs     []float64 `json:"runs,omitempty"`
+	RatioMin float64   `json:"ratio_min,omitempty"`
+	RatioMax float64   `json:"ratio_max,omitempty"`
 	// Note says what the number includes.
 	Note string `json:"note,omitempty"`
 }
@@ -115,6 +123,11 @@ func (r *Report) resolve(f *Figure) {
 	case f.Max > 0:
 		f.Ratio = f.Value / f.Max
 	}
+	f.judge()
+}
+
+// judge sets f's verdict from its ratio or value.
+func (f *Figure) judge() {
 	if f.Budget == "" || f.Max <= 0 {
 		return
 	}
@@ -147,6 +160,9 @@ func (f *Figure) line() string {
 		fmt.Fprintf(&b, " x? %s", f.Baseline)
 	case f.Max > 0:
 		fmt.Fprintf(&b, " x%.2f budget", f.Ratio)
+	}
+	if len(f.Runs) > 1 && f.RatioMax > 0 && f.Baseline != f.Name {
+		fmt.Fprintf(&b, " (x%.2f..x%.2f in %d runs)", f.RatioMin, f.RatioMax, len(f.Runs))
 	}
 	if f.Pass != nil {
 		verdict := "ok"
@@ -181,4 +197,66 @@ func (r *Report) write(path string) error {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// medians folds the reports of repeated runs of the same benchmarks into
+// one figure per name, in the order they first appear: the median value,
+// the median of the runs' ratios (each to its own run's baseline: the
+// runs of a noisy machine drift, and both sides of a ratio drift
+// together), the range of those ratios, and a verdict on the median.
+func medians(runs []*Report) []*Figure {
+	var (
+		order  []string
+		byName = map[string][]*Figure{}
+	)
+	for _, rep := range runs {
+		for _, f := range rep.Figures {
+			if _, ok := byName[f.Name]; !ok {
+				order = append(order, f.Name)
+			}
+			byName[f.Name] = append(byName[f.Name], f)
+		}
+	}
+	out := make([]*Figure, 0, len(order))
+	for _, name := range order {
+		fs := byName[name]
+		m := *fs[0]
+		m.Pass = nil
+		var values, ratios []float64
+		for _, f := range fs {
+			values = append(values, f.Value)
+			if f.Ratio > 0 {
+				ratios = append(ratios, f.Ratio)
+			}
+		}
+		m.Runs = values
+		m.Value = median(values)
+		m.Ratio, m.RatioMin, m.RatioMax = 0, 0, 0
+		if len(ratios) > 0 {
+			m.Ratio = median(ratios)
+			m.RatioMin, m.RatioMax = slices.Min(ratios), slices.Max(ratios)
+		}
+		m.judge()
+		out = append(out, &m)
+	}
+	return out
+}
+
+// median returns the middle of vs, or the mean of the two middle ones.
+func median(vs []float64) float64 {
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// addMedians records figures made by medians and prints them.
+func (r *Report) addMedians(out io.Writer, figs []*Figure) {
+	for _, f := range figs {
+		r.Figures = append(r.Figures, f)
+		fmt.Fprintln(out, f.line())
+	}
 }

@@ -1,0 +1,61 @@
+package bench
+
+import (
+	"bytes"
+	"testing"
+)
+
+// Repeated runs fold into one figure per name: the median value, the
+// median of the runs' own ratios, their range, and a verdict on the
+// median ratio.
+func TestMedians(t *testing.T) {
+	run := func(nats, rt float64) *Report {
+		r := &Report{}
+		r.add(&bytes.Buffer{}, &Figure{Name: "nats_seq_p50", Value: nats, Unit: "us"})
+		r.add(&bytes.Buffer{}, &Figure{Name: "rt_seq_p50", Value: rt, Unit: "us", Baseline: "nats_seq_p50", Budget: "x1.5", Max: 1.5})
+		return r
+	}
+	// Ratios 2.0, 1.2 and 1.4: the median ratio (1.4) meets the budget
+	// although the ratio of the median values (300/150 = 2.0) would not.
+	figs := medians([]*Report{run(100, 200), run(250, 300), run(150, 210)})
+	if len(figs) != 2 || figs[0].Name != "nats_seq_p50" || figs[1].Name != "rt_seq_p50" {
+		t.Fatalf("figures %+v", figs)
+	}
+	nats, rt := figs[0], figs[1]
+	if nats.Value != 150 || nats.Ratio != 1 || len(nats.Runs) != 3 {
+		t.Errorf("nats: value %v ratio %v runs %v", nats.Value, nats.Ratio, nats.Runs)
+	}
+	if rt.Value != 210 || rt.Ratio != 1.4 || rt.RatioMin != 1.2 || rt.RatioMax != 2 {
+		t.Errorf("rt: value %v ratio %v range %v..%v", rt.Value, rt.Ratio, rt.RatioMin, rt.RatioMax)
+	}
+	if rt.Pass == nil || !*rt.Pass {
+		t.Errorf("rt verdict %v, want ok", rt.Pass)
+	}
+	if got, want := rt.line(), "rt_seq_p50 210 us x1.40 nats_seq_p50 (x1.20..x2.00 in 3 runs) [budget x1.5: ok]"; got != want {
+		t.Errorf("line %q, want %q", got, want)
+	}
+
+	// An even number of runs takes the mean of the middle two; a figure
+	// missing from a run (it failed) is folded over the runs that have it.
+	two := medians([]*Report{run(100, 200), run(200, 200), {}})
+	if two[1].Value != 200 || two[1].Ratio != 1.5 || len(two[1].Runs) != 2 {
+		t.Errorf("two runs: value %v ratio %v runs %v", two[1].Value, two[1].Ratio, two[1].Runs)
+	}
+	if two[1].Pass == nil || !*two[1].Pass {
+		t.Errorf("two runs: verdict %v, want ok at exactly the budget", two[1].Pass)
+	}
+}
+
+func TestCommentWriter(t *testing.T) {
+	var out bytes.Buffer
+	w := &commentWriter{w: &out}
+	for _, s := range []string{"a 1 us", " x1.00 a\n# note\nb 2", " us\n"} {
+		if n, err := w.Write([]byte(s)); n != len(s) || err != nil {
+			t.Fatalf("Write(%q) = %d, %v", s, n, err)
+		}
+	}
+	want := "#   a 1 us x1.00 a\n#   # note\n#   b 2 us\n"
+	if got := out.String(); got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
