@@ -223,8 +223,8 @@ func (r *runner) repeated(name string, fn func(context.Context) error) func(cont
 	}
 }
 
-// commentWriter prints what it is given as comment lines ("# " before
-// each), so that the figures of one of several runs stay out of the
+// commentWriter prints what it is given as comment lines ("#   " before
+// each line), so that the figures of one of several runs stay out of the
 // "name value unit" lines.
 type commentWriter struct {
 	w   io.Writer
