@@ -630,6 +630,7 @@ func (c *clientConn) writeLoop() {
 // BENCHMARKS.md, the relay made 2.4 write syscalls a request without the
 // yield and 1.6 with it). With nothing else to run, it returns at once.
 func (c *clientConn) writeQueued(b []byte) bool {
+	yielded := false
 	for {
 		if !c.write(websocket.TextMessage, b) {
 			return false
@@ -642,6 +643,10 @@ func (c *clientConn) writeQueued(b []byte) bool {
 			continue
 		default:
 		}
+		if yielded {
+			return c.flush()
+		}
+		yielded = true
 		runtime.Gosched()
 		select {
 		case b = <-c.send:

@@ -207,13 +207,20 @@ func (r *runner) repeated(name string, fn func(context.Context) error) func(cont
 			r.out = &commentWriter{w: out}
 			err = fn(ctx)
 			r.stopAll()
-			runs = append(runs, r.rep)
 			for _, s := range r.rep.Skipped {
 				if !slices.Contains(main.Skipped, s) {
 					main.Skipped = append(main.Skipped, s)
 				}
 			}
-			if err != nil || ctx.Err() != nil {
+			if err == nil && ctx.Err() != nil {
+				err = ctx.Err()
+			}
+			// A run that failed is left out of the medians, unless no
+			// run completed: its figures are then all there is.
+			if err == nil || len(runs) == 0 {
+				runs = append(runs, r.rep)
+			}
+			if err != nil {
 				break
 			}
 		}
@@ -236,17 +243,19 @@ func (c *commentWriter) Write(p []byte) (int, error) {
 	for len(p) > 0 {
 		if !c.mid {
 			if _, err := io.WriteString(c.w, "#   "); err != nil {
-				return 0, err
+				return n - len(p), err
 			}
 			c.mid = true
 		}
 		line := p
 		if i := bytes.IndexByte(p, '\n'); i >= 0 {
-			line, c.mid = p[:i+1], false
+			line = p[:i+1]
 		}
-		if _, err := c.w.Write(line); err != nil {
-			return 0, err
+		w, err := c.w.Write(line)
+		if err != nil {
+			return n - len(p) + w, err
 		}
+		c.mid = line[len(line)-1] != '\n'
 		p = p[len(line):]
 	}
 	return n, nil

@@ -234,6 +234,9 @@ func medians(runs []*Report) []*Figure {
 		m.Ratio, m.RatioMin, m.RatioMax = 0, 0, 0
 		if len(ratios) > 0 {
 			m.Ratio = median(ratios)
+		}
+		if len(ratios) == len(values) {
+			// A range only over every run: "in N runs" says so.
 			m.RatioMin, m.RatioMax = slices.Min(ratios), slices.Max(ratios)
 		}
 		m.judge()

@@ -2,6 +2,10 @@ package bench
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -57,5 +61,52 @@ func TestCommentWriter(t *testing.T) {
 	want := "#   a 1 us x1.00 a\n#   # note\n#   b 2 us\n"
 	if got := out.String(); got != want {
 		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// A repeated benchmark prints its runs as comments and its medians as
+// figures; a run that fails is left out of the medians and ends the
+// repetitions with its error, and skip reasons are kept once.
+func TestRepeated(t *testing.T) {
+	var out bytes.Buffer
+	r := &runner{opts: Options{Repeat: 3}, out: &out, rep: &Report{}}
+	main := r.rep
+	run := 0
+	step := func(context.Context) error {
+		run++
+		r.add(&Figure{Name: "a", Value: float64(100 * run), Unit: "us"})
+		if run == 3 {
+			return errors.New("third run broke")
+		}
+		r.add(&Figure{Name: "b", Value: float64(150 * run), Unit: "us", Baseline: "a"})
+		r.skip("c", "not here")
+		return nil
+	}
+	err := r.repeated("rt", step)(context.Background())
+	if err == nil || run != 3 {
+		t.Fatalf("err %v after %d runs", err, run)
+	}
+	if r.rep != main || r.out != &out {
+		t.Fatal("the runner's report and output were not given back")
+	}
+	if len(main.Figures) != 2 {
+		t.Fatalf("figures %+v", main.Figures)
+	}
+	a, b := main.Figures[0], main.Figures[1]
+	if len(a.Runs) != 2 || a.Value != 150 || len(b.Runs) != 2 || b.Ratio != 1.5 {
+		t.Errorf("a %v %v, b %v ratio %v: the failed run was folded in", a.Value, a.Runs, b.Runs, b.Ratio)
+	}
+	if len(main.Skipped) != 1 || main.Skipped[0] != "c: not here" {
+		t.Errorf("skipped %q", main.Skipped)
+	}
+	var figures []string
+	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		if !strings.HasPrefix(l, "#") {
+			figures = append(figures, l)
+		}
+	}
+	want := []string{"a 150 us x1.00 a", "b 225 us x1.50 a (x1.50..x1.50 in 2 runs)"}
+	if !slices.Equal(figures, want) {
+		t.Errorf("figure lines %q, want %q\noutput:\n%s", figures, want, out.String())
 	}
 }

@@ -172,7 +172,10 @@ func (r *runner) diskSync(ctx context.Context) error {
 				return err
 			}
 			if run.pause > 0 {
-				time.Sleep(run.pause)
+				// time.Sleep would wait for the runtime's next poll, a
+				// millisecond or more on an otherwise idle process.
+				ts := unix.NsecToTimespec(run.pause.Nanoseconds())
+				unix.Nanosleep(&ts, nil)
 			}
 			t := time.Now()
 			if err := sync(); err != nil {
@@ -701,7 +704,7 @@ const (
 	noteREST      = "durable: POST ?wait= to a relay process, full agent process (simulated board, journal); sys.ping touches no hardware, so the agent does not journal it; on the path: the submit's append to the request log and its fdatasync (overlapping the delivery), not the delivery's or the result's"
 	noteGPIO      = "as rt_rest_seq, with gpio.write (a hardware action): the agent also fsyncs its journal before and after it runs"
 	noteDisk      = "one 512-byte write into a file written in advance, then fdatasync, in the relay's data filesystem: what the relay's request log does to commit a submit, on the path of every durable round trip; compared with NATS's whole round trip"
-	noteDiskPaced = "as disk_sync, each write after a pause of 250 us (the pace of a sequential caller's commits)"
+	noteDiskPaced = "as disk_sync, each write after a pause of at least 250 us (nanosleep), about the pace of a sequential caller's commits"
 	noteWS        = "durable, as the REST figure, over one /v1/client WebSocket multiplexing the callers"
 	noteTputAg    = "durable; callers spread evenly over the agents, two per agent"
 )
