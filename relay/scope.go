@@ -108,7 +108,28 @@ func (s *Server) Authorize(ctx context.Context, device, method string) error {
 	if !ok {
 		return nil
 	}
-	sc := s.creds.clientScope(name)
+	return s.creds.clientScope(name).authorize(name, device, method)
+}
+
+// authorizeDevice is Authorize, then checkDevice, on one read of the
+// credentials: a submit needs both.
+func (s *Server) authorizeDevice(ctx context.Context, device, method string) error {
+	name, isClient := ClientFrom(ctx)
+	sc, known := s.creds.scopeAndDevice(name, device)
+	if isClient {
+		if err := sc.authorize(name, device, method); err != nil {
+			return err
+		}
+	}
+	if !known {
+		return fmt.Errorf("%w: %q", ErrUnknownDevice, device)
+	}
+	return nil
+}
+
+// authorize refuses what sc does not allow client name: device, and
+// method unless it is empty.
+func (sc Scope) authorize(name, device, method string) error {
 	if !sc.AllowsDevice(device) {
 		return fmt.Errorf("%w: client %s may not use device %q", ErrForbidden, name, device)
 	}
@@ -131,6 +152,17 @@ func (c *credCache) clientScope(name string) Scope {
 	c.reloadLocked()
 	e := c.clientNames[name]
 	return Scope{Devices: e.Devices, Methods: e.Methods}
+}
+
+// scopeAndDevice returns the scope stored for client name and whether
+// device is registered.
+func (c *credCache) scopeAndDevice(name, device string) (Scope, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reloadLocked()
+	e := c.clientNames[name]
+	_, known := c.names[device]
+	return Scope{Devices: e.Devices, Methods: e.Methods}, known
 }
 
 // scopedDevices is Devices filtered to the scope of the client in ctx.

@@ -87,10 +87,7 @@ func (s *Server) enqueue(ctx context.Context, device string, sub protocol.Submit
 		return nil, err
 	}
 	// Scope before existence, so a scoped key cannot probe device ids.
-	if err := s.Authorize(ctx, device, sub.Method); err != nil {
-		return nil, err
-	}
-	if err := s.checkDevice(device); err != nil {
+	if err := s.authorizeDevice(ctx, device, sub.Method); err != nil {
 		return nil, err
 	}
 	if err := s.limitSubmit(ctx, device); err != nil {
