@@ -590,27 +590,27 @@ func (c *wsClient) read() {
 			c.mu.Unlock()
 			return
 		}
-		// Only a result or an error ends a call, and only its ref, state
-		// and error are needed: the rest of the frame (the request's
-		// record) is skipped, as a client after throughput would.
+		// Only a result or an error ends a call. The frame is decoded as
+		// tether's Go clients decode it (protocol.DecodePush), the whole
+		// request record included.
 		b := buf.Bytes()
 		if bytes.HasPrefix(b, acceptedPrefix) {
 			continue
 		}
-		var m struct {
-			Type, Ref, ID, State, Code, Message string
-		}
-		if json.Unmarshal(b, &m) != nil {
+		m, err := protocol.DecodePush(b, 0)
+		if err != nil {
 			continue
 		}
-		ref := m.Ref
+		var ref string
 		var res error
-		switch m.Type {
-		case protocol.TypeResult:
+		switch m := m.(type) {
+		case *protocol.ClientResult:
+			ref = m.Ref
 			if m.State != protocol.StateSucceeded {
 				res = fmt.Errorf("client ws: request %s %s", m.ID, m.State)
 			}
-		case protocol.TypeError:
+		case *protocol.ClientError:
+			ref = m.Ref
 			res = fmt.Errorf("client ws: %s: %s", m.Code, m.Message)
 		default:
 			continue // presence
