@@ -147,11 +147,8 @@ func AddClientScoped(dir, name string, sc Scope) (string, error) {
 
 // clientScope returns the scope stored for client name.
 func (c *credCache) clientScope(name string) Scope {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.reloadLocked()
-	e := c.clientNames[name]
-	return Scope{Devices: e.Devices, Methods: e.Methods}
+	sc, _ := c.scopeAndDevice(name, "")
+	return sc
 }
 
 // scopeAndDevice returns the scope stored for client name and whether
