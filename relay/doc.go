@@ -66,12 +66,14 @@
 // An idle agent session holds no goroutine: with tens of thousands of
 // agents connected, two goroutine stacks per session would be most of the
 // relay's memory. One loop goroutine per Server (reactor.go) watches the
-// agents' connections with epoll and runs their timers: when a connection
-// becomes readable it starts a read turn, which reads the frames already
-// buffered and hands the connection back; every PingPeriod it queues a
-// ping, and it drops a session whose read deadline passed with no read
-// under way (a read under way, mid-frame, is bounded by the connection's
-// own deadline). A writer goroutine runs only while something is queued:
+// agents' connections with an epoll instance of its own, which Go's
+// network poller watches in turn, so the loop waits parked like any
+// goroutine and holds no thread; it also runs the sessions' timers. When
+// a connection becomes readable it starts a read turn, which reads the
+// frames already buffered and hands the connection back; every PingPeriod
+// it queues a ping, and it drops a session whose read deadline passed
+// with no read under way (a read under way, mid-frame, is bounded by the
+// connection's own deadline). A writer goroutine runs only while something is queued:
 // control frames (welcome, acks, errors) on a bounded queue, pongs,
 // pings, and requests and cancels pulled from the hub when it is poked.
 // At most one read turn and one writer run per session. Both run on the
@@ -85,10 +87,12 @@
 // commits the submit and then waits for the result.
 //
 // A goroutine that hands work to another and then blocks in a system call
-// yields first (runtime.Gosched): the loop before epoll_wait, a submit
-// before its fdatasync. The work it readied then starts on the same
-// processor at once, instead of waiting for another thread to wake and
-// take it, which costs 50–70 µs on a small virtual machine.
+// yields first (runtime.Gosched): a submit before its fdatasync. The work
+// it readied then starts on the same processor at once, instead of
+// waiting for another thread to wake and take it, which costs 50–70 µs on
+// a small virtual machine. For the same reason the loop never blocks in
+// epoll_wait: a thread blocked there kept its processor, and goroutines
+// readied just before could wait on it for 100–200 µs.
 //
 // Run owns the sweeper (expiry of queued requests, result retention) and,
 // on return, has waited for every session to end.

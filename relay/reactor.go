@@ -4,7 +4,6 @@ import (
 	"container/heap"
 	"errors"
 	"net"
-	"runtime"
 	"sync"
 	"time"
 )
@@ -115,11 +114,6 @@ func (l *loop) run() {
 			timeout = l.wakeAt - now
 		}
 		l.mu.Unlock()
-		// The read turns handed out by the last wait sit on this P's
-		// run queue: let them start here, now, rather than once
-		// another thread has woken to take them while this one blocks
-		// in epoll_wait.
-		runtime.Gosched()
 		if err := l.p.wait(timeout, l.ready); err != nil {
 			// Not expected (EINTR is retried); do not spin on it.
 			time.Sleep(10 * time.Millisecond)
