@@ -98,10 +98,12 @@ type session struct {
 	pingAt     time.Duration // the next ping, on the loop's clock
 	changed    chan struct{} // made by the finisher: reading, writing or readDone changed
 	// acks are committed results not yet acknowledged: they go out in one
-	// ack frame with whatever the writer writes next, or at ackAt (the
-	// loop's clock; 0: no timer set) when it writes nothing (see ackLater).
-	acks  []string
-	ackAt time.Duration
+	// ack frame with the next frames the writer writes, or on their own
+	// once ackAt (the loop's clock; 0: no timer set) has passed, which
+	// sets ackDue (see ackLater).
+	acks   []string
+	ackAt  time.Duration
+	ackDue bool
 
 	// Guarded by loop.mu:
 	due       time.Duration // when the loop next ticks s
@@ -288,7 +290,7 @@ func (s *session) kickLocked() {
 	if s.writing || s.closing() {
 		return
 	}
-	if len(s.queue) == 0 && !s.pongDue && !s.workDue && !s.pingDue && len(s.acks) == 0 {
+	if len(s.queue) == 0 && !s.pongDue && !s.workDue && !s.pingDue && !s.ackDue {
 		return
 	}
 	s.writing = true
@@ -306,28 +308,37 @@ func (s *session) kickLocked() {
 const ackDelay = 5 * time.Millisecond
 
 // ackLater acknowledges result id, committed, with the writer's next
-// frame, or on its own after ackDelay.
+// frames, or on its own after ackDelay. A writer run that writes nothing
+// else leaves it waiting: an ack alone costs a write here and a wakeup on
+// the board, and on the path of a sequential caller it would go out just
+// before the result the caller waits for.
 func (s *session) ackLater(id string) {
 	s.mu.Lock()
 	s.acks = append(s.acks, id)
-	if s.closing() || s.writing || s.ackAt != 0 {
-		// The writer, the timer already set or the finisher takes it
-		// along; a finisher that has already written its last frames
-		// leaves it unsent, and the agent resends the result to its next
-		// session, which acks it at once.
-		s.mu.Unlock()
-		return
+	at, ok := s.armAckLocked()
+	s.mu.Unlock()
+	if ok {
+		s.loop.scheduleBy(s, at)
+	}
+}
+
+// armAckLocked sets the ack timer if acks wait without one, and returns
+// when it is due and whether the caller must schedule it. A closing
+// session's finisher takes the acks along; one that has already written
+// its last frames leaves them unsent, and the agent resends the results
+// to its next session, which acks them at once.
+func (s *session) armAckLocked() (time.Duration, bool) {
+	if len(s.acks) == 0 || s.ackAt != 0 || s.ackDue || s.closing() {
+		return 0, false
 	}
 	s.ackAt = s.loop.now() + ackDelay
-	at := s.ackAt
-	s.mu.Unlock()
-	s.loop.scheduleBy(s, at)
+	return s.ackAt, true
 }
 
 // takeAcksLocked returns the ack frame of the waiting acks and clears them.
 func (s *session) takeAcksLocked() *protocol.Ack {
 	m := &protocol.Ack{IDs: s.acks}
-	s.acks, s.ackAt = nil, 0
+	s.acks, s.ackAt, s.ackDue = nil, 0, false
 	return m
 }
 
@@ -458,7 +469,7 @@ func (s *session) tick(now time.Duration) time.Duration {
 		s.kickLocked()
 	}
 	if s.ackAt != 0 && now >= s.ackAt {
-		s.ackAt = 0
+		s.ackAt, s.ackDue = 0, true
 		s.kickLocked()
 	}
 	next := s.pingAt
@@ -732,11 +743,6 @@ func (s *session) writeLoop() {
 			return
 		}
 		switch {
-		case len(s.acks) > 0:
-			// Waiting acks ride with whatever this run writes.
-			m := s.takeAcksLocked()
-			s.mu.Unlock()
-			s.writeMsg(m)
 		case len(s.queue) > 0:
 			// Control frames go first: welcome before any request.
 			b := s.popLocked()
@@ -760,15 +766,27 @@ func (s *session) writeLoop() {
 			s.pingDue = false
 			s.mu.Unlock()
 			s.write(websocket.PingMessage, nil)
+		case len(s.acks) > 0 && (s.ackDue || s.out.Holding()):
+			// Waiting acks ride with what this run writes, or go on
+			// their own once their timer is due.
+			m := s.takeAcksLocked()
+			s.mu.Unlock()
+			s.writeMsg(m)
 		case s.out.Holding():
 			// Nothing more to write: what was written goes out in one
 			// write, and what was queued meanwhile in the next.
 			s.mu.Unlock()
 			s.flush()
 		default:
+			// Acks that came in while this run wrote wait for the next
+			// frames, or for their timer.
+			at, arm := s.armAckLocked()
 			s.writing = false
 			s.signalLocked()
 			s.mu.Unlock()
+			if arm {
+				s.loop.scheduleBy(s, at)
+			}
 			return
 		}
 	}
