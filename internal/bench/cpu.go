@@ -58,14 +58,37 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(ut+st) * clockTick, nil
 }
 
+// since returns the CPU time each role used between before and s.
+func (s cpuSample) since(before cpuSample) cpuSample {
+	d := cpuSample{}
+	for role, t := range s {
+		if t -= before[role]; t > 0 {
+			d[role] = t
+		}
+	}
+	return d
+}
+
+// plus returns s with more added, role by role.
+func (s cpuSample) plus(more cpuSample) cpuSample {
+	if s == nil {
+		s = cpuSample{}
+	}
+	for role, t := range more {
+		s[role] += t
+	}
+	return s
+}
+
 // addCPU adds NAME_cpu, the CPU time of every process taking part (this
-// one's clients included) per request between two samples, in
-// microseconds, compared with base's. A comment line splits it by role.
-func (r *runner) addCPU(name, base string, before, after cpuSample, n int) {
+// one's clients included) per request, from what each used over n
+// requests, in microseconds, compared with base's. A comment line splits
+// it by role.
+func (r *runner) addCPU(name, base string, used cpuSample, n int) {
 	var total time.Duration
-	roles := make([]string, 0, len(after))
-	for role, d := range after {
-		if d -= before[role]; d > 0 {
+	roles := make([]string, 0, len(used))
+	for role, d := range used {
+		if d > 0 {
 			total += d
 			roles = append(roles, role)
 		}
@@ -74,7 +97,7 @@ func (r *runner) addCPU(name, base string, before, after cpuSample, n int) {
 	per := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 / float64(n) }
 	var b strings.Builder
 	for _, role := range roles {
-		fmt.Fprintf(&b, " %s=%.0f", role, per(after[role]-before[role]))
+		fmt.Fprintf(&b, " %s=%.0f", role, per(used[role]))
 	}
 	fmt.Fprintf(r.out, "# %s_cpu by process (us/req):%s\n", name, b.String())
 	f := &Figure{Name: name + "_cpu", Value: float64(int64(per(total)*10)) / 10, Unit: "us/req",

@@ -79,23 +79,73 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 	return sorted[min(max(i, 0), len(sorted)-1)]
 }
 
-// latency measures n round trips at conc after a short warm-up and adds
-// NAME_p50, NAME_p99 and NAME_p999 in microseconds. base is the figure
-// prefix they are compared with; withBudget applies the round-trip
-// budgets (p50 ≤ 1.5×, p99 ≤ 2×).
-func (r *runner) latency(ctx context.Context, name, base string, conc int, withBudget bool, note string, call func(w int) error) error {
-	n := r.opts.RoundTrips
-	if _, _, err := drive(ctx, min(max(n/10, conc), 500), conc, call); err != nil {
-		return fmt.Errorf("%s warm-up: %w", name, err)
+// leg is one figure of a group that measure runs together: a peer's or
+// tether's calls, at conc callers. base is the figure prefix it is
+// compared with; withBudget applies the budgets (round trips: p50 ≤ 1.5×,
+// p99 ≤ 2×; throughput: ≥ 0.7×).
+type leg struct {
+	name, base string
+	conc       int
+	withBudget bool
+	note       string
+	call       func(w int) error
+}
+
+// rounds is how many turns measure takes over a group.
+const rounds = 5
+
+// measure makes n calls for every leg after a short warm-up, spread over
+// rounds: each round runs a fifth of every leg's calls, one leg after the
+// other. A small virtual machine's speed drifts by tens of per cent within
+// a minute; measured in turn, a figure and its baseline see the same
+// drift, where measured one after the other the drift would show in their
+// ratio. Legs come baselines first. rate false adds NAME_p50, NAME_p99
+// and NAME_p999 in microseconds; rate true adds NAME in requests per
+// second. Both add NAME_cpu.
+func (r *runner) measure(ctx context.Context, n int, rate bool, legs []leg) error {
+	for _, l := range legs {
+		warm := min(max(n/10, l.conc), 500)
+		if rate {
+			warm = min(max(n/10, l.conc), 2000)
+		}
+		if _, _, err := drive(ctx, warm, l.conc, l.call); err != nil {
+			return fmt.Errorf("%s warm-up: %w", l.name, err)
+		}
 	}
-	before := r.sampleCPU()
-	lat, _, err := drive(ctx, n, conc, call)
-	if err != nil {
-		return fmt.Errorf("%s: %w", name, err)
+	lat := make([][]time.Duration, len(legs))
+	took := make([]time.Duration, len(legs))
+	used := make([]cpuSample, len(legs))
+	for round := range rounds {
+		m := n / rounds
+		if round == rounds-1 {
+			m = n - (rounds-1)*(n/rounds)
+		}
+		for i, l := range legs {
+			before := r.sampleCPU()
+			ls, elapsed, err := drive(ctx, m, l.conc, l.call)
+			if err != nil {
+				return fmt.Errorf("%s: %w", l.name, err)
+			}
+			used[i] = used[i].plus(r.sampleCPU().since(before))
+			lat[i] = append(lat[i], ls...)
+			took[i] += elapsed
+		}
 	}
-	cpu := r.sampleCPU()
-	r.addLatency(name, base, lat, withBudget, note)
-	r.addCPU(name, base, before, cpu, n)
+	for i, l := range legs {
+		if rate {
+			f := &Figure{Name: l.name, Value: math.Round(float64(n) / took[i].Seconds()), Unit: "req/s", Baseline: l.base, Note: l.note}
+			if l.base == "" {
+				f.Baseline = l.name
+			}
+			if l.withBudget {
+				f.Budget, f.Max = ">=x0.7", 0.7
+			}
+			r.add(f)
+		} else {
+			r.addLatency(l.name, l.base, lat[i], l.withBudget, l.note)
+		}
+		r.addCPU(l.name, l.base, used[i], n)
+	}
 	return nil
 }
 
@@ -191,30 +241,6 @@ func (r *runner) diskSync(ctx context.Context) error {
 // diskPause is disk_sync_paced's pause before each write: about what a
 // sequential round trip spends between two commits.
 const diskPause = 250 * time.Microsecond
-
-// rate measures requests per second of n calls at conc.
-func (r *runner) rate(ctx context.Context, name, base string, conc int, withBudget bool, note string, call func(w int) error) error {
-	n := r.opts.Requests
-	if _, _, err := drive(ctx, min(max(n/10, conc), 2000), conc, call); err != nil {
-		return fmt.Errorf("%s warm-up: %w", name, err)
-	}
-	before := r.sampleCPU()
-	_, elapsed, err := drive(ctx, n, conc, call)
-	if err != nil {
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	cpu := r.sampleCPU()
-	f := &Figure{Name: name, Value: math.Round(float64(n) / elapsed.Seconds()), Unit: "req/s", Baseline: base, Note: note}
-	if base == "" {
-		f.Baseline = name
-	}
-	if withBudget {
-		f.Budget, f.Max = ">=x0.7", 0.7
-	}
-	r.add(f)
-	r.addCPU(name, base, before, cpu, n)
-	return nil
-}
 
 // tcpPing is the loopback floor: conc connections to the echo process,
 // each doing payloadSize-byte ping-pongs.
@@ -707,28 +733,24 @@ const (
 	noteDiskPaced = "as disk_sync, each write after a pause of at least 250 us (nanosleep), about the pace of a sequential caller's commits"
 	noteWS        = "durable, as the REST figure, over one /v1/client WebSocket multiplexing the callers"
 	noteTputAg    = "durable; callers spread evenly over the agents, two per agent"
+	noteTputC     = "durable; one agent with that many credits"
 )
 
 func (r *runner) roundTrips(ctx context.Context) error {
 	c := r.opts.Concurrency
 	cs := fmt.Sprintf("c%d", c)
+	n := r.opts.RoundTrips
 	// Loopback floor.
 	tcp1, closeTCP1, err := r.tcpPing(1)
 	if err != nil {
 		return err
 	}
 	defer closeTCP1()
-	if err := r.latency(ctx, "tcp_seq", "", 1, false, noteTCP, tcp1); err != nil {
-		return err
-	}
 	tcpC, closeTCPC, err := r.tcpPing(c)
 	if err != nil {
 		return err
 	}
 	defer closeTCPC()
-	if err := r.latency(ctx, "tcp_"+cs, "", c, false, noteTCP, tcpC); err != nil {
-		return err
-	}
 
 	// NATS: one responder with as many subscriptions as the agent has
 	// credits.
@@ -738,15 +760,6 @@ func (r *runner) roundTrips(ctx context.Context) error {
 	}
 	defer nc.Close()
 	subj := func(int) string { return "ping." + deviceID(0) }
-	if err := r.latency(ctx, "nats_seq", "tcp_seq", 1, false, noteNATS, natsCall(nc, subj)); err != nil {
-		return err
-	}
-	if err := r.latency(ctx, "nats_"+cs, "tcp_"+cs, c, false, noteNATS, natsCall(nc, subj)); err != nil {
-		return err
-	}
-	if err := r.diskSync(ctx); err != nil {
-		return err
-	}
 
 	// tether: one full agent with the same credits.
 	t, err := r.tetherSetup([2]int{1, r.opts.Credits})
@@ -755,25 +768,34 @@ func (r *runner) roundTrips(ctx context.Context) error {
 	}
 	defer t.close()
 	dev := func(int) string { return deviceID(0) }
-	if err := r.latency(ctx, "rt_rest_seq", "nats_seq", 1, true, noteREST, t.restCall(dev)); err != nil {
-		return err
-	}
-	if err := r.latency(ctx, "rt_rest_"+cs, "nats_"+cs, c, true, noteREST, t.restCall(dev)); err != nil {
-		return err
-	}
-	if err := r.latency(ctx, "rt_rest_gpio_seq", "nats_seq", 1, false, noteGPIO, t.restCallWith(gpioSubmit, dev)); err != nil {
-		return err
-	}
 	ws, err := r.dialWSOrSkip(t, "rt_ws")
-	if ws == nil {
+	if err != nil {
 		return err
 	}
-	defer ws.close()
-	wsCall := func(int) error { return ws.call(deviceID(0)) }
-	if err := r.latency(ctx, "rt_ws_seq", "nats_seq", 1, true, noteWS, wsCall); err != nil {
+	seq := []leg{
+		{name: "tcp_seq", conc: 1, note: noteTCP, call: tcp1},
+		{name: "nats_seq", base: "tcp_seq", conc: 1, note: noteNATS, call: natsCall(nc, subj)},
+		{name: "rt_rest_seq", base: "nats_seq", conc: 1, withBudget: true, note: noteREST, call: t.restCall(dev)},
+		{name: "rt_rest_gpio_seq", base: "nats_seq", conc: 1, note: noteGPIO, call: t.restCallWith(gpioSubmit, dev)},
+	}
+	conc := []leg{
+		{name: "tcp_" + cs, conc: c, note: noteTCP, call: tcpC},
+		{name: "nats_" + cs, base: "tcp_" + cs, conc: c, note: noteNATS, call: natsCall(nc, subj)},
+		{name: "rt_rest_" + cs, base: "nats_" + cs, conc: c, withBudget: true, note: noteREST, call: t.restCall(dev)},
+	}
+	if ws != nil {
+		defer ws.close()
+		wsCall := func(int) error { return ws.call(deviceID(0)) }
+		seq = append(seq, leg{name: "rt_ws_seq", base: "nats_seq", conc: 1, withBudget: true, note: noteWS, call: wsCall})
+		conc = append(conc, leg{name: "rt_ws_" + cs, base: "nats_" + cs, conc: c, withBudget: true, note: noteWS, call: wsCall})
+	}
+	if err := r.measure(ctx, n, false, seq); err != nil {
 		return err
 	}
-	return r.latency(ctx, "rt_ws_"+cs, "nats_"+cs, c, true, noteWS, wsCall)
+	if err := r.diskSync(ctx); err != nil {
+		return err
+	}
+	return r.measure(ctx, n, false, conc)
 }
 
 func (r *runner) throughput(ctx context.Context) error {
@@ -787,17 +809,11 @@ func (r *runner) throughput(ctx context.Context) error {
 		return err
 	}
 	defer closeTCP()
-	if err := r.rate(ctx, "tcp_"+nameA, "", concA, false, noteTCP+fmt.Sprintf("; %d connections", concA), tcp); err != nil {
-		return err
-	}
 	tcpC, closeTCPC, err := r.tcpPing(concC)
 	if err != nil {
 		return err
 	}
 	defer closeTCPC()
-	if err := r.rate(ctx, "tcp_"+nameC, "", concC, false, noteTCP+fmt.Sprintf("; %d connections", concC), tcpC); err != nil {
-		return err
-	}
 
 	// NATS: na responders with one subscription each, and one more with
 	// cr subscriptions.
@@ -811,33 +827,37 @@ func (r *runner) throughput(ctx context.Context) error {
 	}
 	spread := func(w int) string { return deviceID(w % na) }
 	single := func(int) string { return deviceID(na) }
-	if err := r.rate(ctx, "nats_"+nameA, "tcp_"+nameA, concA, false, noteNATS, natsCall(nc, func(w int) string { return "ping." + spread(w) })); err != nil {
-		return err
-	}
-	if err := r.rate(ctx, "nats_"+nameC, "tcp_"+nameC, concC, false, noteNATS, natsCall(nc, func(w int) string { return "ping." + single(w) })); err != nil {
-		return err
-	}
 
 	t, err := r.tetherSetup([2]int{na, 1}, [2]int{1, cr})
 	if err != nil {
 		return err
 	}
 	defer t.close()
-	if err := r.rate(ctx, nameA+"_rest", "nats_"+nameA, concA, true, noteTputAg, t.restCall(spread)); err != nil {
-		return err
-	}
-	if err := r.rate(ctx, nameC+"_rest", "nats_"+nameC, concC, true, "durable; one agent with that many credits", t.restCall(single)); err != nil {
-		return err
-	}
-	// The same calls over one /v1/client WebSocket, as NATS's requesters
-	// share one connection.
+	// The same calls over one /v1/client WebSocket too, as NATS's
+	// requesters share one connection.
 	ws, err := r.dialWSOrSkip(t, "tput_ws")
-	if ws == nil {
+	if err != nil {
 		return err
 	}
-	defer ws.close()
-	if err := r.rate(ctx, nameA+"_ws", "nats_"+nameA, concA, true, noteTputAg+"; one /v1/client WebSocket for all callers", func(w int) error { return ws.call(spread(w)) }); err != nil {
+	spreadLegs := []leg{
+		{name: "tcp_" + nameA, conc: concA, note: noteTCP + fmt.Sprintf("; %d connections", concA), call: tcp},
+		{name: "nats_" + nameA, base: "tcp_" + nameA, conc: concA, note: noteNATS, call: natsCall(nc, func(w int) string { return "ping." + spread(w) })},
+		{name: nameA + "_rest", base: "nats_" + nameA, conc: concA, withBudget: true, note: noteTputAg, call: t.restCall(spread)},
+	}
+	singleLegs := []leg{
+		{name: "tcp_" + nameC, conc: concC, note: noteTCP + fmt.Sprintf("; %d connections", concC), call: tcpC},
+		{name: "nats_" + nameC, base: "tcp_" + nameC, conc: concC, note: noteNATS, call: natsCall(nc, func(w int) string { return "ping." + single(w) })},
+		{name: nameC + "_rest", base: "nats_" + nameC, conc: concC, withBudget: true, note: noteTputC, call: t.restCall(single)},
+	}
+	if ws != nil {
+		defer ws.close()
+		spreadLegs = append(spreadLegs, leg{name: nameA + "_ws", base: "nats_" + nameA, conc: concA, withBudget: true,
+			note: noteTputAg + "; one /v1/client WebSocket for all callers", call: func(w int) error { return ws.call(spread(w)) }})
+		singleLegs = append(singleLegs, leg{name: nameC + "_ws", base: "nats_" + nameC, conc: concC, withBudget: true,
+			note: noteTputC + "; one /v1/client WebSocket for all callers", call: func(w int) error { return ws.call(single(w)) }})
+	}
+	if err := r.measure(ctx, r.opts.Requests, true, spreadLegs); err != nil {
 		return err
 	}
-	return r.rate(ctx, nameC+"_ws", "nats_"+nameC, concC, true, "durable; one agent with that many credits; one /v1/client WebSocket for all callers", func(w int) error { return ws.call(single(w)) })
+	return r.measure(ctx, r.opts.Requests, true, singleLegs)
 }
