@@ -63,10 +63,14 @@ func newPoller() (*poller, error) {
 	}
 	ep := os.NewFile(uintptr(epfd), "epoll")
 	rc, err := ep.SyscallConn()
+	if err == nil {
+		// Fails unless Go's poller took the fd: waits would not park.
+		err = ep.SetReadDeadline(time.Time{})
+	}
 	if err != nil {
 		ep.Close()
 		unix.Close(wakefd)
-		return nil, fmt.Errorf("relay: epoll: %w", err)
+		return nil, fmt.Errorf("relay: epoll fd not pollable: %w", err)
 	}
 	return &poller{ep: ep, rc: rc, epfd: epfd, wakefd: wakefd}, nil
 }
