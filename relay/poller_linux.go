@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"syscall"
 	"time"
@@ -96,7 +95,7 @@ func (p *poller) remove(fd int32) error {
 func (p *poller) wait(timeout time.Duration, ready func(fd int32, key uint32)) error {
 	var deadline time.Time // zero: none
 	if timeout >= 0 {
-		deadline = time.Now().Add(min(timeout, math.MaxInt64/2))
+		deadline = time.Now().Add(timeout)
 	}
 	if err := p.ep.SetReadDeadline(deadline); err != nil {
 		return fmt.Errorf("relay: epoll wait: %w", err)

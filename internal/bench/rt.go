@@ -104,11 +104,11 @@ const rounds = 5
 // second. Both add NAME_cpu.
 func (r *runner) measure(ctx context.Context, n int, rate bool, legs []leg) error {
 	for _, l := range legs {
-		warm := min(max(n/10, l.conc), 500)
+		most := 500
 		if rate {
-			warm = min(max(n/10, l.conc), 2000)
+			most = 2000
 		}
-		if _, _, err := drive(ctx, warm, l.conc, l.call); err != nil {
+		if _, _, err := drive(ctx, min(max(n/10, l.conc), most), l.conc, l.call); err != nil {
 			return fmt.Errorf("%s warm-up: %w", l.name, err)
 		}
 	}
@@ -150,7 +150,7 @@ func (r *runner) measure(ctx context.Context, n int, rate bool, legs []leg) erro
 }
 
 // addLatency adds NAME_p50, NAME_p99 and NAME_p999 of lat, in
-// microseconds, as latency describes them.
+// microseconds, as measure describes them.
 func (r *runner) addLatency(name, base string, lat []time.Duration, withBudget bool, note string) {
 	slices.Sort(lat)
 	for _, q := range []struct {
