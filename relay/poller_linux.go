@@ -107,7 +107,9 @@ func (p *poller) wait(timeout time.Duration, ready func(fd int32, key uint32)) e
 		n, err := unix.EpollWait(p.epfd, p.events[:], 0)
 		switch {
 		case err == unix.EINTR:
-			return false
+			// Parking now could miss events already queued (their
+			// edge has passed): return, and the loop asks again.
+			return true
 		case err != nil:
 			werr = err
 			return true
