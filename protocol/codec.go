@@ -26,6 +26,19 @@ func Encode(m Message) ([]byte, error) {
 	return encodeReflect(m)
 }
 
+// AppendEncode appends m's frame, as Encode returns it, to b, so that a
+// sender can encode into a buffer it reuses.
+func AppendEncode(b []byte, m Message) ([]byte, error) {
+	if a, ok := m.(frameAppender); ok {
+		return a.appendFrame(b), nil
+	}
+	f, err := encodeReflect(m)
+	if err != nil {
+		return b, err
+	}
+	return append(b, f...), nil
+}
+
 // frameAppender is implemented by the messages sent once or more for
 // every request (request, result, pull, ack; call, accepted, result on the
 // client socket): they write their frames without reflection, byte for

@@ -31,6 +31,11 @@ func TestRoundTrip(t *testing.T) {
 			if !strings.HasPrefix(string(b), `{"type":"`+m.MsgType()+`"`) {
 				t.Fatalf("frame does not start with its type: %s", b)
 			}
+			// Appended to a buffer in use, the frame is the same bytes.
+			ab, err := AppendEncode([]byte("held"), m)
+			if err != nil || string(ab) != "held"+string(b) {
+				t.Fatalf("AppendEncode = %q, %v; want %q", ab, err, "held"+string(b))
+			}
 			got, err := Decode(b, 0)
 			if err != nil {
 				t.Fatalf("decode %s: %v", b, err)

@@ -112,7 +112,7 @@ type clientConn struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // waiters and followers
 
-	send       chan []byte   // encoded frames for the writer
+	send       chan *[]byte  // encoded frames for the writer, in lent buffers (encodeLent)
 	quit       chan struct{} // closed by stop
 	readerDone chan struct{} // closed when the reader returns
 
@@ -148,7 +148,7 @@ func newClientConn(s *Server, conn *websocket.Conn, name string) *clientConn {
 		log:        s.log.With("client", name, "conn", newID("c")),
 		ctx:        ctx,
 		cancel:     cancel,
-		send:       make(chan []byte, s.cfg.ClientSendQueue),
+		send:       make(chan *[]byte, s.cfg.ClientSendQueue),
 		quit:       make(chan struct{}),
 		readerDone: make(chan struct{}),
 		watches:    make(map[string]string),
@@ -192,30 +192,31 @@ func (c *clientConn) stop(code int, text string) {
 // WriteTimeout; a client that reads slower than that is disconnected,
 // so one slow browser tab never holds up anything but its own goroutines.
 func (c *clientConn) push(m protocol.Message) bool {
-	b, err := protocol.Encode(m)
+	bp, err := encodeLent(m)
 	if err != nil {
 		c.log.Error("encode", "type", m.MsgType(), "err", err)
 		return false
 	}
 	select {
-	case c.send <- b:
+	case c.send <- bp:
 		return true
 	case <-c.quit:
+		putSendBuf(bp)
 		return false
 	default:
 	}
 	t := time.NewTimer(c.cfg.WriteTimeout)
 	defer t.Stop()
 	select {
-	case c.send <- b:
+	case c.send <- bp:
 		return true
 	case <-c.quit:
-		return false
 	case <-t.C:
 		c.log.Warn("client too slow: send queue full", "queue", cap(c.send))
 		c.stop(closeSlowClient, "too slow: send queue full")
-		return false
 	}
+	putSendBuf(bp)
+	return false
 }
 
 // pushErr answers a frame that could not be acted on; the connection stays.
@@ -603,8 +604,8 @@ func (c *clientConn) writeLoop() {
 
 	for {
 		select {
-		case b := <-c.send:
-			if !c.writeQueued(b) {
+		case bp := <-c.send:
+			if !c.writeQueued(bp) {
 				return
 			}
 		case <-ping.C:
@@ -629,17 +630,17 @@ func (c *clientConn) writeLoop() {
 // their frames then join the batch (in tput_100agents_ws, see
 // BENCHMARKS.md, the relay made 2.4 write syscalls a request without the
 // yield and 1.6 with it). With nothing else to run, it returns at once.
-func (c *clientConn) writeQueued(b []byte) bool {
+func (c *clientConn) writeQueued(bp *[]byte) bool {
 	yielded := false
 	for {
-		if !c.write(websocket.TextMessage, b) {
+		if !c.writeLent(bp) {
 			return false
 		}
 		if c.out.Held() >= batchconn.MaxHeld {
 			return c.flush()
 		}
 		select {
-		case b = <-c.send:
+		case bp = <-c.send:
 			continue
 		default:
 		}
@@ -649,11 +650,18 @@ func (c *clientConn) writeQueued(b []byte) bool {
 		yielded = true
 		runtime.Gosched()
 		select {
-		case b = <-c.send:
+		case bp = <-c.send:
 		default:
 			return c.flush()
 		}
 	}
+}
+
+// writeLent writes a queued frame and gives its buffer back.
+func (c *clientConn) writeLent(bp *[]byte) bool {
+	ok := c.write(websocket.TextMessage, *bp)
+	putSendBuf(bp)
+	return ok
 }
 
 // finish flushes what is queued and closes politely.
@@ -661,8 +669,8 @@ func (c *clientConn) finish() {
 flush:
 	for {
 		select {
-		case b := <-c.send:
-			if !c.write(websocket.TextMessage, b) {
+		case bp := <-c.send:
+			if !c.writeLent(bp) {
 				return
 			}
 		default:

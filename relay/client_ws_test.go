@@ -522,7 +522,7 @@ func TestRedactedURI(t *testing.T) {
 // A client that does not read is cut off; it never blocks the relay.
 func TestClientSlowConsumerDisconnected(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.ClientSendQueue = 1; c.WriteTimeout = 50 * time.Millisecond })
-	c := &clientConn{cfg: &e.srv.cfg, log: e.srv.log, send: make(chan []byte, 1), quit: make(chan struct{})}
+	c := &clientConn{cfg: &e.srv.cfg, log: e.srv.log, send: make(chan *[]byte, 1), quit: make(chan struct{})}
 	if !c.push(&protocol.ClientPresence{Device: "d"}) {
 		t.Fatal("first push refused")
 	}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"io"
 	"sync"
+
+	"github.com/tetherhq/tether/protocol"
 )
 
 // frameBufs lends the buffers frames are read into, one frame at a time:
@@ -33,5 +35,30 @@ func readFrameBuf(r io.Reader, max int) (*bytes.Buffer, error) {
 func putFrameBuf(buf *bytes.Buffer) {
 	if buf.Cap() <= maxPooledFrame {
 		frameBufs.Put(buf)
+	}
+}
+
+// sendBufs lends the buffers outgoing frames are encoded into. gorilla
+// copies a frame into its write buffer (and batchconn into the batch it
+// holds), so a buffer goes back as soon as its frame is written: the
+// frames sent for every request then cost no garbage.
+var sendBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// encodeLent returns m's frame in a lent buffer, which the caller gives
+// back with putSendBuf once the frame is written or dropped.
+func encodeLent(m protocol.Message) (*[]byte, error) {
+	bp := sendBufs.Get().(*[]byte)
+	b, err := protocol.AppendEncode((*bp)[:0], m)
+	*bp = b
+	if err != nil {
+		putSendBuf(bp)
+		return nil, err
+	}
+	return bp, nil
+}
+
+func putSendBuf(bp *[]byte) {
+	if cap(*bp) <= maxPooledFrame {
+		sendBufs.Put(bp)
 	}
 }

@@ -807,12 +807,14 @@ func (s *session) writeWork(w work) bool {
 }
 
 func (s *session) writeMsg(m protocol.Message) bool {
-	b, err := protocol.Encode(m)
+	bp, err := encodeLent(m)
 	if err != nil {
 		s.log().Error("encode", "type", m.MsgType(), "err", err)
 		return true
 	}
-	return s.write(websocket.TextMessage, b)
+	ok := s.write(websocket.TextMessage, *bp)
+	putSendBuf(bp)
+	return ok
 }
 
 // flushQueue writes the control frames still queued; only the finisher

@@ -1,12 +1,14 @@
 package relay
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -131,17 +133,27 @@ func seqKey(n uint64) []byte {
 
 // encodeRequest returns r as stored: its revision, then its JSON, which
 // is what json.Marshal gives (see protocol.Record.AppendJSON) and
-// decodeRequest reads.
+// decodeRequest reads. The value stays in the request log's table until
+// a checkpoint, up to a second, so it is built in a lent buffer and
+// copied out at its exact size rather than grown from a guess.
 func encodeRequest(r *storedRequest) []byte {
-	b := make([]byte, 8, 8+512+len(r.Params)+len(r.Result))
-	binary.BigEndian.PutUint64(b, r.Rev)
+	bp := encodeBufs.Get().(*[]byte)
+	b := binary.BigEndian.AppendUint64((*bp)[:0], r.Rev)
 	b = r.Record.AppendJSON(b)
 	b = append(b[:len(b)-1], `,"seq":`...) // the record's object goes on
 	b = strconv.AppendUint(b, r.Seq, 10)
 	b = append(b, `,"deadline":`...)
 	b = protocol.AppendJSONTime(b, r.Deadline)
-	return append(b, '}')
+	b = append(b, '}')
+	v := bytes.Clone(b)
+	*bp = b
+	if cap(b) <= maxPooledFrame {
+		encodeBufs.Put(bp)
+	}
+	return v
 }
+
+var encodeBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 func decodeRequest(v []byte) (storedRequest, error) {
 	var r storedRequest
