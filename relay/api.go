@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -115,7 +114,7 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxFrame)))
+	buf, err := readFrameBuf(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxFrame)), s.cfg.MaxFrame)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
@@ -126,17 +125,11 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, codeBadRequest, "reading body: "+err.Error())
 		return
 	}
-	sub, ok := protocol.DecodeSubmitFast(body)
-	if !ok {
-		dec := json.NewDecoder(bytes.NewReader(body))
-		if err := dec.Decode(&sub); err != nil {
-			writeError(w, http.StatusBadRequest, codeBadRequest, "malformed JSON body: "+err.Error())
-			return
-		}
-		if dec.More() {
-			writeError(w, http.StatusBadRequest, codeBadRequest, "malformed JSON body: trailing data")
-			return
-		}
+	sub, err := decodeSubmit(buf.Bytes())
+	putFrameBuf(buf) // the decoded submit copied what it keeps
+	if err != nil {
+		writeError(w, http.StatusBadRequest, codeBadRequest, err.Error())
+		return
 	}
 	rec, err := s.Submit(r.Context(), r.PathValue("id"), sub)
 	if err != nil {
@@ -144,6 +137,23 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.answerRecord(w, r, rec, wait, http.StatusAccepted)
+}
+
+// decodeSubmit decodes a submission's body: on the fast path if it can,
+// through encoding/json otherwise.
+func decodeSubmit(body []byte) (protocol.Submit, error) {
+	sub, ok := protocol.DecodeSubmitFast(body)
+	if ok {
+		return sub, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&sub); err != nil {
+		return sub, fmt.Errorf("malformed JSON body: %w", err)
+	}
+	if dec.More() {
+		return sub, errors.New("malformed JSON body: trailing data")
+	}
+	return sub, nil
 }
 
 func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
@@ -332,7 +342,10 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // writeRecord is writeJSON for a request, the answer of most calls,
 // without reflection (protocol.Record.AppendJSON).
 func writeRecord(w http.ResponseWriter, status int, rec *protocol.Record) {
-	writeBody(w, status, append(rec.AppendJSON(make([]byte, 0, 512)), '\n'))
+	bp := sendBufs.Get().(*[]byte)
+	*bp = append(rec.AppendJSON((*bp)[:0]), '\n')
+	writeBody(w, status, *bp) // the ResponseWriter copies it
+	putSendBuf(bp)
 }
 
 func writeBody(w http.ResponseWriter, status int, b []byte) {
