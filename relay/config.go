@@ -115,6 +115,12 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// HeapFloor is the room a relay process keeps between its live heap and
+// the next garbage collection (internal/heapfloor): under load a relay's
+// live heap is a few MiB, and with Go's default it would collect several
+// times a second. tether-relay serve sets it unless GOGC is set.
+const HeapFloor = 16 << 20
+
 // DefaultConfig returns the default settings. DataDir is left empty.
 func DefaultConfig() Config {
 	return Config{

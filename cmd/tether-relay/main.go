@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 
+	"github.com/tetherhq/tether/internal/heapfloor"
 	"github.com/tetherhq/tether/relay"
 )
 
@@ -139,6 +140,8 @@ func serve(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	unfloor, _ := heapfloor.Keep(relay.HeapFloor)
+	defer unfloor()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	waitHUP := reloadOnHUP(ctx, srv, cfg.Logger)

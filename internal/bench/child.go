@@ -27,6 +27,7 @@ import (
 
 	"github.com/tetherhq/tether/agent"
 	"github.com/tetherhq/tether/hw/mock"
+	"github.com/tetherhq/tether/internal/heapfloor"
 	"github.com/tetherhq/tether/relay"
 )
 
@@ -146,6 +147,8 @@ func roleRelay(args []string) error {
 	if err != nil {
 		return err
 	}
+	unfloor, _ := heapfloor.Keep(relay.HeapFloor)
+	defer unfloor()
 	ln, err := listenRetry(*listen)
 	if err != nil {
 		srv.Close()
