@@ -94,6 +94,15 @@
 // epoll_wait: a thread blocked there kept its processor, and goroutines
 // readied just before could wait on it for 100–200 µs.
 //
+// # Garbage
+//
+// The frames sent for every request (to agents, to /v1/client
+// connections, REST answers) are encoded into buffers lent by a pool and
+// given back once written (framebuf.go); stored revisions are built the
+// same way and copied out at their exact size. tether-relay serve keeps
+// HeapFloor of room between the live heap and the next collection
+// (internal/heapfloor).
+//
 // Run owns the sweeper (expiry of queued requests, result retention) and,
 // on return, has waited for every session to end.
 package relay
