@@ -291,23 +291,26 @@ func (h *hub) get(id string) (protocol.Record, error) {
 }
 
 // wait blocks until request id has ended (see entry.endLocked), ctx ends
-// or stop is closed, and returns its record at that moment.
+// or stop is closed, and returns its record at that moment. A request
+// live when the wait begins is answered from its entry, which keeps its
+// final record after it is settled: reading it back from the store would
+// decode its JSON for every caller.
 func (h *hub) wait(ctx context.Context, id string, stop <-chan struct{}) (protocol.Record, error) {
 	h.mu.Lock()
 	e := h.live[id]
-	var ended chan struct{}
-	if e != nil {
-		ended = e.ended
-	}
 	h.mu.Unlock()
-	if ended != nil {
-		select {
-		case <-ended:
-		case <-ctx.Done():
-		case <-stop:
-		}
+	if e == nil {
+		return h.get(id)
 	}
-	return h.get(id)
+	select {
+	case <-e.ended:
+	case <-ctx.Done():
+	case <-stop:
+	}
+	h.mu.Lock()
+	rec := e.rec
+	h.mu.Unlock()
+	return rec, nil
 }
 
 // cancel cancels a queued request at once or asks the agent to stop a
