@@ -35,3 +35,31 @@ func TestWorkersNeverQueue(t *testing.T) {
 	<-ran
 	w.close() // returns once every worker has ended (goleak checks the rest)
 }
+
+// A worker left idle ends by itself (within two workerIdle periods), so
+// an idle relay holds no worker; one kept busy is not ended.
+func TestWorkersRetireWhenIdle(t *testing.T) {
+	w := newWorkers()
+	defer w.close()
+	ran := make(chan struct{})
+	w.run(func() { close(ran) })
+	<-ran
+	ended := make(chan struct{})
+	go func() { w.wg.Wait(); close(ended) }()
+	select {
+	case <-ended:
+	case <-time.After(2*workerIdle + 5*time.Second):
+		t.Fatal("an idle worker did not end")
+	}
+	w.mu.Lock()
+	idle, armed := len(w.idle), w.armed
+	w.mu.Unlock()
+	if idle != 0 || armed {
+		t.Fatalf("after retiring: %d idle, sweep armed %v", idle, armed)
+	}
+
+	// The pool still runs tasks after its workers retired.
+	again := make(chan struct{})
+	w.run(func() { close(again) })
+	<-again
+}
