@@ -197,6 +197,7 @@ func (c *clientConn) push(m protocol.Message) bool {
 		c.log.Error("encode", "type", m.MsgType(), "err", err)
 		return false
 	}
+	bp = fitQueued(bp)
 	select {
 	case c.send <- bp:
 		return true

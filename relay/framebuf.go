@@ -62,3 +62,16 @@ func putSendBuf(bp *[]byte) {
 		sendBufs.Put(bp)
 	}
 }
+
+// fitQueued returns a frame that is to wait in a queue in a buffer of about
+// its size: a lent buffer grown by an earlier, larger frame (up to
+// maxPooledFrame) goes back at once, so that a slow client's queue of
+// small frames does not hold a large buffer each.
+func fitQueued(bp *[]byte) *[]byte {
+	if cap(*bp) <= 2*len(*bp)+4096 {
+		return bp
+	}
+	b := bytes.Clone(*bp)
+	putSendBuf(bp)
+	return &b
+}

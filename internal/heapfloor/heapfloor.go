@@ -6,10 +6,11 @@
 // server whose live heap is small but which allocates steadily, such as
 // a relay with a few busy devices, then collects several times a second,
 // and every cycle costs CPU and stretches the requests it overlaps. Keep
-// raises the percentage after each cycle so that the next one starts no
-// sooner than floor bytes past the live heap; once the live heap is large
-// enough for GOGC alone to leave that much room, the percentage is GOGC's
-// again. The cost is at most floor bytes of garbage held between cycles.
+// raises the percentage after each cycle so that the next one starts
+// about floor bytes past the live heap, and never later; once the live
+// heap is large enough for GOGC alone to leave that much room, the
+// percentage is GOGC's again. The cost is at most floor bytes of garbage
+// held between cycles.
 //
 // An operator who sets GOGC in the environment keeps that setting: Keep
 // then does nothing. A memory limit (GOMEMLIMIT) still bounds the heap.
@@ -33,7 +34,7 @@ const liveMetric = "/gc/heap/live:bytes"
 // took effect: not when GOGC is set in the environment or turns the
 // collector off.
 func Keep(floor uint64) (stop func(), active bool) {
-	if _, set := os.LookupEnv("GOGC"); set {
+	if os.Getenv("GOGC") != "" { // the runtime takes an empty GOGC as 100, so does Keep
 		return func() {}, false
 	}
 	base := debug.SetGCPercent(100)
@@ -92,12 +93,20 @@ func (k *keeper) tune() {
 	k.arm()
 }
 
-// percentFor is the GOGC that leaves at least floor bytes of room above a
-// live heap of live bytes, and never less than base.
+// minHeap is the runtime's minimum heap goal at GOGC=100; it scales with
+// GOGC, so a raised percentage raises it too.
+const minHeap = 4 << 20
+
+// percentFor is the largest GOGC, but never less than base, whose heap
+// goal leaves at most floor bytes of room above a live heap of live
+// bytes. The runtime's goal is the larger of live × (1 + GOGC/100) and
+// minHeap × GOGC/100, so both must stay within live + floor.
 func percentFor(live, floor uint64, base int) int {
-	live = max(live, 1<<20)
-	p := int(min((floor*100+live-1)/live, maxPercent))
-	return max(p, base)
+	p := (live + floor) * 100 / minHeap
+	if live > 0 {
+		p = min(p, floor*100/live)
+	}
+	return max(int(min(p, maxPercent)), base)
 }
 
 func (k *keeper) stop() {

@@ -14,12 +14,15 @@ func TestPercentFor(t *testing.T) {
 		live, floor uint64
 		base, want  int
 	}{
-		{live: 2 * mib, floor: 16 * mib, base: 100, want: 800},
-		{live: 3 * mib, floor: 16 * mib, base: 100, want: 534}, // rounded up: never less room than floor
-		{live: 16 * mib, floor: 16 * mib, base: 100, want: 100},
+		// Small live heaps: the runtime's minimum goal, 4 MiB × GOGC/100,
+		// is what reaches live + floor first.
+		{live: 2 * mib, floor: 16 * mib, base: 100, want: 450},  // goal 18 MiB
+		{live: 3 * mib, floor: 16 * mib, base: 100, want: 475},  // goal 19 MiB
+		{live: 0, floor: 16 * mib, base: 100, want: 400},        // goal 16 MiB
+		{live: 6 * mib, floor: 16 * mib, base: 100, want: 266},  // proportional: 6 × 3.66 = 21.96 MiB
+		{live: 16 * mib, floor: 16 * mib, base: 100, want: 100}, // GOGC's own room is the floor
 		{live: 64 * mib, floor: 16 * mib, base: 100, want: 100}, // GOGC alone leaves more room
 		{live: 64 * mib, floor: 16 * mib, base: 200, want: 200},
-		{live: 0, floor: 16 * mib, base: 100, want: 1600}, // counted as 1 MiB
 		{live: 1 * mib, floor: 1 << 40, base: 100, want: maxPercent},
 	} {
 		if got := percentFor(c.live, c.floor, c.base); got != c.want {
@@ -122,5 +125,33 @@ func TestKeepLeavesAnOperatorsGOGC(t *testing.T) {
 	defer stop()
 	if active {
 		t.Fatal("Keep active although GOGC is set")
+	}
+	// An empty GOGC is the runtime's default, not a setting.
+	t.Setenv("GOGC", "")
+	stop2, active := Keep(256 << 20)
+	defer stop2()
+	if !active {
+		t.Fatal("Keep not active with an empty GOGC")
+	}
+}
+
+// The goal the runtime derives from the percentage Keep sets stays within
+// live + floor: the minimum heap scales with GOGC as well.
+func TestKeepGoalWithinFloor(t *testing.T) {
+	unsetGOGC(t)
+	const floor = 16 << 20
+	stop, _ := Keep(floor)
+	defer stop()
+	s := []metrics.Sample{{Name: "/gc/heap/goal:bytes"}, {Name: "/gc/heap/live:bytes"}, {Name: "/gc/gogc:percent"}}
+	waitGOGC(t, func(p int) bool { return p > 100 })
+	runtime.GC()
+	time.Sleep(10 * time.Millisecond)
+	metrics.Read(s)
+	goal, live, p := s[0].Value.Uint64(), s[1].Value.Uint64(), s[2].Value.Uint64()
+	// Stacks and globals count towards the goal too, and the keeper's
+	// percentage lags the live heap by a cycle: allow 2 MiB.
+	if goal > live+floor+2<<20 {
+		t.Fatalf("heap goal %d MiB with %d MiB live at GOGC %d: more than the floor's %d MiB of room",
+			goal>>20, live>>20, p, floor>>20)
 	}
 }
