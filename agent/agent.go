@@ -522,17 +522,18 @@ func (a *Agent) onCancel(id string) {
 func (a *Agent) onAck(m *protocol.Ack) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.out.ack(m.IDs, m.Events)
 	// Acks are journaled lazily: losing one only causes a resend. The
 	// results of pure requests never reach the journal, so neither do
 	// their acks; recording them anyway would only grow the buffer of
 	// records waiting for the next fsync, which pure traffic never makes.
+	// (Asked before the ack, which forgets pure requests.)
 	var recs []record
 	for _, id := range m.IDs {
 		if a.out.journaled(id) {
 			recs = append(recs, record{Op: opAck, ID: id})
 		}
 	}
+	a.out.ack(m.IDs, m.Events)
 	if m.Events > 0 {
 		recs = append(recs, record{Op: opEventAck, Seq: m.Events})
 	}

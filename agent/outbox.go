@@ -62,12 +62,16 @@ func newOutbox(maxDone int, window time.Duration) *outbox {
 func (o *outbox) size() int { return len(o.results) + len(o.events) }
 
 // addResult records a finished request and queues its result. pure marks
-// a result the journal never holds.
+// a result the journal never holds: it is remembered only until the relay
+// acknowledges it (see ack), since running a pure method again is
+// harmless, so it takes no place in the dedupe window.
 func (o *outbox) addResult(res *protocol.Result, now time.Time, pure bool) {
 	o.results = append(o.results, pendingResult{res: res})
 	o.unacked[res.ID] = true
 	o.done[res.ID] = doneEntry{res: res, at: now, pure: pure}
-	o.doneOrder = append(o.doneOrder, res.ID)
+	if !pure {
+		o.doneOrder = append(o.doneOrder, res.ID)
+	}
 	o.evict(now)
 }
 
@@ -161,11 +165,15 @@ func (pe *pendingEvent) frame(now time.Time) *protocol.Event {
 	return &ev
 }
 
-// ack drops acknowledged results and every event up to seq.
+// ack drops acknowledged results and every event up to seq, and forgets
+// the pure requests among them.
 func (o *outbox) ack(ids []string, seq uint64) {
 	if len(ids) > 0 {
 		for _, id := range ids {
 			delete(o.unacked, id)
+			if e, ok := o.done[id]; ok && e.pure {
+				delete(o.done, id)
+			}
 		}
 		kept := o.results[:0]
 		for _, r := range o.results {

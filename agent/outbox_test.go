@@ -84,3 +84,35 @@ func TestOutboxEvents(t *testing.T) {
 		t.Fatalf("size %d after acking all", o.size())
 	}
 }
+
+// A pure request's result answers a duplicate delivery until the relay
+// acknowledges it, and is forgotten then: it never fills the dedupe
+// window that hardware actions need.
+func TestOutboxForgetsAckedPureResults(t *testing.T) {
+	o := newOutbox(10, time.Hour)
+	now := time.Now()
+	o.addResult(&protocol.Result{ID: "ping", State: protocol.StateSucceeded}, now, true)
+	o.addResult(&protocol.Result{ID: "write", State: protocol.StateSucceeded}, now, false)
+	if _, ok := o.finished("ping"); !ok || o.journaled("ping") {
+		t.Fatal("unacked pure result not remembered, or taken as journaled")
+	}
+	o.ack([]string{"ping", "write"}, 0)
+	if _, ok := o.finished("ping"); ok {
+		t.Fatal("acked pure result still remembered")
+	}
+	if _, ok := o.finished("write"); !ok {
+		t.Fatal("acked hardware result forgotten inside the dedupe window")
+	}
+	if order := o.finishedOrder(); len(order) != 1 || order[0] != "write" {
+		t.Fatalf("finished order %v", order)
+	}
+	// Pure traffic alone leaves nothing behind once acknowledged.
+	for i := range 1000 {
+		id := fmt.Sprint("p", i)
+		o.addResult(&protocol.Result{ID: id, State: protocol.StateSucceeded}, now, true)
+		o.ack([]string{id}, 0)
+	}
+	if len(o.done) != 1 || len(o.finishedOrder()) != 1 || len(o.results) != 0 {
+		t.Fatalf("after 1,000 acked pings: %d remembered, %d in order, %d owed", len(o.done), len(o.finishedOrder()), len(o.results))
+	}
+}
