@@ -78,7 +78,7 @@
 // pings, and requests and cancels pulled from the hub when it is poked.
 // At most one read turn and one writer run per session. Both run on the
 // loop's workers (workers.go): goroutines that take the next task with
-// their stacks already grown, and end after a second without one. Stop
+// their stacks already grown, and end once idle through a whole second (one to two). Stop
 // starts a finisher that sends the close frame, waits for the rest and detaches
 // the session. TLS connections, and every connection on systems without
 // epoll, keep one reader goroutine each (decrypted data can wait inside
