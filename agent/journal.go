@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -34,9 +35,19 @@ import (
 // The file is compacted by rewriting it with the minimal records for the
 // current state (temp file, fsync, rename, fsync of the directory), so its
 // size stays bounded by what the agent must remember.
+//
+// Zeros are written ahead of the records, journalChunk at a time, and
+// records then overwrite them in place: a record's sync (fdatasync) finds
+// the file's size unchanged and writes the data page alone. An append
+// that grows the file makes the filesystem commit its own journal too,
+// which on ext4 cost ~40 µs more per sync and ~4 KB more written to the
+// device (an SD card's wear), measured on the development VM. A zero
+// length ends the log like a torn record, so the zeros need no marker.
 
 const (
 	journalFile = "journal"
+	// journalChunk is how far zeros are written ahead of the records.
+	journalChunk = 64 << 10
 	// maxRecord bounds one record: a result frame plus framing.
 	maxRecord   = protocol.MaxFrame + 4096
 	recordHead  = 8
@@ -79,7 +90,8 @@ type journal struct {
 	appended uint64 // logical bytes ever added
 	durable  uint64 // logical bytes known to be on disk
 	flushing bool   // a goroutine is writing and syncing outside mu
-	size     int64  // current file size
+	size     int64  // bytes of records in the file: where the next ones go
+	alloc    int64  // the file's length: size plus the zeros written ahead
 	err      error  // sticky write error
 	// carry collects the records added while a background compaction
 	// writes its snapshot; they are appended to the new file before it
@@ -88,7 +100,10 @@ type journal struct {
 }
 
 // openJournal opens or creates the journal in dir and returns the records
-// that survived, dropping a torn or corrupt tail.
+// that survived, dropping a torn or corrupt tail: it is overwritten with
+// zeros, so that no stale bytes after the log's end can ever read as a
+// record once shorter ones are written over them. dropped counts its
+// bytes, not the zeros after it.
 func openJournal(dir string) (j *journal, recs []record, dropped int, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, 0, fmt.Errorf("agent: journal dir: %w", err)
@@ -103,20 +118,51 @@ func openJournal(dir string) (j *journal, recs []record, dropped int, err error)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("agent: open journal: %w", err)
 	}
-	if good < len(data) {
-		if err := f.Truncate(int64(good)); err != nil {
-			f.Close()
-			return nil, nil, 0, fmt.Errorf("agent: truncate journal tail: %w", err)
+	torn := len(bytes.TrimRight(data[good:], "\x00"))
+	if torn > 0 {
+		_, err := f.WriteAt(make([]byte, torn), int64(good))
+		if err == nil {
+			err = datasync(f)
 		}
-		f.Sync()
+		if err != nil {
+			f.Close()
+			return nil, nil, 0, fmt.Errorf("agent: clear journal tail: %w", err)
+		}
 	}
-	if _, err := f.Seek(int64(good), 0); err != nil {
-		f.Close()
-		return nil, nil, 0, fmt.Errorf("agent: journal: %w", err)
-	}
-	j = &journal{dir: dir, f: f, size: int64(good)}
+	j = &journal{dir: dir, f: f, size: int64(good), alloc: int64(len(data))}
 	j.cond = sync.NewCond(&j.mu)
-	return j, recs, len(data) - good, nil
+	return j, recs, torn, nil
+}
+
+// padded is the file length for records ending at end: past it, to the
+// next journalChunk boundary.
+func padded(end int64) int64 { return (end/journalChunk + 1) * journalChunk }
+
+// writeAhead writes data at off in f, and zeros after it up to padded()
+// of its end when that passes alloc, the length f has now. It returns the
+// new length. The zeros go a page at a time: written at once, they would
+// land in one large page-cache folio where the filesystem uses them (ext4
+// on recent kernels), and every later record written into it would dirty,
+// and be accounted as writing, the whole folio.
+func writeAhead(f *os.File, data []byte, off, alloc int64) (int64, error) {
+	if _, err := f.WriteAt(data, off); err != nil {
+		return alloc, err
+	}
+	end := off + int64(len(data))
+	if end <= alloc {
+		return alloc, nil
+	}
+	const page = 4096
+	zeros := make([]byte, page)
+	to := padded(end)
+	for at := end; at < to; {
+		n := min(page-at%page, to-at)
+		if _, err := f.WriteAt(zeros[:n], at); err != nil {
+			return alloc, err
+		}
+		at += n
+	}
+	return to, nil
 }
 
 // decodeRecords parses framed records from data and returns them with the
@@ -185,12 +231,12 @@ func (j *journal) wait(pos uint64) error {
 			continue
 		}
 		j.flushing = true
-		buf, target, f := j.pending, j.appended, j.f
+		buf, target, f, off, alloc := j.pending, j.appended, j.f, j.size, j.alloc
 		j.pending = nil
 		j.mu.Unlock()
-		_, err := f.Write(buf)
+		alloc, err := writeAhead(f, buf, off, alloc)
 		if err == nil {
-			err = f.Sync()
+			err = datasync(f)
 			j.syncs.Add(1)
 		}
 		j.mu.Lock()
@@ -200,6 +246,7 @@ func (j *journal) wait(pos uint64) error {
 		} else {
 			j.durable = max(j.durable, target)
 			j.size += int64(len(buf))
+			j.alloc = alloc
 		}
 		j.cond.Broadcast()
 	}
@@ -214,7 +261,8 @@ func (j *journal) sync() error {
 	return j.wait(pos)
 }
 
-// fileSize is the journal's size on disk.
+// fileSize is the size of the journal's records, without the zeros
+// written ahead.
 func (j *journal) fileSize() int64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -239,7 +287,8 @@ func (j *journal) compact(recs []record) error {
 	}
 	path := filepath.Join(j.dir, journalFile)
 	tmp := path + ".tmp"
-	if err := writeFileSync(tmp, buf); err != nil {
+	alloc, err := writeFileSync(tmp, buf)
+	if err != nil {
 		return fmt.Errorf("agent: compact journal: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
@@ -249,14 +298,14 @@ func (j *journal) compact(recs []record) error {
 		d.Sync()
 		d.Close()
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, journalPerm)
+	f, err := os.OpenFile(path, os.O_RDWR, journalPerm)
 	if err != nil {
 		j.err = fmt.Errorf("agent: reopen journal: %w", err)
 		return j.err
 	}
 	j.f.Close()
 	j.f = f
-	j.size = int64(len(buf))
+	j.size, j.alloc = int64(len(buf)), alloc
 	j.pending = nil
 	j.durable = j.appended
 	j.syncs.Add(2)
@@ -290,9 +339,10 @@ func (j *journal) finishCompaction(snapshot []record) error {
 	}
 	path := filepath.Join(j.dir, journalFile)
 	tmp := path + ".tmp"
+	var alloc int64
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, journalPerm)
 	if err == nil {
-		if _, err = f.Write(buf); err == nil {
+		if alloc, err = writeAhead(f, buf, 0, 0); err == nil {
 			err = f.Sync()
 		}
 	}
@@ -307,8 +357,8 @@ func (j *journal) finishCompaction(snapshot []record) error {
 	carry := j.carry
 	j.carry = nil
 	if err == nil && len(carry) > 0 {
-		if _, err = f.Write(carry); err == nil {
-			err = f.Sync()
+		if alloc, err = writeAhead(f, carry, int64(len(buf)), alloc); err == nil {
+			err = datasync(f)
 		}
 	}
 	if f != nil {
@@ -327,14 +377,14 @@ func (j *journal) finishCompaction(snapshot []record) error {
 		d.Sync()
 		d.Close()
 	}
-	nf, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, journalPerm)
+	nf, err := os.OpenFile(path, os.O_RDWR, journalPerm)
 	if err != nil {
 		j.err = fmt.Errorf("agent: reopen journal: %w", err)
 		return j.err
 	}
 	j.f.Close()
 	j.f = nf
-	j.size = int64(len(buf) + len(carry))
+	j.size, j.alloc = int64(len(buf)+len(carry)), alloc
 	// Everything still pending was either in the snapshot (added before
 	// it) or carried (added after), so it is now on disk.
 	j.pending = nil
@@ -344,20 +394,21 @@ func (j *journal) finishCompaction(snapshot []record) error {
 	return nil
 }
 
-func writeFileSync(path string, data []byte) error {
+// writeFileSync writes a journal file holding data, with zeros written
+// ahead, fsyncs it and returns its length.
+func writeFileSync(path string, data []byte) (int64, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, journalPerm)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
+	alloc, err := writeAhead(f, data, 0, 0)
+	if err == nil {
+		err = f.Sync()
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	return f.Close()
+	return alloc, err
 }
 
 // close flushes what is buffered and closes the file.

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -22,6 +23,17 @@ func writeJournal(t *testing.T, dir string, recs ...record) []byte {
 	return buf
 }
 
+// decodeFile decodes a journal file and checks that only zeros, written
+// ahead, follow its records.
+func decodeFile(t *testing.T, data []byte) []record {
+	t.Helper()
+	recs, good := decodeRecords(data)
+	if tail := bytes.TrimRight(data[good:], "\x00"); len(tail) > 0 {
+		t.Fatalf("%d bytes after the %d bytes of records are not zeros", len(tail), good)
+	}
+	return recs
+}
+
 func okResult(id string) *protocol.Result {
 	return &protocol.Result{ID: id, State: protocol.StateSucceeded, Value: []byte(`{}`)}
 }
@@ -40,14 +52,18 @@ func TestJournalReplayAndTornTail(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer j.close()
-			if len(recs) != 2 || dropped != cut {
-				t.Fatalf("got %d records, dropped %d; want 2, %d", len(recs), dropped, cut)
+			// The torn bytes are counted, not zeros at their end, which
+			// read as the zeros written ahead.
+			want := len(bytes.TrimRight(third[:cut], "\x00"))
+			if len(recs) != 2 || dropped != want {
+				t.Fatalf("got %d records, dropped %d; want 2, %d", len(recs), dropped, want)
 			}
-			// The file is truncated, so new records follow the good prefix.
+			// The torn tail is cleared, so new records follow the good
+			// prefix and nothing stale follows them.
 			j.wait(j.add(record{Op: opAck, ID: "a"}))
 			again, _ := os.ReadFile(filepath.Join(dir, journalFile))
-			if got, good := decodeRecords(again); len(got) != 3 || good != len(again) {
-				t.Fatalf("after append: %d records, %d of %d bytes good", len(got), good, len(again))
+			if got := decodeFile(t, again); len(got) != 3 {
+				t.Fatalf("after append: %d records", len(got))
 			}
 		})
 	}
@@ -103,9 +119,8 @@ func TestJournalConcurrentAppendsGroupCommit(t *testing.T) {
 	syncs := j.syncs.Load()
 	j.close()
 	data, _ := os.ReadFile(filepath.Join(dir, journalFile))
-	recs, good := decodeRecords(data)
-	if len(recs) != n || good != len(data) {
-		t.Fatalf("%d records, %d/%d bytes good", len(recs), good, len(data))
+	if recs := decodeFile(t, data); len(recs) != n {
+		t.Fatalf("%d records, want %d", len(recs), n)
 	}
 	if syncs == 0 || syncs > n {
 		t.Fatalf("%d fsyncs for %d concurrent appends", syncs, n)
@@ -223,5 +238,101 @@ func TestJournalBackgroundCompactionCarriesConcurrentAppends(t *testing.T) {
 		if !ids[fmt.Sprint("start new", i)] {
 			t.Fatalf("record new%d added during compaction was lost", i)
 		}
+	}
+}
+
+// Records overwrite zeros written ahead of them, so a sync finds the
+// file's length unchanged, until they pass it and the next chunk of zeros
+// is written; a reopened journal finds every record and goes on after the
+// last.
+func TestJournalWritesAhead(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, journalFile)
+	j, _, _, err := openJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	length := func() int64 {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	j.wait(j.add(record{Op: opStart, ID: "first"}))
+	if l := length(); l != journalChunk {
+		t.Fatalf("file length %d after the first record, want %d", l, journalChunk)
+	}
+	grew := 0
+	n := 0
+	for j.fileSize() < 2*journalChunk+journalChunk/2 {
+		before := length()
+		id := fmt.Sprint("r", n)
+		if err := j.wait(j.add(record{Op: opResult, ID: id, Result: okResult(id)})); err != nil {
+			t.Fatal(err)
+		}
+		n++
+		if after := length(); after != before {
+			grew++
+			if after%journalChunk != 0 || after <= j.fileSize() {
+				t.Fatalf("grew to %d with %d bytes of records", after, j.fileSize())
+			}
+		}
+	}
+	if grew != 2 {
+		t.Fatalf("the file grew %d times over %d records (%d bytes), want 2", grew, n, j.fileSize())
+	}
+	size := j.fileSize()
+	j.close()
+
+	j2, recs, dropped, err := openJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != n+1 || dropped != 0 || j2.fileSize() != size {
+		t.Fatalf("reopened: %d records, %d dropped, %d bytes; want %d, 0, %d", len(recs), dropped, j2.fileSize(), n+1, size)
+	}
+	j2.wait(j2.add(record{Op: opAck, ID: "first"}))
+	j2.close()
+	data, _ := os.ReadFile(path)
+	if recs := decodeFile(t, data); len(recs) != n+2 || recs[n+1].Op != opAck {
+		t.Fatalf("after reopening and adding one: %d records", len(recs))
+	}
+}
+
+// A torn write can leave a whole record after the bytes that end the log
+// (sectors reach the disk in any order). Opening clears everything after
+// the log's end, so a shorter record written over the torn bytes is never
+// followed by the stale one.
+func TestJournalClearsStaleRecordsAfterTear(t *testing.T) {
+	dir := t.TempDir()
+	first := appendRecord(nil, record{Op: opStart, ID: "a"})
+	next := appendRecord(nil, record{Op: opAck, ID: "a"}) // what is added after reopening
+	torn := bytes.Repeat([]byte{0xff}, len(next))         // exactly next's length
+	stale := appendRecord(nil, record{Op: opResult, ID: "stale", Result: okResult("stale")})
+	data := append(append(append(append([]byte{}, first...), torn...), stale...), make([]byte, 100)...)
+	if err := os.WriteFile(filepath.Join(dir, journalFile), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	j, recs, dropped, err := openJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || dropped != len(torn)+len(stale) {
+		t.Fatalf("opened: %d records, %d dropped; want 1, %d", len(recs), dropped, len(torn)+len(stale))
+	}
+	j.wait(j.add(record{Op: opAck, ID: "a"}))
+	j.close()
+	_, recs, _, err = openJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if r.ID == "stale" {
+			t.Fatal("a stale record after a torn write came back")
+		}
+	}
+	if len(recs) != 2 {
+		t.Fatalf("%d records, want 2", len(recs))
 	}
 }
