@@ -132,7 +132,7 @@ func (r *runner) footprint(ctx context.Context) error {
 		Note: fmt.Sprintf("VmHWM of the agent after a burst of %d gpio.write requests submitted 32 at a time (the agent runs 1 at a time)", n)})
 	r.add(&Figure{Name: "payload", Value: payloadSize, Unit: "B", Note: "params of each sys.ping (the round trip payload)"})
 	r.add(&Figure{Name: "agent_bytes_written_per_req", Value: float64(w1-w0) / float64(n), Unit: "B", Baseline: "payload",
-		Note: "/proc/PID/io write_bytes of the agent during the burst, per request: its journal. The kernel counts whole 4 KiB pages as they are dirtied, and every fsynced append dirties at least one"})
+		Note: "/proc/PID/io write_bytes of the agent during the burst, per request: its journal, with the zeros it writes ahead. The kernel counts whole pages as they are dirtied, and every synced record dirties at least one; the filesystem's own journal writes are not counted"})
 	if strace == nil {
 		r.skip("agent_fsyncs_per_req", "strace is not installed")
 		return nil
