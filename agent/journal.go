@@ -120,14 +120,12 @@ func openJournal(dir string) (j *journal, recs []record, dropped int, err error)
 	}
 	torn := len(bytes.TrimRight(data[good:], "\x00"))
 	if torn > 0 {
-		_, err := f.WriteAt(make([]byte, torn), int64(good))
-		if err == nil {
-			err = datasync(f)
-		}
-		if err != nil {
+		if _, err := f.WriteAt(make([]byte, torn), int64(good)); err != nil {
 			f.Close()
 			return nil, nil, 0, fmt.Errorf("agent: clear journal tail: %w", err)
 		}
+		// Not durable yet, the tail is cleared again at the next open.
+		datasync(f)
 	}
 	j = &journal{dir: dir, f: f, size: int64(good), alloc: int64(len(data))}
 	j.cond = sync.NewCond(&j.mu)
@@ -158,7 +156,10 @@ func writeAhead(f *os.File, data []byte, off, alloc int64) (int64, error) {
 	for at := end; at < to; {
 		n := min(page-at%page, to-at)
 		if _, err := f.WriteAt(zeros[:n], at); err != nil {
-			return alloc, err
+			// The records are written; the end of the file ends the log
+			// as zeros do. A full disk costs the speed-up, not the
+			// journal: the next write tries again from end.
+			return end, nil
 		}
 		at += n
 	}
@@ -294,9 +295,11 @@ func (j *journal) compact(recs []record) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("agent: compact journal: %w", err)
 	}
-	if d, err := os.Open(j.dir); err == nil {
-		d.Sync()
-		d.Close()
+	if err := syncDir(j.dir); err != nil {
+		// Until the rename is durable, records written to the new file
+		// could vanish with it: the journal can no longer promise them.
+		j.err = fmt.Errorf("agent: compact journal: %w", err)
+		return j.err
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, journalPerm)
 	if err != nil {
@@ -373,9 +376,9 @@ func (j *journal) finishCompaction(snapshot []record) error {
 		os.Remove(tmp)
 		return fmt.Errorf("agent: compact journal: %w", err)
 	}
-	if d, derr := os.Open(j.dir); derr == nil {
-		d.Sync()
-		d.Close()
+	if err := syncDir(j.dir); err != nil {
+		j.err = fmt.Errorf("agent: compact journal: %w", err) // see compact
+		return j.err
 	}
 	nf, err := os.OpenFile(path, os.O_RDWR, journalPerm)
 	if err != nil {
@@ -392,6 +395,19 @@ func (j *journal) finishCompaction(snapshot []record) error {
 	j.syncs.Add(3)
 	j.cond.Broadcast()
 	return nil
+}
+
+// syncDir makes the entries of dir durable: a rename into it.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // writeFileSync writes a journal file holding data, with zeros written

@@ -83,10 +83,11 @@ func (o *outbox) finished(id string) (*protocol.Result, bool) {
 }
 
 // journaled reports whether the journal may hold the result of id, so
-// that its ack is worth recording.
+// that its ack is worth recording. An id no longer remembered was acked
+// already: evicted after its ack, or pure and forgotten at it.
 func (o *outbox) journaled(id string) bool {
 	e, ok := o.done[id]
-	return !ok || !e.pure
+	return ok && !e.pure
 }
 
 // durable reports whether the result of finished request id is on disk:
