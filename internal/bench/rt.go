@@ -89,6 +89,9 @@ type leg struct {
 	withBudget bool
 	note       string
 	call       func(w int) error
+	// heap, if set, reads the relay's heap counters: measure then adds
+	// NAME_relay_alloc and NAME_relay_gc (see addHeap).
+	heap func() (heapSample, error)
 }
 
 // rounds is how many turns measure takes over a group.
@@ -115,12 +118,34 @@ func (r *runner) measure(ctx context.Context, n int, rate bool, legs []leg) erro
 	lat := make([][]time.Duration, len(legs))
 	took := make([]time.Duration, len(legs))
 	used := make([]cpuSample, len(legs))
+	grew := make([]heapSample, len(legs))
+	readCost := make([]float64, len(legs)) // what a read of the counters allocates
+	for i, l := range legs {
+		if l.heap == nil {
+			continue
+		}
+		a, err1 := l.heap()
+		b, err2 := l.heap()
+		if err := errors.Join(err1, err2); err != nil {
+			fmt.Fprintf(r.out, "# %s: relay heap counters not read: %v\n", l.name, err)
+			legs[i].heap = nil
+			continue
+		}
+		readCost[i] = b.alloc - a.alloc
+	}
 	for round := range rounds {
 		m := n / rounds
 		if round == rounds-1 {
 			m = n - (rounds-1)*(n/rounds)
 		}
 		for i, l := range legs {
+			var h0 heapSample
+			if l.heap != nil {
+				var err error
+				if h0, err = l.heap(); err != nil {
+					return fmt.Errorf("%s: %w", l.name, err)
+				}
+			}
 			before := r.sampleCPU()
 			ls, elapsed, err := drive(ctx, m, l.conc, l.call)
 			if err != nil {
@@ -129,6 +154,15 @@ func (r *runner) measure(ctx context.Context, n int, rate bool, legs []leg) erro
 			used[i] = used[i].plus(r.sampleCPU().since(before))
 			lat[i] = append(lat[i], ls...)
 			took[i] += elapsed
+			if l.heap != nil {
+				h1, err := l.heap()
+				if err != nil {
+					return fmt.Errorf("%s: %w", l.name, err)
+				}
+				d := h1.minus(h0)
+				d.alloc = max(d.alloc-readCost[i], 0)
+				grew[i] = heapSample{alloc: grew[i].alloc + d.alloc, gcs: grew[i].gcs + d.gcs}
+			}
 		}
 	}
 	for i, l := range legs {
@@ -145,6 +179,9 @@ func (r *runner) measure(ctx context.Context, n int, rate bool, legs []leg) erro
 			r.addLatency(l.name, l.base, lat[i], l.withBudget, l.note)
 		}
 		r.addCPU(l.name, l.base, used[i], n)
+		if l.heap != nil {
+			r.addHeap(l.name, grew[i], n)
+		}
 	}
 	return nil
 }
@@ -775,19 +812,19 @@ func (r *runner) roundTrips(ctx context.Context) error {
 	seq := []leg{
 		{name: "tcp_seq", conc: 1, note: noteTCP, call: tcp1},
 		{name: "nats_seq", base: "tcp_seq", conc: 1, note: noteNATS, call: natsCall(nc, subj)},
-		{name: "rt_rest_seq", base: "nats_seq", conc: 1, withBudget: true, note: noteREST, call: t.restCall(dev)},
+		{name: "rt_rest_seq", base: "nats_seq", conc: 1, withBudget: true, note: noteREST, call: t.restCall(dev), heap: t.relayHeap},
 		{name: "rt_rest_gpio_seq", base: "nats_seq", conc: 1, note: noteGPIO, call: t.restCallWith(gpioSubmit, dev)},
 	}
 	conc := []leg{
 		{name: "tcp_" + cs, conc: c, note: noteTCP, call: tcpC},
 		{name: "nats_" + cs, base: "tcp_" + cs, conc: c, note: noteNATS, call: natsCall(nc, subj)},
-		{name: "rt_rest_" + cs, base: "nats_" + cs, conc: c, withBudget: true, note: noteREST, call: t.restCall(dev)},
+		{name: "rt_rest_" + cs, base: "nats_" + cs, conc: c, withBudget: true, note: noteREST, call: t.restCall(dev), heap: t.relayHeap},
 	}
 	if ws != nil {
 		defer ws.close()
 		wsCall := func(int) error { return ws.call(deviceID(0)) }
-		seq = append(seq, leg{name: "rt_ws_seq", base: "nats_seq", conc: 1, withBudget: true, note: noteWS, call: wsCall})
-		conc = append(conc, leg{name: "rt_ws_" + cs, base: "nats_" + cs, conc: c, withBudget: true, note: noteWS, call: wsCall})
+		seq = append(seq, leg{name: "rt_ws_seq", base: "nats_seq", conc: 1, withBudget: true, note: noteWS, call: wsCall, heap: t.relayHeap})
+		conc = append(conc, leg{name: "rt_ws_" + cs, base: "nats_" + cs, conc: c, withBudget: true, note: noteWS, call: wsCall, heap: t.relayHeap})
 	}
 	if err := r.measure(ctx, n, false, seq); err != nil {
 		return err
@@ -842,19 +879,19 @@ func (r *runner) throughput(ctx context.Context) error {
 	spreadLegs := []leg{
 		{name: "tcp_" + nameA, conc: concA, note: noteTCP + fmt.Sprintf("; %d connections", concA), call: tcp},
 		{name: "nats_" + nameA, base: "tcp_" + nameA, conc: concA, note: noteNATS, call: natsCall(nc, func(w int) string { return "ping." + spread(w) })},
-		{name: nameA + "_rest", base: "nats_" + nameA, conc: concA, withBudget: true, note: noteTputAg, call: t.restCall(spread)},
+		{name: nameA + "_rest", base: "nats_" + nameA, conc: concA, withBudget: true, note: noteTputAg, call: t.restCall(spread), heap: t.relayHeap},
 	}
 	singleLegs := []leg{
 		{name: "tcp_" + nameC, conc: concC, note: noteTCP + fmt.Sprintf("; %d connections", concC), call: tcpC},
 		{name: "nats_" + nameC, base: "tcp_" + nameC, conc: concC, note: noteNATS, call: natsCall(nc, func(w int) string { return "ping." + single(w) })},
-		{name: nameC + "_rest", base: "nats_" + nameC, conc: concC, withBudget: true, note: noteTputC, call: t.restCall(single)},
+		{name: nameC + "_rest", base: "nats_" + nameC, conc: concC, withBudget: true, note: noteTputC, call: t.restCall(single), heap: t.relayHeap},
 	}
 	if ws != nil {
 		defer ws.close()
 		spreadLegs = append(spreadLegs, leg{name: nameA + "_ws", base: "nats_" + nameA, conc: concA, withBudget: true,
-			note: noteTputAg + "; one /v1/client WebSocket for all callers", call: func(w int) error { return ws.call(spread(w)) }})
+			note: noteTputAg + "; one /v1/client WebSocket for all callers", call: func(w int) error { return ws.call(spread(w)) }, heap: t.relayHeap})
 		singleLegs = append(singleLegs, leg{name: nameC + "_ws", base: "nats_" + nameC, conc: concC, withBudget: true,
-			note: noteTputC + "; one /v1/client WebSocket for all callers", call: func(w int) error { return ws.call(single(w)) }})
+			note: noteTputC + "; one /v1/client WebSocket for all callers", call: func(w int) error { return ws.call(single(w)) }, heap: t.relayHeap})
 	}
 	if err := r.measure(ctx, r.opts.Requests, true, spreadLegs); err != nil {
 		return err
