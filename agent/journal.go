@@ -205,15 +205,21 @@ func appendRecord(buf []byte, r record) []byte {
 	return append(buf, payload...)
 }
 
+// appendRecords appends recs, framed, to buf.
+func appendRecords(buf []byte, recs []record) []byte {
+	for _, r := range recs {
+		buf = appendRecord(buf, r)
+	}
+	return buf
+}
+
 // add buffers records and returns the position wait needs to make them
 // durable. It does no I/O.
 func (j *journal) add(recs ...record) uint64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	before := len(j.pending)
-	for _, r := range recs {
-		j.pending = appendRecord(j.pending, r)
-	}
+	j.pending = appendRecords(j.pending, recs)
 	if j.carry != nil {
 		j.carry = append(j.carry, j.pending[before:]...)
 	}
@@ -282,10 +288,7 @@ func (j *journal) compact(recs []record) error {
 	if j.err != nil {
 		return j.err
 	}
-	var buf []byte
-	for _, r := range recs {
-		buf = appendRecord(buf, r)
-	}
+	buf := appendRecords(nil, recs)
 	path := filepath.Join(j.dir, journalFile)
 	tmp := path + ".tmp"
 	alloc, err := writeFileSync(tmp, buf)
@@ -295,6 +298,14 @@ func (j *journal) compact(recs []record) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("agent: compact journal: %w", err)
 	}
+	return j.reopenLocked(int64(len(buf)), alloc, 2)
+}
+
+// reopenLocked makes the rename of a compacted file durable and writes
+// on in it from now on: size bytes of records, alloc long, syncs the
+// fsyncs its making took. Everything added so far is in it.
+func (j *journal) reopenLocked(size, alloc int64, syncs uint64) error {
+	path := filepath.Join(j.dir, journalFile)
 	if err := syncDir(j.dir); err != nil {
 		// Until the rename is durable, records written to the new file
 		// could vanish with it: the journal can no longer promise them.
@@ -308,10 +319,10 @@ func (j *journal) compact(recs []record) error {
 	}
 	j.f.Close()
 	j.f = f
-	j.size, j.alloc = int64(len(buf)), alloc
+	j.size, j.alloc = size, alloc
 	j.pending = nil
 	j.durable = j.appended
-	j.syncs.Add(2)
+	j.syncs.Add(syncs)
 	j.cond.Broadcast()
 	return nil
 }
@@ -336,10 +347,7 @@ func (j *journal) startCompaction() bool {
 // carried records and swaps the file in. On failure the old file stays
 // and nothing is lost: every record also went to it.
 func (j *journal) finishCompaction(snapshot []record) error {
-	var buf []byte
-	for _, r := range snapshot {
-		buf = appendRecord(buf, r)
-	}
+	buf := appendRecords(nil, snapshot)
 	path := filepath.Join(j.dir, journalFile)
 	tmp := path + ".tmp"
 	var alloc int64
@@ -376,25 +384,9 @@ func (j *journal) finishCompaction(snapshot []record) error {
 		os.Remove(tmp)
 		return fmt.Errorf("agent: compact journal: %w", err)
 	}
-	if err := syncDir(j.dir); err != nil {
-		j.err = fmt.Errorf("agent: compact journal: %w", err) // see compact
-		return j.err
-	}
-	nf, err := os.OpenFile(path, os.O_RDWR, journalPerm)
-	if err != nil {
-		j.err = fmt.Errorf("agent: reopen journal: %w", err)
-		return j.err
-	}
-	j.f.Close()
-	j.f = nf
-	j.size, j.alloc = int64(len(buf)+len(carry)), alloc
 	// Everything still pending was either in the snapshot (added before
-	// it) or carried (added after), so it is now on disk.
-	j.pending = nil
-	j.durable = j.appended
-	j.syncs.Add(3)
-	j.cond.Broadcast()
-	return nil
+	// it) or carried (added after), so it is in the new file.
+	return j.reopenLocked(int64(len(buf)+len(carry)), alloc, 3)
 }
 
 // syncDir makes the entries of dir durable: a rename into it.

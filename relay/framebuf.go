@@ -41,7 +41,8 @@ func putFrameBuf(buf *bytes.Buffer) {
 // sendBufs lends the buffers outgoing frames are encoded into. gorilla
 // copies a frame into its write buffer (and batchconn into the batch it
 // holds), so a buffer goes back as soon as its frame is written: the
-// frames sent for every request then cost no garbage.
+// frames sent for every request then cost no garbage. REST answers and
+// stored revisions (encodeRequest) are built in them too.
 var sendBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 // encodeLent returns m's frame in a lent buffer, which the caller gives

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -137,7 +136,7 @@ func seqKey(n uint64) []byte {
 // a checkpoint, up to a second, so it is built in a lent buffer and
 // copied out at its exact size rather than grown from a guess.
 func encodeRequest(r *storedRequest) []byte {
-	bp := encodeBufs.Get().(*[]byte)
+	bp := sendBufs.Get().(*[]byte)
 	b := binary.BigEndian.AppendUint64((*bp)[:0], r.Rev)
 	b = r.Record.AppendJSON(b)
 	b = append(b[:len(b)-1], `,"seq":`...) // the record's object goes on
@@ -147,13 +146,9 @@ func encodeRequest(r *storedRequest) []byte {
 	b = append(b, '}')
 	v := bytes.Clone(b)
 	*bp = b
-	if cap(b) <= maxPooledFrame {
-		encodeBufs.Put(bp)
-	}
+	putSendBuf(bp)
 	return v
 }
-
-var encodeBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 func decodeRequest(v []byte) (storedRequest, error) {
 	var r storedRequest

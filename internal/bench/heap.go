@@ -11,10 +11,6 @@ import (
 // allocated since it started and collections completed.
 type heapSample struct{ alloc, gcs float64 }
 
-func (s heapSample) minus(o heapSample) heapSample {
-	return heapSample{alloc: s.alloc - o.alloc, gcs: s.gcs - o.gcs}
-}
-
 // relayHeap reads the relay's Go runtime counters from its /metrics,
 // which it serves to loopback peers.
 func (t *tether) relayHeap() (heapSample, error) {

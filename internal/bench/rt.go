@@ -159,9 +159,8 @@ func (r *runner) measure(ctx context.Context, n int, rate bool, legs []leg) erro
 				if err != nil {
 					return fmt.Errorf("%s: %w", l.name, err)
 				}
-				d := h1.minus(h0)
-				d.alloc = max(d.alloc-readCost[i], 0)
-				grew[i] = heapSample{alloc: grew[i].alloc + d.alloc, gcs: grew[i].gcs + d.gcs}
+				grew[i].alloc += max(h1.alloc-h0.alloc-readCost[i], 0)
+				grew[i].gcs += h1.gcs - h0.gcs
 			}
 		}
 	}
