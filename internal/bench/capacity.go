@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -123,12 +124,24 @@ func (r *runner) capacity(ctx context.Context) error {
 	raiseNofile() // children inherit the limit this process can reach
 	var lim syscall.Rlimit
 	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	// A count the limit forbids is replaced by the largest it allows, so
+	// the run still shows how memory per agent holds up past the others.
+	fit := capacityFit(lim.Max)
+	var counts []int
 	for _, n := range r.opts.Capacity {
 		// One process holds every connection; it needs a descriptor each.
-		if need := uint64(n) + 1000; lim.Max < need {
-			r.skip(fmt.Sprintf("relay_%d", n), fmt.Sprintf("RLIMIT_NOFILE hard limit is %d and cannot be raised here; %d connections need about %d descriptors in one process", lim.Max, n, need))
+		if need := uint64(n) + capacitySpare; lim.Max < need {
+			why := fmt.Sprintf("RLIMIT_NOFILE hard limit is %d and cannot be raised here; %d connections need about %d descriptors in one process", lim.Max, n, need)
+			if fit > 0 && !slices.Contains(counts, fit) && !slices.Contains(r.opts.Capacity, fit) {
+				why += fmt.Sprintf("; relay_%d, the most it allows, is measured instead", fit)
+				counts = append(counts, fit)
+			}
+			r.skip(fmt.Sprintf("relay_%d", n), why)
 			continue
 		}
+		counts = append(counts, n)
+	}
+	for _, n := range counts {
 		// The NATS baseline first, so the relay's figures find it.
 		h, err := r.connectIdle(ctx, "nats", n)
 		if err != nil {
@@ -143,6 +156,19 @@ func (r *runner) capacity(ctx context.Context) error {
 		h.srv.stop(60 * time.Second)
 	}
 	return nil
+}
+
+// capacitySpare is the descriptors a server needs besides one per
+// connection: its data files, listeners, the runtime's own.
+const capacitySpare = 1000
+
+// capacityFit is the largest round thousand of idle agents a process
+// whose descriptors are limited to max can hold, 0 if none.
+func capacityFit(max uint64) int {
+	if max < capacitySpare+1000 {
+		return 0
+	}
+	return int((max-capacitySpare)/1000) * 1000
 }
 
 // storm connects Storm agents, restarts the relay (SIGTERM, then a new

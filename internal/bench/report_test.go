@@ -110,3 +110,16 @@ func TestRepeated(t *testing.T) {
 		t.Errorf("figure lines %q, want %q\noutput:\n%s", figures, want, out.String())
 	}
 }
+
+// A capacity count the descriptor limit forbids is replaced by the most
+// the limit allows, in round thousands.
+func TestCapacityFit(t *testing.T) {
+	for _, c := range []struct {
+		max  uint64
+		want int
+	}{{20000, 19000}, {1048576, 1047000}, {2000, 1000}, {1999, 0}, {1024, 0}} {
+		if got := capacityFit(c.max); got != c.want {
+			t.Errorf("capacityFit(%d) = %d, want %d", c.max, got, c.want)
+		}
+	}
+}
