@@ -2,7 +2,6 @@ package relay
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -177,10 +176,8 @@ func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
 // finished record is 200; an unfinished one gets status live.
 func (s *Server) answerRecord(w http.ResponseWriter, r *http.Request, rec protocol.Record, wait time.Duration, live int) {
 	if wait > 0 && !protocol.Terminal(rec.State) {
-		ctx, cancel := context.WithTimeout(r.Context(), wait)
-		defer cancel()
 		var err error
-		if rec, err = s.WaitRequest(ctx, rec.ID); err != nil {
+		if rec, err = s.hub.wait(r.Context(), rec.ID, s.shutdown, wait); err != nil {
 			s.writeErr(w, err)
 			return
 		}

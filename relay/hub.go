@@ -290,22 +290,32 @@ func (h *hub) get(id string) (protocol.Record, error) {
 	return r.Record, nil
 }
 
-// wait blocks until request id has ended (see entry.endLocked), ctx ends
-// or stop is closed, and returns its record at that moment. A request
-// live when the wait begins is answered from its entry, which keeps its
-// final record after it is settled: reading it back from the store would
-// decode its JSON for every caller.
-func (h *hub) wait(ctx context.Context, id string, stop <-chan struct{}) (protocol.Record, error) {
+// wait blocks until request id has ended (see entry.endLocked), ctx ends,
+// stop is closed or limit (if positive) has passed, and returns its
+// record at that moment. A request live when the wait begins is answered
+// from its entry, which keeps its final record after it is settled:
+// reading it back from the store would decode its JSON for every caller.
+// The limit is a timer of its own rather than a context with a deadline,
+// which would cost every REST call a child registered in its request's
+// context and removed again.
+func (h *hub) wait(ctx context.Context, id string, stop <-chan struct{}, limit time.Duration) (protocol.Record, error) {
 	h.mu.Lock()
 	e := h.live[id]
 	h.mu.Unlock()
 	if e == nil {
 		return h.get(id)
 	}
+	var expired <-chan time.Time
+	if limit > 0 {
+		t := time.NewTimer(limit)
+		defer t.Stop()
+		expired = t.C
+	}
 	select {
 	case <-e.ended:
 	case <-ctx.Done():
 	case <-stop:
+	case <-expired:
 	}
 	h.mu.Lock()
 	rec := e.rec

@@ -107,7 +107,7 @@ func (s *Server) Request(id string) (protocol.Record, error) { return s.hub.get(
 // WaitRequest blocks until request id is terminal, ctx ends or the server
 // stops serving, and returns its record at that moment.
 func (s *Server) WaitRequest(ctx context.Context, id string) (protocol.Record, error) {
-	return s.hub.wait(ctx, id, s.shutdown)
+	return s.hub.wait(ctx, id, s.shutdown, 0)
 }
 
 // Cancel cancels request id; see ClientService.
