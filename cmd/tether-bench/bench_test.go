@@ -91,7 +91,7 @@ func TestSmoke(t *testing.T) {
 	// Every benchmark must have produced its figures.
 	for _, want := range []string{
 		"tcp_seq_p50", "nats_seq_p99", "disk_sync_p50", "disk_sync_paced_p99",
-		"rt_rest_seq_p50", "rt_rest_c4_p999",
+		"rt_rest_seq_p50", "rt_rest_c4_p999", "rt_rest_seq_relay_alloc", "rt_rest_seq_relay_objects", "rt_rest_seq_relay_gc",
 		"tput_10agents_rest", "tput_1agent_8credits_rest", "nats_tput_10agents",
 		"relay_200_mem_per_conn", "nats_200_mem_per_conn", "relay_200_upgrades_per_s",
 		"storm_back_99", "storm_back_100", "storm_attempts_per_agent",

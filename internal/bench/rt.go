@@ -90,7 +90,7 @@ type leg struct {
 	note       string
 	call       func(w int) error
 	// heap, if set, reads the relay's heap counters: measure then adds
-	// NAME_relay_alloc and NAME_relay_gc (see addHeap).
+	// NAME_relay_alloc, NAME_relay_objects and NAME_relay_gc (see addHeap).
 	heap func() (heapSample, error)
 }
 
@@ -119,7 +119,7 @@ func (r *runner) measure(ctx context.Context, n int, rate bool, legs []leg) erro
 	took := make([]time.Duration, len(legs))
 	used := make([]cpuSample, len(legs))
 	grew := make([]heapSample, len(legs))
-	readCost := make([]float64, len(legs)) // what a read of the counters allocates
+	readCost := make([]heapSample, len(legs)) // what a read of the counters allocates
 	for i, l := range legs {
 		if l.heap == nil {
 			continue
@@ -131,7 +131,7 @@ func (r *runner) measure(ctx context.Context, n int, rate bool, legs []leg) erro
 			legs[i].heap = nil
 			continue
 		}
-		readCost[i] = b.alloc - a.alloc
+		readCost[i] = heapSample{alloc: b.alloc - a.alloc, objects: b.objects - a.objects}
 	}
 	for round := range rounds {
 		m := n / rounds
@@ -159,7 +159,8 @@ func (r *runner) measure(ctx context.Context, n int, rate bool, legs []leg) erro
 				if err != nil {
 					return fmt.Errorf("%s: %w", l.name, err)
 				}
-				grew[i].alloc += max(h1.alloc-h0.alloc-readCost[i], 0)
+				grew[i].alloc += max(h1.alloc-h0.alloc-readCost[i].alloc, 0)
+				grew[i].objects += max(h1.objects-h0.objects-readCost[i].objects, 0)
 				grew[i].gcs += h1.gcs - h0.gcs
 			}
 		}
