@@ -112,7 +112,7 @@ type clientConn struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // waiters and followers
 
-	send       chan *[]byte  // encoded frames for the writer, in lent buffers (encodeLent)
+	send       chan *[]byte  // encoded frames for the writer, in lent buffers (encodeQueued)
 	quit       chan struct{} // closed by stop
 	readerDone chan struct{} // closed when the reader returns
 
@@ -192,17 +192,16 @@ func (c *clientConn) stop(code int, text string) {
 // WriteTimeout; a client that reads slower than that is disconnected,
 // so one slow browser tab never holds up anything but its own goroutines.
 func (c *clientConn) push(m protocol.Message) bool {
-	bp, err := encodeLent(m)
+	bp, err := encodeQueued(m)
 	if err != nil {
 		c.log.Error("encode", "type", m.MsgType(), "err", err)
 		return false
 	}
-	bp = fitQueued(bp)
 	select {
 	case c.send <- bp:
 		return true
 	case <-c.quit:
-		putSendBuf(bp)
+		putQueueBuf(bp)
 		return false
 	default:
 	}
@@ -216,7 +215,7 @@ func (c *clientConn) push(m protocol.Message) bool {
 		c.log.Warn("client too slow: send queue full", "queue", cap(c.send))
 		c.stop(closeSlowClient, "too slow: send queue full")
 	}
-	putSendBuf(bp)
+	putQueueBuf(bp)
 	return false
 }
 
@@ -661,7 +660,7 @@ func (c *clientConn) writeQueued(bp *[]byte) bool {
 // writeLent writes a queued frame and gives its buffer back.
 func (c *clientConn) writeLent(bp *[]byte) bool {
 	ok := c.write(websocket.TextMessage, *bp)
-	putSendBuf(bp)
+	putQueueBuf(bp)
 	return ok
 }
 

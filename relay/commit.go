@@ -38,6 +38,11 @@ type committer[Op any] struct {
 	// delay is laterDelay, except in tests.
 	delay time.Duration
 
+	// calls keeps the calls of do (with their channels) for reuse: one
+	// is taken per commit someone waits for, which under load is one per
+	// request.
+	calls sync.Pool
+
 	mu sync.Mutex
 	// Guarded by mu:
 	busy     bool              // a caller is committing (or about to)
@@ -74,7 +79,11 @@ func newCommitter(db *bolt.DB) *committer[txFunc] {
 // do commits op, possibly in one group with others, and returns once that
 // group has committed or failed.
 func (g *committer[Op]) do(op Op) error {
-	c := &commitCall[Op]{op: op, done: make(chan error, 1), lead: make(chan struct{}, 1)}
+	c, _ := g.calls.Get().(*commitCall[Op])
+	if c == nil {
+		c = &commitCall[Op]{done: make(chan error, 1), lead: make(chan struct{}, 1)}
+	}
+	c.op = op
 	g.mu.Lock()
 	g.next = append(g.next, c)
 	lead := !g.busy
@@ -86,6 +95,11 @@ func (g *committer[Op]) do(op Op) error {
 	for {
 		select {
 		case err := <-c.done:
+			// Both channels are empty again: the lead comes only
+			// before the call's commit, and done once, after it.
+			var none Op
+			c.op = none
+			g.calls.Put(c)
 			return err
 		case <-c.lead:
 			g.commitNext()

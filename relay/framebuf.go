@@ -48,11 +48,15 @@ var sendBufs = sync.Pool{New: func() any { return new([]byte) }}
 // encodeLent returns m's frame in a lent buffer, which the caller gives
 // back with putSendBuf once the frame is written or dropped.
 func encodeLent(m protocol.Message) (*[]byte, error) {
-	bp := sendBufs.Get().(*[]byte)
+	return encodeFrom(&sendBufs, m)
+}
+
+func encodeFrom(pool *sync.Pool, m protocol.Message) (*[]byte, error) {
+	bp := pool.Get().(*[]byte)
 	b, err := protocol.AppendEncode((*bp)[:0], m)
 	*bp = b
 	if err != nil {
-		putSendBuf(bp)
+		pool.Put(bp)
 		return nil, err
 	}
 	return bp, nil
@@ -64,15 +68,44 @@ func putSendBuf(bp *[]byte) {
 	}
 }
 
+// queueBufs lends the buffers of frames that wait in a /v1/client
+// connection's queue. They are kept apart from sendBufs, whose buffers
+// the odd large frame (an ack of a big batch, a large result) grows to
+// kilobytes: a small frame queued in one of those is copied out by
+// fitQueued, which under load happened to nearly every client frame.
+var queueBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxQueueBuf is the largest buffer queueBufs keeps; a larger one, grown
+// by a large frame, goes to sendBufs.
+const maxQueueBuf = 4 << 10
+
+// encodeQueued returns m's frame, to wait in a client's queue, in a lent
+// buffer of about its size, which the caller gives back with putQueueBuf.
+func encodeQueued(m protocol.Message) (*[]byte, error) {
+	bp, err := encodeFrom(&queueBufs, m)
+	if err != nil {
+		return nil, err
+	}
+	return fitQueued(bp), nil
+}
+
+func putQueueBuf(bp *[]byte) {
+	if cap(*bp) <= maxQueueBuf {
+		queueBufs.Put(bp)
+		return
+	}
+	putSendBuf(bp)
+}
+
 // fitQueued returns a frame that is to wait in a queue in a buffer of about
-// its size: a lent buffer grown by an earlier, larger frame (up to
-// maxPooledFrame) goes back at once, so that a slow client's queue of
-// small frames does not hold a large buffer each.
+// its size: a lent buffer grown by an earlier, larger frame goes back at
+// once, so that a slow client's queue of small frames does not hold a
+// large buffer each.
 func fitQueued(bp *[]byte) *[]byte {
-	if cap(*bp) <= 2*len(*bp)+4096 {
+	if cap(*bp) <= 2*len(*bp)+maxQueueBuf {
 		return bp
 	}
 	b := bytes.Clone(*bp)
-	putSendBuf(bp)
+	putQueueBuf(bp)
 	return &b
 }

@@ -11,7 +11,7 @@ func TestFitQueued(t *testing.T) {
 	big := make([]byte, 100, 64<<10)
 	copy(big, bytes.Repeat([]byte("x"), 100))
 	bp := fitQueued(&big)
-	if cap(*bp) > 2*100+4096 || !bytes.Equal(*bp, bytes.Repeat([]byte("x"), 100)) {
+	if cap(*bp) > 2*100+maxQueueBuf || !bytes.Equal(*bp, bytes.Repeat([]byte("x"), 100)) {
 		t.Fatalf("queued frame: len %d cap %d", len(*bp), cap(*bp))
 	}
 	fits := make([]byte, 3000, 4096)

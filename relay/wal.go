@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -354,20 +355,35 @@ func decodeWAL(b []byte, seq uint64) []walEntry {
 // records seq as the log file that takes the changes after them. A put never
 // replaces a newer revision, so replaying a change twice, or after a
 // newer one, is harmless.
+//
+// One cursor does the lookups and deletes, and the keys share one buffer:
+// bbolt's Get and Delete each start a cursor of their own, whose stack
+// is allocated anew, and a checkpoint applies thousands of entries.
 func applyEntries(tx *bolt.Tx, entries []walEntry, seq uint64) error {
 	if err := tx.Bucket(bucketMeta).Put(keyWALSeq, seqKey(seq)); err != nil {
 		return err
 	}
 	b := tx.Bucket(bucketRequests)
+	c := b.Cursor()
+	n := 0
 	for _, e := range entries {
-		key := []byte(e.id)
+		n += len(e.id)
+	}
+	keys := make([]byte, 0, n) // bbolt keeps a put's key until the commit
+	for _, e := range entries {
+		keys = append(keys, e.id...)
+		key := keys[len(keys)-len(e.id):]
+		k, old := c.Seek(key)
+		found := bytes.Equal(k, key)
 		if e.val == nil {
-			if err := b.Delete(key); err != nil {
-				return err
+			if found {
+				if err := c.Delete(); err != nil {
+					return err
+				}
 			}
 			continue
 		}
-		if old := b.Get(key); len(old) >= 8 && binary.BigEndian.Uint64(old[:8]) >= e.rev() {
+		if found && len(old) >= 8 && binary.BigEndian.Uint64(old[:8]) >= e.rev() {
 			continue
 		}
 		if err := b.Put(key, e.val); err != nil {

@@ -2,14 +2,18 @@ package relay
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/tetherhq/tether/protocol"
 )
@@ -275,5 +279,57 @@ func TestEncodeRequestRoundTrip(t *testing.T) {
 	}
 	if back.Rev != 9 || back.Seq != 77 || !back.Deadline.Equal(r.Deadline) || back.Error.Message != "<y>" || !back.Finished.Equal(fin) {
 		t.Fatalf("read back %+v", back)
+	}
+}
+
+// applyEntries over a tree of many pages: newer revisions replace older
+// ones, older ones and deletes of absent keys change nothing, deletes
+// remove, all in one transaction through one cursor.
+func TestApplyEntriesManyPages(t *testing.T) {
+	st := openTestStore(t, t.TempDir())
+	defer st.close()
+	val := func(rev uint64, s string) []byte {
+		return append(binary.BigEndian.AppendUint64(nil, rev), s...)
+	}
+	want := map[string][]byte{}
+	var first []walEntry
+	for i := range 3000 {
+		id := fmt.Sprintf("r%05d", i)
+		first = append(first, walEntry{id: id, val: val(2, id)})
+		want[id] = val(2, id)
+	}
+	must(t, st.db.Update(func(tx *bolt.Tx) error { return applyEntries(tx, first, 1) }))
+	var second []walEntry
+	for i := range 3100 {
+		id := fmt.Sprintf("r%05d", i)
+		switch i % 4 {
+		case 0: // newer
+			second = append(second, walEntry{id: id, val: val(3, "new")})
+			want[id] = val(3, "new")
+		case 1: // older: skipped, unless there is none
+			second = append(second, walEntry{id: id, val: val(1, "old")})
+			if _, ok := want[id]; !ok {
+				want[id] = val(1, "old")
+			}
+		case 2: // deleted, absent or not
+			second = append(second, walEntry{id: id})
+			delete(want, id)
+		}
+	}
+	must(t, st.db.Update(func(tx *bolt.Tx) error { return applyEntries(tx, second, 2) }))
+	got := map[string][]byte{}
+	must(t, st.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRequests).ForEach(func(k, v []byte) error {
+			got[string(k)] = bytes.Clone(v)
+			return nil
+		})
+	}))
+	if len(got) != len(want) {
+		t.Fatalf("%d keys, want %d", len(got), len(want))
+	}
+	for k, v := range want {
+		if !bytes.Equal(got[k], v) {
+			t.Fatalf("%s = %q, want %q", k, got[k], v)
+		}
 	}
 }
