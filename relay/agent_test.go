@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -469,5 +471,62 @@ func TestAcksShareFrames(t *testing.T) {
 		if got := e.record(id, ""); got.State != protocol.StateSucceeded {
 			t.Fatalf("%s is %s", id, got.State)
 		}
+	}
+}
+
+// A result whose commit fails is not acked: the session ends with an
+// internal error, and the agent, still holding the result, sends it again
+// to its next session, which commits and acks it once the request log
+// has a sound file again.
+func TestResultCommitFailureNotAcked(t *testing.T) {
+	e := newEnv(t)
+	a := dialAgent(e, e.token)
+	a.send(&protocol.Pull{N: 1})
+	rec := e.submit(protocol.Submit{Method: "m"})
+	nextAs[*protocol.Request](a)
+
+	// The request log's next write fails, as TestWALFailedWriteRotates.
+	closed, err := os.Create(filepath.Join(t.TempDir(), "x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed.Close()
+	w := e.srv.st.reqs
+	w.mu.Lock()
+	real := w.f
+	w.f = closed
+	w.mu.Unlock()
+	defer real.Close() // the checkpointer replaces it; nothing closes it then
+
+	a.send(&protocol.Result{ID: rec.ID, State: protocol.StateSucceeded, Value: json.RawMessage(`"kept"`)})
+	if m := nextAs[*protocol.Error](a); m.Code != protocol.CodeInternal {
+		t.Fatalf("error frame %+v, want %s", m, protocol.CodeInternal)
+	}
+	if code := a.closed(); code != websocket.CloseInternalServerErr {
+		t.Fatalf("close code %d, want %d", code, websocket.CloseInternalServerErr)
+	}
+
+	acked := false
+	for deadline := time.Now().Add(waitLimit); !acked; {
+		if time.Now().After(deadline) {
+			t.Fatal("the result was never acked")
+		}
+		b := dialAgent(e, e.token, rec.ID)
+		b.send(&protocol.Result{ID: rec.ID, State: protocol.StateSucceeded, Value: json.RawMessage(`"kept"`)})
+		switch m := b.next().(type) {
+		case *protocol.Ack:
+			acked = len(m.IDs) == 1 && m.IDs[0] == rec.ID
+			if !acked {
+				t.Fatalf("ack %+v", m)
+			}
+		case *protocol.Error: // the log is not replaced yet
+			b.closed()
+			time.Sleep(10 * time.Millisecond)
+		default:
+			t.Fatalf("got %T %+v", m, m)
+		}
+	}
+	if got := e.record(rec.ID, ""); got.State != protocol.StateSucceeded || string(got.Result) != `"kept"` {
+		t.Fatalf("record %+v", got)
 	}
 }

@@ -136,15 +136,16 @@ func (h *hub) commit(c *changes) error {
 	return h.settle(c, h.st.putRequests(c.recs))
 }
 
-// commitLater is commit for changes nobody is waiting for: the write
-// rides along with the next commit someone waits for (committer.later).
-func (h *hub) commitLater(c *changes) error {
+// commitAfter is commit for changes nobody is waiting for: the write
+// rides along with the next commit someone waits for (committer.later),
+// and after gets the outcome once c is settled, on the goroutine that
+// committed. after must not block, nor wait for a commit.
+func (h *hub) commitAfter(c *changes, after func(err error)) {
 	if len(c.recs) == 0 {
-		return h.settle(c, nil)
+		after(h.settle(c, nil))
+		return
 	}
-	done := make(chan error, 1)
-	h.st.putRequestsLater(c.recs, func(err error) { done <- err })
-	return h.settle(c, <-done)
+	h.st.putRequestsLater(c.recs, func(err error) { after(h.settle(c, err)) })
 }
 
 // settle finishes a commit of c that ended with err.
@@ -554,11 +555,20 @@ func (h *hub) releaseLocked(d *device, old *session, keep map[string]bool, to *s
 	d.pushFrontLocked(back)
 }
 
+// resultCommit makes a result's outcome durable and tells whether the
+// agent may be acked: either wait, a call that blocks, or the changes to
+// commit with commitAfter, which needs no goroutine to wait for them
+// (a first result, or none for a result to drop).
+type resultCommit struct {
+	wait   func() error
+	behind *changes
+}
+
 // result records res unless the request already ended. The decision and
 // the in-memory change happen now, under the lock, so the slot the result
-// frees is never visible as still delivered; the returned function makes
-// the outcome durable and reports whether the caller may ack.
-func (h *hub) result(s *session, res *protocol.Result) (commit func() error) {
+// frees is never visible as still delivered; what it returns makes the
+// outcome durable.
+func (h *hub) result(s *session, res *protocol.Result) resultCommit {
 	var c changes
 	h.mu.Lock()
 	e := h.live[res.ID]
@@ -566,7 +576,7 @@ func (h *hub) result(s *session, res *protocol.Result) (commit func() error) {
 		// Unknown, another device's, or settled long ago: ack so the agent
 		// drops it.
 		h.mu.Unlock()
-		return func() error { return nil }
+		return resultCommit{behind: &c}
 	}
 	if protocol.Terminal(e.rec.State) {
 		if e.unsaved {
@@ -574,20 +584,20 @@ func (h *hub) result(s *session, res *protocol.Result) (commit func() error) {
 			// if this one succeeds.
 			c.resaveLocked(e)
 			h.mu.Unlock()
-			return func() error { return h.commit(&c) }
+			return resultCommit{wait: func() error { return h.commit(&c) }}
 		}
 		// A first result is being committed; ack this one after it, and
 		// only if it was saved.
 		done := e.done
 		h.mu.Unlock()
-		return func() error {
+		return resultCommit{wait: func() error {
 			select {
 			case <-done:
 				return nil
 			case <-s.quit:
 				return ErrClosed
 			}
-		}
+		}}
 	}
 	if e.rec.State == protocol.StateQueued {
 		h.deviceLocked(e.rec.Device).removeLocked(e)
@@ -603,7 +613,7 @@ func (h *hub) result(s *session, res *protocol.Result) (commit func() error) {
 	h.mu.Unlock()
 	// Only the agent's ack waits for this commit (clients were told
 	// above), so it rides along with the next one a client waits for.
-	return func() error { return h.commitLater(&c) }
+	return resultCommit{behind: &c}
 }
 
 // event stores ev for s's device unless its seq was seen before.

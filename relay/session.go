@@ -618,20 +618,31 @@ func (s *session) handle(m protocol.Message) bool {
 		case <-s.quit:
 			return false
 		}
-		commit := s.hub.result(s, m)
+		rc := s.hub.result(s, m)
 		s.commits.Add(1)
-		s.loop.work.run(func() {
-			defer s.commits.Done()
-			defer func() { <-slots }()
-			if err := commit(); err != nil {
-				if !errors.Is(err, ErrClosed) {
-					s.fail(protocol.Errorf(protocol.CodeInternal, "relay storage failed"), websocket.CloseInternalServerErr)
-				}
+		// Acked only once committed; acks may overtake one another.
+		// done may run on the goroutine of another commit, where it
+		// must not block: failing the session, which may, is left to a
+		// worker.
+		done := func(err error) {
+			if err == nil {
+				s.ackLater(m.ID)
+			}
+			<-slots
+			if err == nil || errors.Is(err, ErrClosed) {
+				s.commits.Done()
 				return
 			}
-			// Acked only once committed; acks may overtake one another.
-			s.ackLater(m.ID)
-		})
+			s.loop.work.run(func() {
+				defer s.commits.Done()
+				s.fail(protocol.Errorf(protocol.CodeInternal, "relay storage failed"), websocket.CloseInternalServerErr)
+			})
+		}
+		if rc.behind != nil {
+			s.hub.commitAfter(rc.behind, done)
+		} else {
+			s.loop.work.run(func() { done(rc.wait()) })
+		}
 	case *protocol.Event:
 		if err := s.hub.event(s, m); err != nil {
 			s.fail(protocol.Errorf(protocol.CodeInternal, "relay storage failed"), websocket.CloseInternalServerErr)
