@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -232,10 +230,7 @@ func TestHelloRunningReleases(t *testing.T) {
 
 func TestFirstResultWinsDuplicatesAcked(t *testing.T) {
 	e := newEnv(t)
-	a := dialAgent(e, e.token)
-	a.send(&protocol.Pull{N: 1})
-	rec := e.submit(protocol.Submit{Method: "m"})
-	nextAs[*protocol.Request](a)
+	a, rec := deliveredRequest(e)
 	a.succeed(rec.ID, `"first"`)
 	a.send(&protocol.Result{ID: rec.ID, State: protocol.StateFailed, Error: &protocol.Failure{Code: "hw_error"}})
 	if ack := nextAs[*protocol.Ack](a); len(ack.IDs) != 1 || ack.IDs[0] != rec.ID {
@@ -480,23 +475,8 @@ func TestAcksShareFrames(t *testing.T) {
 // has a sound file again.
 func TestResultCommitFailureNotAcked(t *testing.T) {
 	e := newEnv(t)
-	a := dialAgent(e, e.token)
-	a.send(&protocol.Pull{N: 1})
-	rec := e.submit(protocol.Submit{Method: "m"})
-	nextAs[*protocol.Request](a)
-
-	// The request log's next write fails, as TestWALFailedWriteRotates.
-	closed, err := os.Create(filepath.Join(t.TempDir(), "x"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed.Close()
-	w := e.srv.st.reqs
-	w.mu.Lock()
-	real := w.f
-	w.f = closed
-	w.mu.Unlock()
-	defer real.Close() // the checkpointer replaces it; nothing closes it then
+	a, rec := deliveredRequest(e)
+	defer breakLog(t, e.srv.st.reqs).Close()
 
 	a.send(&protocol.Result{ID: rec.ID, State: protocol.StateSucceeded, Value: json.RawMessage(`"kept"`)})
 	if m := nextAs[*protocol.Error](a); m.Code != protocol.CodeInternal {

@@ -86,6 +86,11 @@
 // keep one reader and one writer each, and one goroutine per call, which
 // commits the submit and then waits for the result.
 //
+// A result's commit waits for nobody: it rides on the next commit a
+// caller waits for (commit.go), and that commit then settles the request
+// and queues the agent's ack itself, as it does for deliveries. No
+// goroutine is parked per result in flight.
+//
 // A goroutine that hands work to another and then blocks in a system call
 // yields first (runtime.Gosched): a submit before its fdatasync. The work
 // it readied then starts on the same processor at once, instead of
@@ -98,8 +103,10 @@
 //
 // The frames sent for every request (to agents, to /v1/client
 // connections, REST answers) are encoded into buffers lent by a pool and
-// given back once written (framebuf.go); stored revisions are built the
-// same way and copied out at their exact size. tether-relay serve keeps
+// given back once written (framebuf.go); frames that wait in a client's
+// queue come from a pool of small buffers of their own, so that one
+// large frame elsewhere does not leave them in kilobytes each. Stored
+// revisions are built the same way and copied out at their exact size. tether-relay serve keeps
 // HeapFloor of room between the live heap and the next collection
 // (internal/heapfloor).
 //

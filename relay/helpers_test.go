@@ -254,6 +254,17 @@ func dialAgent(e *env, token string, running ...string) *testAgent {
 	return a
 }
 
+// deliveredRequest connects an agent with one credit, submits a request
+// for it and reads the request's delivery.
+func deliveredRequest(e *env) (*testAgent, protocol.Record) {
+	e.t.Helper()
+	a := dialAgent(e, e.token)
+	a.send(&protocol.Pull{N: 1})
+	rec := e.submit(protocol.Submit{Method: "m"})
+	nextAs[*protocol.Request](a)
+	return a, rec
+}
+
 func (a *testAgent) readLoop() {
 	defer close(a.done)
 	for {

@@ -201,16 +201,7 @@ func TestWALCloseCheckpoints(t *testing.T) {
 func TestWALFailedWriteRotates(t *testing.T) {
 	st := openTestStore(t, t.TempDir())
 	defer st.close()
-	w := st.reqs
-	closed, err := os.Create(filepath.Join(t.TempDir(), "x"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed.Close()
-	w.mu.Lock()
-	real := w.f
-	w.f = closed
-	w.mu.Unlock()
+	real := breakLog(t, st.reqs)
 	if err := st.putRequests([]storedRequest{testRequest("a", 1, protocol.StateQueued)}); err == nil {
 		t.Fatal("a write to a closed file succeeded")
 	}
@@ -224,6 +215,23 @@ func TestWALFailedWriteRotates(t *testing.T) {
 	}
 	wantState(t, st, "a", "")
 	wantState(t, st, "b", protocol.StateQueued)
+}
+
+// breakLog makes the request log's writes fail, as a failing disk would,
+// until the checkpointer replaces its file: the file is swapped for a
+// closed one. It returns the file it took out, for the caller to close.
+func breakLog(t *testing.T, w *wal) *os.File {
+	t.Helper()
+	closed, err := os.Create(filepath.Join(t.TempDir(), "closed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed.Close()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	real := w.f
+	w.f = closed
+	return real
 }
 
 func must(t *testing.T, err error) {
