@@ -55,13 +55,16 @@ type commitCall[Op any] struct {
 	op    Op
 	done  chan error      // the outcome of op's commit (do)
 	after func(err error) // or, for a deferred call, what to run with it
+	err   error           // a deferred call's outcome, for after
 	lead  chan struct{}   // this caller is to commit the next group
 }
 
-// finish hands the call the outcome of its commit.
+// finish hands the call the outcome of its commit: a waiting caller at
+// once, a deferred call once the group's waiters are all told (see
+// commitNext).
 func (c *commitCall[Op]) finish(err error) {
 	if c.after != nil {
-		c.after(err)
+		c.err = err
 		return
 	}
 	c.done <- err
@@ -108,8 +111,9 @@ func (g *committer[Op]) do(op Op) error {
 }
 
 // later queues op for a commit it does not lead: the next one someone
-// waits for, or its own after laterDelay. after gets the outcome, on the
-// goroutine that committed; it must not block, nor wait for a commit.
+// waits for, or its own after laterDelay. after gets the outcome once
+// that commit's waiters have theirs, on a goroutine that runs the
+// group's after functions in the order they were queued.
 func (g *committer[Op]) later(op Op, after func(err error)) {
 	c := &commitCall[Op]{op: op, after: after}
 	g.mu.Lock()
@@ -146,7 +150,23 @@ func (g *committer[Op]) commitNext() {
 	}
 	g.mu.Unlock()
 
+	var deferred []*commitCall[Op]
+	for _, c := range group {
+		if c.after != nil {
+			deferred = append(deferred, c)
+		}
+	}
 	g.run(group)
+	// What runs on a deferred call's outcome (settling requests, acking
+	// agents) is nobody's wait: it runs off the path of the caller that
+	// led, who is waiting to answer a client of its own.
+	if len(deferred) > 0 {
+		go func() {
+			for _, c := range deferred {
+				c.after(c.err)
+			}
+		}()
+	}
 
 	g.mu.Lock()
 	if len(g.next) > 0 {

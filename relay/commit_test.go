@@ -74,12 +74,13 @@ func TestCommitterLater(t *testing.T) {
 	if err := g.do(put("b", &b)); err != nil {
 		t.Fatal(err)
 	}
+	// Its outcome comes after the waiter's, from the same transaction.
 	select {
 	case err := <-deferred:
 		if err != nil || a != b {
 			t.Fatalf("deferred call: err %v, transaction %d; the waited-for one was %d", err, a, b)
 		}
-	default:
+	case <-time.After(10 * time.Second):
 		t.Fatal("the deferred call did not ride along with the next commit")
 	}
 

@@ -139,7 +139,7 @@ func (h *hub) commit(c *changes) error {
 // commitAfter is commit for changes nobody is waiting for: the write
 // rides along with the next commit someone waits for (committer.later),
 // and after gets the outcome once c is settled, on the goroutine that
-// committed. after must not block, nor wait for a commit.
+// runs that commit's deferred work; it must not block for long.
 func (h *hub) commitAfter(c *changes, after func(err error)) {
 	if len(c.recs) == 0 {
 		after(h.settle(c, nil))

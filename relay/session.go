@@ -621,9 +621,9 @@ func (s *session) handle(m protocol.Message) bool {
 		rc := s.hub.result(s, m)
 		s.commits.Add(1)
 		// Acked only once committed; acks may overtake one another.
-		// done may run on the goroutine of another commit, where it
-		// must not block: failing the session, which may, is left to a
-		// worker.
+		// done may run with the deferred work of another caller's
+		// commit, which it must not hold up: failing the session, which
+		// may block, is left to a worker.
 		done := func(err error) {
 			if err == nil {
 				s.ackLater(m.ID)
