@@ -49,6 +49,8 @@ type committer[Op any] struct {
 	next     []*commitCall[Op] // waiting for the next commit
 	deferred []*commitCall[Op] // deferred: join the next commit
 	timer    *time.Timer       // commits the deferred ones if nothing else does
+	afters   []*commitCall[Op] // committed deferred calls whose after is to run
+	running  bool              // a goroutine runs afters (runAfters)
 }
 
 type commitCall[Op any] struct {
@@ -112,8 +114,8 @@ func (g *committer[Op]) do(op Op) error {
 
 // later queues op for a commit it does not lead: the next one someone
 // waits for, or its own after laterDelay. after gets the outcome once
-// that commit's waiters have theirs, on a goroutine that runs the
-// group's after functions in the order they were queued.
+// that commit's waiters have theirs, on the one goroutine that runs the
+// after functions of deferred calls, in the order they were committed.
 func (g *committer[Op]) later(op Op, after func(err error)) {
 	c := &commitCall[Op]{op: op, after: after}
 	g.mu.Lock()
@@ -157,24 +159,44 @@ func (g *committer[Op]) commitNext() {
 		}
 	}
 	g.run(group)
-	// What runs on a deferred call's outcome (settling requests, acking
-	// agents) is nobody's wait: it runs off the path of the caller that
-	// led, who is waiting to answer a client of its own.
-	if len(deferred) > 0 {
-		go func() {
-			for _, c := range deferred {
-				c.after(c.err)
-			}
-		}()
-	}
 
 	g.mu.Lock()
+	// What runs on a deferred call's outcome (settling requests, acking
+	// agents) is nobody's wait: it runs off the path of the caller that
+	// led, who is waiting to answer a client of its own, on one goroutine
+	// at a time, so in the order the calls were committed.
+	if len(deferred) > 0 {
+		g.afters = append(g.afters, deferred...)
+		if !g.running {
+			g.running = true
+			go g.runAfters()
+		}
+	}
 	if len(g.next) > 0 {
 		g.next[0].lead <- struct{}{}
 	} else {
 		g.busy = false
 	}
 	g.mu.Unlock()
+}
+
+// runAfters runs the after functions of committed deferred calls until
+// none is left.
+func (g *committer[Op]) runAfters() {
+	for {
+		g.mu.Lock()
+		batch := g.afters
+		g.afters = nil
+		if len(batch) == 0 {
+			g.running = false
+			g.mu.Unlock()
+			return
+		}
+		g.mu.Unlock()
+		for _, c := range batch {
+			c.after(c.err)
+		}
+	}
 }
 
 // runTx commits group in one bbolt transaction. A function that fails

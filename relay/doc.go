@@ -87,9 +87,10 @@
 // commits the submit and then waits for the result.
 //
 // A result's commit waits for nobody: it rides on the next commit a
-// caller waits for (commit.go), and that commit then settles the request
-// and queues the agent's ack itself, as it does for deliveries. No
-// goroutine is parked per result in flight.
+// caller waits for (commit.go), and once that caller has its answer, one
+// goroutine settles the group's requests and queues the agents' acks, as
+// for deliveries. No goroutine is parked per result in flight; only a
+// duplicate result, acked once the first is committed, holds a worker.
 //
 // A goroutine that hands work to another and then blocks in a system call
 // yields first (runtime.Gosched): a submit before its fdatasync. The work

@@ -71,8 +71,7 @@ func putSendBuf(bp *[]byte) {
 // queueBufs lends the buffers of frames that wait in a /v1/client
 // connection's queue. They are kept apart from sendBufs, whose buffers
 // the odd large frame (an ack of a big batch, a large result) grows to
-// kilobytes: a small frame queued in one of those is copied out by
-// fitQueued, which under load happened to nearly every client frame.
+// kilobytes: a small frame queued in one of those would hold it all.
 var queueBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 // maxQueueBuf is the largest buffer queueBufs keeps; a larger one, grown
@@ -80,13 +79,12 @@ var queueBufs = sync.Pool{New: func() any { return new([]byte) }}
 const maxQueueBuf = 4 << 10
 
 // encodeQueued returns m's frame, to wait in a client's queue, in a lent
-// buffer of about its size, which the caller gives back with putQueueBuf.
+// buffer, which the caller gives back with putQueueBuf. The buffer is
+// about the frame's size: queueBufs holds none larger than maxQueueBuf,
+// and one a larger frame grows is at most about twice its size, so a
+// slow client's queue of small frames never holds a large buffer each.
 func encodeQueued(m protocol.Message) (*[]byte, error) {
-	bp, err := encodeFrom(&queueBufs, m)
-	if err != nil {
-		return nil, err
-	}
-	return fitQueued(bp), nil
+	return encodeFrom(&queueBufs, m)
 }
 
 func putQueueBuf(bp *[]byte) {
@@ -95,17 +93,4 @@ func putQueueBuf(bp *[]byte) {
 		return
 	}
 	putSendBuf(bp)
-}
-
-// fitQueued returns a frame that is to wait in a queue in a buffer of about
-// its size: a lent buffer grown by an earlier, larger frame goes back at
-// once, so that a slow client's queue of small frames does not hold a
-// large buffer each.
-func fitQueued(bp *[]byte) *[]byte {
-	if cap(*bp) <= 2*len(*bp)+maxQueueBuf {
-		return bp
-	}
-	b := bytes.Clone(*bp)
-	putQueueBuf(bp)
-	return &b
 }

@@ -1,21 +1,27 @@
 package relay
 
 import (
-	"bytes"
+	"strings"
 	"testing"
+
+	"github.com/tetherhq/tether/protocol"
 )
 
 // A frame that will wait in a client's queue is kept in a buffer of about
-// its size, whatever size of lent buffer it was encoded into.
-func TestFitQueued(t *testing.T) {
-	big := make([]byte, 100, 64<<10)
-	copy(big, bytes.Repeat([]byte("x"), 100))
-	bp := fitQueued(&big)
-	if cap(*bp) > 2*100+maxQueueBuf || !bytes.Equal(*bp, bytes.Repeat([]byte("x"), 100)) {
-		t.Fatalf("queued frame: len %d cap %d", len(*bp), cap(*bp))
+// its size, whatever buffers the send pool holds.
+func TestEncodeQueuedFits(t *testing.T) {
+	for range 8 { // buffers grown large, in the pool frames are sent from
+		big := make([]byte, 0, 60<<10)
+		putSendBuf(&big)
 	}
-	fits := make([]byte, 3000, 4096)
-	if fitQueued(&fits) != &fits {
-		t.Fatal("a buffer about its frame's size was copied")
+	for _, n := range []int{10, 3000, 20 << 10} {
+		bp, err := encodeQueued(&protocol.ClientError{Ref: "r", Code: "c", Message: strings.Repeat("x", n)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l, c := len(*bp), cap(*bp); l < n || c > 2*l+maxQueueBuf {
+			t.Errorf("message of %d bytes: frame of %d bytes in a buffer of %d", n, l, c)
+		}
+		putQueueBuf(bp)
 	}
 }

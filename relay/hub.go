@@ -139,7 +139,8 @@ func (h *hub) commit(c *changes) error {
 // commitAfter is commit for changes nobody is waiting for: the write
 // rides along with the next commit someone waits for (committer.later),
 // and after gets the outcome once c is settled, on the goroutine that
-// runs that commit's deferred work; it must not block for long.
+// runs the deferred calls' work, which it must not hold up for long; or
+// at once, on the caller's, when c holds nothing to write.
 func (h *hub) commitAfter(c *changes, after func(err error)) {
 	if len(c.recs) == 0 {
 		after(h.settle(c, nil))

@@ -356,23 +356,19 @@ func decodeWAL(b []byte, seq uint64) []walEntry {
 // replaces a newer revision, so replaying a change twice, or after a
 // newer one, is harmless.
 //
-// One cursor does the lookups and deletes, and the keys share one buffer:
-// bbolt's Get and Delete each start a cursor of their own, whose stack
-// is allocated anew, and a checkpoint applies thousands of entries.
+// One cursor does the lookups and deletes: bbolt's Get and Delete each
+// start a cursor of their own, whose stack is allocated anew (Put still
+// does), and a checkpoint applies thousands of entries. The keys are
+// made in one reused buffer, since Put copies its key.
 func applyEntries(tx *bolt.Tx, entries []walEntry, seq uint64) error {
 	if err := tx.Bucket(bucketMeta).Put(keyWALSeq, seqKey(seq)); err != nil {
 		return err
 	}
 	b := tx.Bucket(bucketRequests)
 	c := b.Cursor()
-	n := 0
+	var key []byte
 	for _, e := range entries {
-		n += len(e.id)
-	}
-	keys := make([]byte, 0, n) // bbolt keeps a put's key until the commit
-	for _, e := range entries {
-		keys = append(keys, e.id...)
-		key := keys[len(keys)-len(e.id):]
+		key = append(key[:0], e.id...)
 		k, old := c.Seek(key)
 		found := bytes.Equal(k, key)
 		if e.val == nil {

@@ -292,7 +292,8 @@ func TestEncodeRequestRoundTrip(t *testing.T) {
 
 // applyEntries over a tree of many pages: newer revisions replace older
 // ones, older ones and deletes of absent keys change nothing, deletes
-// remove, all in one transaction through one cursor.
+// remove, all in one transaction through one cursor, also when one
+// transaction changes an id several times.
 func TestApplyEntriesManyPages(t *testing.T) {
 	st := openTestStore(t, t.TempDir())
 	defer st.close()
@@ -325,6 +326,15 @@ func TestApplyEntriesManyPages(t *testing.T) {
 		}
 	}
 	must(t, st.db.Update(func(tx *bolt.Tx) error { return applyEntries(tx, second, 2) }))
+	// A replay can hold several changes to one id, in order.
+	third := []walEntry{
+		{id: "r00003", val: val(5, "a")}, {id: "r00003"}, // put, then delete
+		{id: "r00002"}, {id: "r00002", val: val(6, "b")}, // delete, then put
+		{id: "r00007", val: val(7, "c")}, {id: "r00007", val: val(8, "d")}, {id: "r00007", val: val(4, "old")},
+	}
+	delete(want, "r00003")
+	want["r00002"], want["r00007"] = val(6, "b"), val(8, "d")
+	must(t, st.db.Update(func(tx *bolt.Tx) error { return applyEntries(tx, third, 3) }))
 	got := map[string][]byte{}
 	must(t, st.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketRequests).ForEach(func(k, v []byte) error {

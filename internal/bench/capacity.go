@@ -141,6 +141,7 @@ func (r *runner) capacity(ctx context.Context) error {
 		}
 		counts = append(counts, n)
 	}
+	slices.Sort(counts)
 	for _, n := range counts {
 		// The NATS baseline first, so the relay's figures find it.
 		h, err := r.connectIdle(ctx, "nats", n)
