@@ -3,7 +3,7 @@ package protocol
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
+	"strconv"
 )
 
 // MaxTimeoutMs bounds a request's timeout: 7 days.
@@ -35,6 +35,16 @@ func checkID(field, s string) error {
 	return nil
 }
 
+// checkIDAt is checkID for element i of the list named list (then
+// suffix), whose name is only spelled out for an invalid s: acks check
+// every id they carry.
+func checkIDAt(list string, i int, suffix, s string) error {
+	if ValidID(s) {
+		return nil
+	}
+	return checkID(list+"["+strconv.Itoa(i)+"]"+suffix, s)
+}
+
 func clip(s string) string {
 	if len(s) > 40 {
 		return s[:40] + "…"
@@ -53,17 +63,17 @@ func (m *Hello) validate() error {
 		return invalid("hello: agent version missing")
 	}
 	for i, meth := range m.Methods {
-		if err := checkID(fmt.Sprintf("hello: methods[%d]", i), meth); err != nil {
+		if err := checkIDAt("hello: methods", i, "", meth); err != nil {
 			return err
 		}
 	}
 	for i, r := range m.Resources {
-		if err := checkID(fmt.Sprintf("hello: resources[%d].name", i), r.Name); err != nil {
+		if err := checkIDAt("hello: resources", i, ".name", r.Name); err != nil {
 			return err
 		}
 	}
 	for i, id := range m.Running {
-		if err := checkID(fmt.Sprintf("hello: running[%d]", i), id); err != nil {
+		if err := checkIDAt("hello: running", i, "", id); err != nil {
 			return err
 		}
 	}
@@ -142,7 +152,7 @@ func (m *Ack) validate() error {
 		return invalid("ack: acknowledges nothing")
 	}
 	for i, id := range m.IDs {
-		if err := checkID(fmt.Sprintf("ack: ids[%d]", i), id); err != nil {
+		if err := checkIDAt("ack: ids", i, "", id); err != nil {
 			return err
 		}
 	}
