@@ -145,6 +145,8 @@ func (g *committer[Op]) flush() {
 func (g *committer[Op]) commitNext() {
 	g.mu.Lock()
 	group := append(g.deferred, g.next...)
+	// The deferred calls lead the group; run leaves its slice as it is.
+	deferred := group[:len(g.deferred):len(g.deferred)]
 	g.next, g.deferred = nil, nil
 	if g.timer != nil {
 		g.timer.Stop()
@@ -152,12 +154,6 @@ func (g *committer[Op]) commitNext() {
 	}
 	g.mu.Unlock()
 
-	var deferred []*commitCall[Op]
-	for _, c := range group {
-		if c.after != nil {
-			deferred = append(deferred, c)
-		}
-	}
 	g.run(group)
 
 	g.mu.Lock()

@@ -48,15 +48,17 @@ var sendBufs = sync.Pool{New: func() any { return new([]byte) }}
 // encodeLent returns m's frame in a lent buffer, which the caller gives
 // back with putSendBuf once the frame is written or dropped.
 func encodeLent(m protocol.Message) (*[]byte, error) {
-	return encodeFrom(&sendBufs, m)
+	return encodeFrom(&sendBufs, putSendBuf, m)
 }
 
-func encodeFrom(pool *sync.Pool, m protocol.Message) (*[]byte, error) {
+// encodeFrom encodes m into a buffer from pool, which put gives back if
+// the encoding fails.
+func encodeFrom(pool *sync.Pool, put func(*[]byte), m protocol.Message) (*[]byte, error) {
 	bp := pool.Get().(*[]byte)
 	b, err := protocol.AppendEncode((*bp)[:0], m)
 	*bp = b
 	if err != nil {
-		pool.Put(bp)
+		put(bp)
 		return nil, err
 	}
 	return bp, nil
@@ -84,7 +86,7 @@ const maxQueueBuf = 4 << 10
 // and one a larger frame grows is at most about twice its size, so a
 // slow client's queue of small frames never holds a large buffer each.
 func encodeQueued(m protocol.Message) (*[]byte, error) {
-	return encodeFrom(&queueBufs, m)
+	return encodeFrom(&queueBufs, putQueueBuf, m)
 }
 
 func putQueueBuf(bp *[]byte) {

@@ -444,9 +444,9 @@ func (h *hub) commitBehind(c *changes) {
 		return
 	}
 	h.behind.Add(1)
-	h.st.putRequestsLater(c.recs, func(err error) {
+	h.commitAfter(c, func(err error) {
 		defer h.behind.Done()
-		if err := h.settle(c, err); err != nil {
+		if err != nil {
 			h.log.Error("commit deliveries", "err", err)
 		}
 	})
