@@ -469,6 +469,52 @@ func TestAcksShareFrames(t *testing.T) {
 	}
 }
 
+// Acks that would overflow the agent's largest frame are split over
+// several frames, each within it. Results for ids the relay does not know
+// (of the longest length, half of them with characters JSON escapes) are
+// acked too, so the agent drops them.
+func TestAcksSplitToFrameLimit(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MaxFrame = 1024 })
+	a := connect(e, e.token, func(c *websocket.Conn) { c.SetReadLimit(1024) })
+	a.send(&protocol.Hello{Agent: "test/1", Board: "mock", Methods: []string{"sys.ping"}})
+	nextAs[*protocol.Welcome](a)
+
+	const n = 60 // over 20 KiB of ids: eight frames or more
+	ids := make(map[string]bool, n)
+	for i := range n {
+		id := fmt.Sprintf("%0*d", protocol.MaxIDLen, i)
+		if i%2 == 1 { // six bytes each in JSON
+			id = strings.Repeat("<", protocol.MaxIDLen-4) + id[protocol.MaxIDLen-4:]
+		}
+		ids[id] = false
+		a.send(&protocol.Result{ID: id, State: protocol.StateSucceeded})
+	}
+	frames, acked := 0, 0
+	for acked < n-10 { // the last few may wait for ackDelay
+		ack := nextAs[*protocol.Ack](a)
+		frames++
+		for _, id := range ack.IDs {
+			if done, ok := ids[id]; !ok || done {
+				t.Fatalf("ack of %.8s…: unknown or twice", id)
+			}
+			ids[id] = true
+			acked++
+		}
+	}
+	if frames < 8 {
+		t.Errorf("%d acks of %d-byte ids in %d frames of at most 1 KiB", acked, protocol.MaxIDLen, frames)
+	}
+	for acked < n {
+		for _, id := range nextAs[*protocol.Ack](a).IDs {
+			if done, ok := ids[id]; !ok || done {
+				t.Fatalf("ack of %.8s…: unknown or twice", id)
+			}
+			ids[id] = true
+			acked++
+		}
+	}
+}
+
 // A result whose commit fails is not acked: the session ends with an
 // internal error, and the agent, still holding the result, sends it again
 // to its next session, which commits and acks it once the request log

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"runtime"
 	"sync"
 	"time"
 
@@ -177,8 +178,12 @@ func (g *committer[Op]) commitNext() {
 }
 
 // runAfters runs the after functions of committed deferred calls until
-// none is left.
+// none is left. It yields first: the leader that started it has just
+// readied the writer of its own caller's answer, and that write is on
+// someone's path where these are not (a /v1/client writer yields once
+// before it writes, and would otherwise wait for them).
 func (g *committer[Op]) runAfters() {
+	runtime.Gosched()
 	for {
 		g.mu.Lock()
 		batch := g.afters

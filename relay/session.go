@@ -97,13 +97,15 @@ type session struct {
 	readBy     time.Duration // the read deadline, on the loop's clock
 	pingAt     time.Duration // the next ping, on the loop's clock
 	changed    chan struct{} // made by the finisher: reading, writing or readDone changed
-	// acks are committed results not yet acknowledged: they go out in one
-	// ack frame with the next frames the writer writes, or on their own
-	// once ackAt (the loop's clock; 0: no timer set) has passed, which
-	// sets ackDue (see ackLater).
-	acks   []string
-	ackAt  time.Duration
-	ackDue bool
+	// acks are committed results not yet acknowledged: they go out in
+	// ack frames with the next frames the writer writes, or on their own
+	// once ackAt (the loop's clock; 0: no timer set) has passed or they
+	// fill a frame, either of which sets ackDue (see ackLater). ackSize
+	// is their size in an ack frame.
+	acks    []string
+	ackSize int
+	ackAt   time.Duration
+	ackDue  bool
 
 	// Guarded by loop.mu:
 	due       time.Duration // when the loop next ticks s
@@ -307,14 +309,44 @@ func (s *session) kickLocked() {
 // and no wakeup of its own.
 const ackDelay = 5 * time.Millisecond
 
+// ackFrameMax bounds an ack frame's ids, in bytes, below the largest
+// frame the agent accepts (the welcome's MaxFrame, at least 1 KiB).
+const ackFrameMax = 16 << 10
+
+// ackRoom is how many bytes of ids one ack frame carries.
+func (s *session) ackRoom() int { return min(s.cfg.MaxFrame, ackFrameMax) - 64 }
+
+// ackLen is what id adds to an ack frame: its JSON string and a comma.
+// Ids are printable ASCII, where only these few take an escape.
+func ackLen(id string) int {
+	n := len(id) + 3
+	for i := 0; i < len(id); i++ {
+		switch id[i] {
+		case '"', '\\':
+			n++
+		case '<', '>', '&':
+			n += 5 // \u003c
+		}
+	}
+	return n
+}
+
 // ackLater acknowledges result id, committed, with the writer's next
-// frames, or on its own after ackDelay. A writer run that writes nothing
-// else leaves it waiting: an ack alone costs a write here and a wakeup on
-// the board, and on the path of a sequential caller it would go out just
-// before the result the caller waits for.
+// frames, or on its own after ackDelay or once the waiting acks fill a
+// frame. A writer run that writes nothing else leaves it waiting: an ack
+// alone costs a write here and a wakeup on the board, and on the path of
+// a sequential caller it would go out just before the result the caller
+// waits for.
 func (s *session) ackLater(id string) {
 	s.mu.Lock()
 	s.acks = append(s.acks, id)
+	s.ackSize += ackLen(id)
+	if s.ackSize >= s.ackRoom() && !s.ackDue && !s.closing() {
+		s.ackDue = true
+		s.kickLocked()
+		s.mu.Unlock()
+		return
+	}
 	at, ok := s.armAckLocked()
 	s.mu.Unlock()
 	if ok {
@@ -335,10 +367,20 @@ func (s *session) armAckLocked() (time.Duration, bool) {
 	return s.ackAt, true
 }
 
-// takeAcksLocked returns the ack frame of the waiting acks and clears them.
+// takeAcksLocked returns an ack frame of the oldest waiting acks, as many
+// as fit in one, and removes them. Acks left over keep their timer, or
+// stay due.
 func (s *session) takeAcksLocked() *protocol.Ack {
-	m := &protocol.Ack{IDs: s.acks}
-	s.acks, s.ackAt, s.ackDue = nil, 0, false
+	n, size, room := 0, 0, s.ackRoom()
+	for n < len(s.acks) && (n == 0 || size+ackLen(s.acks[n]) <= room) {
+		size += ackLen(s.acks[n])
+		n++
+	}
+	m := &protocol.Ack{IDs: s.acks[:n:n]}
+	s.acks, s.ackSize = s.acks[n:], s.ackSize-size
+	if len(s.acks) == 0 {
+		s.acks, s.ackAt, s.ackDue = nil, 0, false
+	}
 	return m
 }
 
@@ -831,15 +873,17 @@ func (s *session) writeMsg(m protocol.Message) bool {
 // flushQueue writes the control frames still queued; only the finisher
 // calls it, once no producer can add to the queue.
 func (s *session) flushQueue() bool {
-	s.mu.Lock()
-	if len(s.acks) > 0 {
+	for {
+		s.mu.Lock()
+		if len(s.acks) == 0 {
+			s.mu.Unlock()
+			break
+		}
 		m := s.takeAcksLocked()
 		s.mu.Unlock()
 		if !s.writeMsg(m) {
 			return false
 		}
-	} else {
-		s.mu.Unlock()
 	}
 	for {
 		s.mu.Lock()
