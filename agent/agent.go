@@ -454,7 +454,31 @@ func (a *Agent) execute(ctx context.Context, j *job) *protocol.Result {
 	default:
 		res.State, res.Error = protocol.StateFailed, protocol.Errorf(protocol.CodeInternal, "%v", err)
 	}
+	// A frame over the limit would be refused by the relay at every
+	// resend, and its journal record by the journal: the value is
+	// dropped and the request reported failed.
+	// The rest of a result's frame takes under 1 KiB (an id is at most
+	// 128 characters).
+	if limit := a.resultLimit(); len(res.Value)+1024 > limit && resultFrameLen(res) > limit {
+		a.log.Error("result too large; reporting the request failed", "id", r.ID, "method", r.Method, "bytes", len(res.Value))
+		res.State, res.Value = protocol.StateFailed, nil
+		res.Error = protocol.Errorf(protocol.CodeTooLarge, "result of %d bytes does not fit in a %d-byte frame", len(val), limit)
+	}
 	return res
+}
+
+// resultLimit is the largest result frame the agent sends: a relay's
+// default frame limit, and what a journal record holds.
+func (a *Agent) resultLimit() int { return min(a.cfg.MaxFrame, protocol.MaxFrame) }
+
+// resultFrameLen is the length of res's frame.
+func resultFrameLen(res *protocol.Result) int {
+	// Every field but the value is small: encode them, and add the value.
+	v := res.Value
+	res.Value = nil
+	b, _ := protocol.Encode(res)
+	res.Value = v
+	return len(b) + len(`,"value":`) + len(v)
 }
 
 // notStarted is the result of a request whose context ended before the

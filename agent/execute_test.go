@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -64,6 +65,44 @@ func TestExecuteDoesNotStartWhatIsOver(t *testing.T) {
 			}
 			if res.State != tt.state || code != tt.code || exec.calls.Load() != tt.calls {
 				t.Fatalf("state %s code %q after %d executions, want %s %q after %d", res.State, code, exec.calls.Load(), tt.state, tt.code, tt.calls)
+			}
+		})
+	}
+}
+
+type bigExec struct{ n int }
+
+func (b bigExec) Execute(ctx context.Context, r *protocol.Request) (json.RawMessage, error) {
+	return json.RawMessage(`"` + strings.Repeat("x", b.n-2) + `"`), nil
+}
+
+// A result whose frame would exceed the frame limit is reported as failed
+// with too_large: the relay would refuse the frame at every resend. The
+// largest value that fits is sent as it is.
+func TestResultTooLargeFails(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		n     int // value bytes beyond the limit
+		state string
+	}{{"fits", 0, protocol.StateSucceeded}, {"one byte over", 1, protocol.StateFailed}} {
+		t.Run(tt.name, func(t *testing.T) {
+			const limit = 2048
+			// The value that makes the frame exactly limit bytes long.
+			base := resultFrameLen(&protocol.Result{ID: "r1", State: protocol.StateSucceeded})
+			a, err := New(Config{Relay: "ws://127.0.0.1:1", Token: "t", MaxFrame: limit}, bigExec{limit - base + tt.n})
+			if err != nil {
+				t.Fatal(err)
+			}
+			j := &job{req: &protocol.Request{ID: "r1", Method: "m", TimeoutMs: 60000, Attempt: 1}}
+			res := a.execute(context.Background(), j)
+			if res.State != tt.state {
+				t.Fatalf("state %s, want %s (%v)", res.State, tt.state, res.Error)
+			}
+			if tt.state == protocol.StateFailed && (res.Error.Code != protocol.CodeTooLarge || res.Value != nil) {
+				t.Fatalf("result %+v", res)
+			}
+			if b, _ := protocol.Encode(res); tt.state == protocol.StateSucceeded && len(b) != limit {
+				t.Fatalf("frame of %d bytes, want %d", len(b), limit)
 			}
 		})
 	}

@@ -306,7 +306,11 @@ func (s *Server) writeErr(w http.ResponseWriter, err error) {
 	var f *protocol.Failure
 	switch {
 	case errors.As(err, &f):
-		writeError(w, http.StatusBadRequest, f.Code, f.Message)
+		status := http.StatusBadRequest
+		if f.Code == protocol.CodeTooLarge {
+			status = http.StatusRequestEntityTooLarge
+		}
+		writeError(w, status, f.Code, f.Message)
 	case errors.Is(err, ErrUnknownDevice):
 		writeError(w, http.StatusNotFound, protocol.CodeNotFound, "unknown device")
 	case errors.Is(err, ErrNotFound):

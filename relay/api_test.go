@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/tetherhq/tether/protocol"
 )
 
@@ -222,5 +223,45 @@ func TestMaxRetained(t *testing.T) {
 	})
 	if got := e.record(second.ID, ""); got.State != protocol.StateCanceled {
 		t.Fatalf("newest result %+v", got)
+	}
+}
+
+// A request whose frame to the agent could exceed MaxFrame is refused at
+// submission, over REST (413) and over /v1/client (an error for its ref,
+// the connection kept), and never reaches the agent: the agent would
+// refuse the frame and lose its session at every attempt. The largest
+// request that is accepted reaches an agent that reads at most MaxFrame.
+func TestRequestFrameFitsAgentLimit(t *testing.T) {
+	const limit = 1024
+	e := newEnv(t, func(c *Config) { c.MaxFrame = limit })
+	a := connect(e, e.token, func(c *websocket.Conn) { c.SetReadLimit(limit) })
+	a.send(&protocol.Hello{Agent: "test/1", Board: "mock", Methods: []string{"sys.ping"}})
+	nextAs[*protocol.Welcome](a)
+
+	pad := func(n int) string { return `"` + strings.Repeat("x", n-2) + `"` }
+	// The body fits in MaxFrame; the request frame would not.
+	body := `{"method":"m","params":` + pad(limit-len(`{"method":"m","params":}`)) + `}`
+	st, b := e.do("POST", "/v1/devices/dev1/requests", body)
+	if st != http.StatusRequestEntityTooLarge || apiCode(t, b) != protocol.CodeTooLarge {
+		t.Fatalf("status %d: %s", st, b)
+	}
+
+	c := dialClient(e)
+	c.sendRaw([]byte(`{"type":"call","ref":"big","device":"dev1","method":"m","params":` + pad(2*limit) + `}`))
+	if f := clientNext[*protocol.ClientError](c); f.Ref != "big" || f.Code != protocol.CodeTooLarge {
+		t.Fatalf("error %+v", f)
+	}
+
+	// The largest params that fit are taken, and delivered.
+	sub := protocol.Submit{Method: "m", Timeout: protocol.Duration(7 * 24 * time.Hour), Idempotent: true}
+	sub.Params = json.RawMessage(pad(limit - requestFrameMax(&sub)))
+	if n := requestFrameMax(&sub); n != limit {
+		t.Fatalf("frame bound %d, want %d", n, limit)
+	}
+	c.sendJSON(map[string]any{"type": "call", "ref": "fits", "device": "dev1", "method": sub.Method, "params": sub.Params, "timeout": "168h", "idempotent": true})
+	acc := clientNext[*protocol.ClientAccepted](c)
+	a.send(&protocol.Pull{N: 1})
+	if req := nextAs[*protocol.Request](a); req.ID != acc.ID || string(req.Params) != string(sub.Params) {
+		t.Fatalf("delivered %s, want %s", req.ID, acc.ID)
 	}
 }

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/tetherhq/tether/protocol"
 )
@@ -86,6 +87,13 @@ func (s *Server) enqueue(ctx context.Context, device string, sub protocol.Submit
 	if err := sub.Validate(); err != nil {
 		return nil, err
 	}
+	// The agent refuses a frame over MaxFrame, and ends the session that
+	// sent it: such a request could only cost the device its link, once
+	// per attempt, before failing as undeliverable.
+	if n := requestFrameMax(&sub); n > s.cfg.MaxFrame {
+		return nil, protocol.Errorf(protocol.CodeTooLarge,
+			"request too large: its frame to the device could take %d bytes, over the limit of %d", n, s.cfg.MaxFrame)
+	}
 	// Scope before existence, so a scoped key cannot probe device ids.
 	if err := s.authorizeDevice(ctx, device, sub.Method); err != nil {
 		return nil, err
@@ -134,3 +142,32 @@ func (s *Server) DeviceChanged(device string) (<-chan struct{}, error) {
 
 // Done is closed when the server stops serving.
 func (s *Server) Done() <-chan struct{} { return s.shutdown }
+
+// requestFrameMax is the most bytes a request frame for sub can take: its
+// method and params as submitted, with a relay's request id and the
+// largest timeout and attempt count (protocol.Request's frame).
+func requestFrameMax(sub *protocol.Submit) int {
+	const fixed = len(`{"type":"request","id":`) + len(`,"method":`) + len(`,"params":`) +
+		len(`,"timeout_ms":`) + len(`,"attempt":`) + 2*20 + len(`,"idempotent":true}`)
+	return fixed + requestIDLen + 2 + jsonLen(sub.Method) + len(sub.Params)
+}
+
+// requestIDLen is the length of the relay's request ids (hex digits).
+var requestIDLen = len(newRequestID(time.Time{}))
+
+// jsonLen is the length of s as a JSON string, quotes included, the way
+// protocol encodes it: identifiers are printable ASCII, where only a few
+// characters take an escape; any other byte is counted at the most an
+// escape can take.
+func jsonLen(s string) int {
+	n := len(s) + 2
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"' || c == '\\':
+			n++
+		case c == '<' || c == '>' || c == '&' || c < ' ' || c > '~':
+			n += 5 // \u003c
+		}
+	}
+	return n
+}

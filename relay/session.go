@@ -317,19 +317,7 @@ const ackFrameMax = 16 << 10
 func (s *session) ackRoom() int { return min(s.cfg.MaxFrame, ackFrameMax) - 64 }
 
 // ackLen is what id adds to an ack frame: its JSON string and a comma.
-// Ids are printable ASCII, where only these few take an escape.
-func ackLen(id string) int {
-	n := len(id) + 3
-	for i := 0; i < len(id); i++ {
-		switch id[i] {
-		case '"', '\\':
-			n++
-		case '<', '>', '&':
-			n += 5 // \u003c
-		}
-	}
-	return n
-}
+func ackLen(id string) int { return jsonLen(id) + 1 }
 
 // ackLater acknowledges result id, committed, with the writer's next
 // frames, or on its own after ackDelay or once the waiting acks fill a
