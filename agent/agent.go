@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tetherhq/tether/protocol"
 )
@@ -457,14 +458,32 @@ func (a *Agent) execute(ctx context.Context, j *job) *protocol.Result {
 	// A frame over the limit would be refused by the relay at every
 	// resend, and its journal record by the journal: the value is
 	// dropped and the request reported failed.
-	// The rest of a result's frame takes under 1 KiB (an id is at most
-	// 128 characters).
-	if limit := a.resultLimit(); len(res.Value)+1024 > limit && resultFrameLen(res) > limit {
+	if res.Error != nil && len(res.Error.Message) > maxMessage {
+		res.Error = &protocol.Failure{Code: res.Error.Code, Message: clipMessage(res.Error.Message)}
+	}
+	// The rest of a result's frame takes under 2 KiB (an id is at most
+	// 128 characters, a message maxMessage bytes).
+	if limit := a.resultLimit(); len(res.Value)+2048 > limit && resultFrameLen(res) > limit {
 		a.log.Error("result too large; reporting the request failed", "id", r.ID, "method", r.Method, "bytes", len(res.Value))
 		res.State, res.Value = protocol.StateFailed, nil
 		res.Error = protocol.Errorf(protocol.CodeTooLarge, "result of %d bytes does not fit in a %d-byte frame", len(val), limit)
 	}
 	return res
+}
+
+// maxMessage bounds the message of a failed result: a handler's error
+// text is for people, and a long one would crowd its frame.
+const maxMessage = 1024
+
+// clipMessage shortens m to at most maxMessage bytes, on a character
+// boundary, marking the cut.
+func clipMessage(m string) string {
+	const mark = "…"
+	n := maxMessage - len(mark)
+	for n > 0 && !utf8.RuneStart(m[n]) {
+		n--
+	}
+	return m[:n] + mark
 }
 
 // resultLimit is the largest result frame the agent sends: a relay's

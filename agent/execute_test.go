@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tetherhq/tether/protocol"
 )
@@ -105,5 +106,25 @@ func TestResultTooLargeFails(t *testing.T) {
 				t.Fatalf("frame of %d bytes, want %d", len(b), limit)
 			}
 		})
+	}
+}
+
+type failExec struct{ msg string }
+
+func (f failExec) Execute(ctx context.Context, r *protocol.Request) (json.RawMessage, error) {
+	return nil, protocol.Errorf(protocol.CodeHWError, "%s", f.msg)
+}
+
+// A handler's long error message is cut to maxMessage bytes on a
+// character boundary; the code stays.
+func TestLongErrorMessageClipped(t *testing.T) {
+	a, err := New(Config{Relay: "ws://127.0.0.1:1", Token: "t"}, failExec{strings.Repeat("ü", 3000)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := a.execute(context.Background(), &job{req: &protocol.Request{ID: "r1", Method: "m", TimeoutMs: 60000, Attempt: 1}})
+	m := res.Error.Message
+	if res.State != protocol.StateFailed || res.Error.Code != protocol.CodeHWError || len(m) > maxMessage || !utf8.ValidString(m) || !strings.HasSuffix(m, "…") {
+		t.Fatalf("result %s %s, message of %d bytes: %.20q…", res.State, res.Error.Code, len(m), m)
 	}
 }
