@@ -86,6 +86,9 @@ type Agent struct {
 	draining    bool
 	// compactAt is the journal size that triggers the next compaction.
 	compactAt int64
+
+	// relayFrame is the frame limit of the last welcome (0: none yet).
+	relayFrame atomic.Int64
 	// changed is closed whenever running or the outbox changes, so
 	// waiters can block without polling. It is made only when someone
 	// waits: every request changes the state twice, and nobody waits
@@ -458,16 +461,7 @@ func (a *Agent) execute(ctx context.Context, j *job) *protocol.Result {
 	// A frame over the limit would be refused by the relay at every
 	// resend, and its journal record by the journal: the value is
 	// dropped and the request reported failed.
-	if res.Error != nil && len(res.Error.Message) > maxMessage {
-		res.Error = &protocol.Failure{Code: res.Error.Code, Message: clipMessage(res.Error.Message)}
-	}
-	// The rest of a result's frame takes under 2 KiB (an id is at most
-	// 128 characters, a message maxMessage bytes).
-	if limit := a.resultLimit(); len(res.Value)+2048 > limit && resultFrameLen(res) > limit {
-		a.log.Error("result too large; reporting the request failed", "id", r.ID, "method", r.Method, "bytes", len(res.Value))
-		res.State, res.Value = protocol.StateFailed, nil
-		res.Error = protocol.Errorf(protocol.CodeTooLarge, "result of %d bytes does not fit in a %d-byte frame", len(val), limit)
-	}
+	a.fitResult(res)
 	return res
 }
 
@@ -475,30 +469,85 @@ func (a *Agent) execute(ctx context.Context, j *job) *protocol.Result {
 // text is for people, and a long one would crowd its frame.
 const maxMessage = 1024
 
-// clipMessage shortens m to at most maxMessage bytes, on a character
-// boundary, marking the cut.
-func clipMessage(m string) string {
+// fitResult makes res's frame fit in the relay's frame limit, which also
+// bounds its journal record: a frame over it would be refused at every
+// resend. A failed result keeps its code and loses the end of its
+// message; a value that cannot fit is dropped, and the request reported
+// failed with too_large.
+func (a *Agent) fitResult(res *protocol.Result) {
+	if f := res.Error; f != nil && (len(f.Message) > maxMessage || len(f.Code) > protocol.MaxIDLen) {
+		c := *f // the handler's Failure may be shared
+		c.Code = c.Code[:min(len(c.Code), protocol.MaxIDLen)]
+		c.Message = clipMessage(c.Message, maxMessage)
+		res.Error = &c
+	}
+	limit := a.resultLimit()
+	n := resultFrameLen(res)
+	if n <= limit {
+		return
+	}
+	if res.Value != nil {
+		a.log.Error("result too large; reporting the request failed", "id", res.ID, "bytes", n, "limit", limit)
+		res.State, res.Value = protocol.StateFailed, nil
+		res.Error = protocol.Errorf(protocol.CodeTooLarge, "result frame of %d bytes does not fit in the relay's limit of %d", n, limit)
+		return
+	}
+	c := *res.Error
+	res.Error = &c
+	for n > limit && c.Message != "" {
+		c.Message = clipMessage(c.Message, len(c.Message)/2)
+		n = resultFrameLen(res)
+	}
+}
+
+// clipMessage shortens m to at most max bytes, on a character boundary,
+// marking the cut; m is returned as it is if it fits.
+func clipMessage(m string, max int) string {
 	const mark = "…"
-	n := maxMessage - len(mark)
-	for n > 0 && !utf8.RuneStart(m[n]) {
+	if len(m) <= max {
+		return m
+	}
+	n := max - len(mark)
+	if n <= 0 {
+		return ""
+	}
+	for i := 0; i < utf8.UTFMax-1 && n > 0 && !utf8.RuneStart(m[n]); i++ {
 		n--
 	}
 	return m[:n] + mark
 }
 
-// resultLimit is the largest result frame the agent sends: a relay's
-// default frame limit, and what a journal record holds.
-func (a *Agent) resultLimit() int { return min(a.cfg.MaxFrame, protocol.MaxFrame) }
+// resultLimit is the largest result frame the agent sends: the limit the
+// relay announced in its last welcome, and never over the protocol's
+// default, which is what a journal record is sized for.
+func (a *Agent) resultLimit() int {
+	if n := int(a.relayFrame.Load()); n > 0 {
+		return min(n, protocol.MaxFrame)
+	}
+	return protocol.MaxFrame
+}
 
 // resultFrameLen is the length of res's frame.
 func resultFrameLen(res *protocol.Result) int {
 	// Every field but the value is small: encode them, and add the value.
 	v := res.Value
 	res.Value = nil
-	b, _ := protocol.Encode(res)
+	bp := lenBufs.Get().(*[]byte)
+	b, _ := protocol.AppendEncode((*bp)[:0], res)
+	n := len(b)
+	if cap(b) <= 16<<10 {
+		*bp = b
+		lenBufs.Put(bp)
+	}
 	res.Value = v
-	return len(b) + len(`,"value":`) + len(v)
+	if len(v) > 0 {
+		n += len(`,"value":`) + len(v)
+	}
+	return n
 }
+
+// lenBufs lends resultFrameLen its buffers.
+var lenBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
 
 // notStarted is the result of a request whose context ended before the
 // executor was called.

@@ -71,15 +71,10 @@ func TestExecuteDoesNotStartWhatIsOver(t *testing.T) {
 	}
 }
 
-type bigExec struct{ n int }
-
-func (b bigExec) Execute(ctx context.Context, r *protocol.Request) (json.RawMessage, error) {
-	return json.RawMessage(`"` + strings.Repeat("x", b.n-2) + `"`), nil
-}
-
-// A result whose frame would exceed the frame limit is reported as failed
-// with too_large: the relay would refuse the frame at every resend. The
-// largest value that fits is sent as it is.
+// A result whose frame would exceed the relay's frame limit (its last
+// welcome's max_frame) is reported as failed with too_large: the relay
+// would refuse the frame at every resend. The largest value that fits is
+// sent as it is, characters JSON escapes included.
 func TestResultTooLargeFails(t *testing.T) {
 	for _, tt := range []struct {
 		name  string
@@ -88,12 +83,13 @@ func TestResultTooLargeFails(t *testing.T) {
 	}{{"fits", 0, protocol.StateSucceeded}, {"one byte over", 1, protocol.StateFailed}} {
 		t.Run(tt.name, func(t *testing.T) {
 			const limit = 2048
-			// The value that makes the frame exactly limit bytes long.
-			base := resultFrameLen(&protocol.Result{ID: "r1", State: protocol.StateSucceeded})
-			a, err := New(Config{Relay: "ws://127.0.0.1:1", Token: "t", MaxFrame: limit}, bigExec{limit - base + tt.n})
+			// The frame of a value of n bytes takes base+n.
+			base := resultFrameLen(&protocol.Result{ID: "r1", State: protocol.StateSucceeded, Value: json.RawMessage(`""`)}) - 2
+			a, err := New(Config{Relay: "ws://127.0.0.1:1", Token: "t"}, bigExec{limit - base + tt.n})
 			if err != nil {
 				t.Fatal(err)
 			}
+			a.relayFrame.Store(limit)
 			j := &job{req: &protocol.Request{ID: "r1", Method: "m", TimeoutMs: 60000, Attempt: 1}}
 			res := a.execute(context.Background(), j)
 			if res.State != tt.state {
@@ -106,6 +102,28 @@ func TestResultTooLargeFails(t *testing.T) {
 				t.Fatalf("frame of %d bytes, want %d", len(b), limit)
 			}
 		})
+	}
+}
+
+type bigExec struct{ n int }
+
+func (b bigExec) Execute(ctx context.Context, r *protocol.Request) (json.RawMessage, error) {
+	return json.RawMessage(`"` + strings.Repeat("<", b.n-2) + `"`), nil
+}
+
+// A failed result too long for a small frame limit keeps its state and
+// code, and loses the end of its message.
+func TestFailedResultShortenedToFit(t *testing.T) {
+	const limit = 1024
+	a, err := New(Config{Relay: "ws://127.0.0.1:1", Token: "t"}, failExec{strings.Repeat("<", 1000)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.relayFrame.Store(limit)
+	res := a.execute(context.Background(), &job{req: &protocol.Request{ID: "r1", Method: "m", TimeoutMs: 60000, Attempt: 1}})
+	b, _ := protocol.Encode(res)
+	if res.State != protocol.StateFailed || res.Error.Code != protocol.CodeHWError || len(b) > limit || !strings.HasPrefix(res.Error.Message, "<<<") {
+		t.Fatalf("frame of %d bytes: %.60s…", len(b), b)
 	}
 }
 

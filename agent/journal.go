@@ -192,17 +192,25 @@ func decodeRecords(data []byte) (recs []record, good int) {
 	}
 }
 
+// appendRecord appends r, framed, to buf. Its JSON is not HTML-escaped:
+// a result's value and message then take the bytes they take in its
+// frame, not up to six times as many, and a result that fits in a frame
+// fits in a record.
 func appendRecord(buf []byte, r record) []byte {
-	payload, err := json.Marshal(r)
-	if err != nil {
+	start := len(buf)
+	w := bytes.NewBuffer(append(buf, make([]byte, recordHead)...))
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(r); err != nil {
 		// Only a bug in this package can get here: records hold plain data.
 		panic(fmt.Sprintf("agent: encode journal record: %v", err))
 	}
-	var head [recordHead]byte
-	binary.LittleEndian.PutUint32(head[:], uint32(len(payload)))
-	binary.LittleEndian.PutUint32(head[4:], crc32.Checksum(payload, crcTable))
-	buf = append(buf, head[:]...)
-	return append(buf, payload...)
+	buf = w.Bytes()
+	buf = buf[:len(buf)-1] // Encode's newline
+	payload := buf[start+recordHead:]
+	binary.LittleEndian.PutUint32(buf[start:], uint32(len(payload)))
+	binary.LittleEndian.PutUint32(buf[start+4:], crc32.Checksum(payload, crcTable))
+	return buf
 }
 
 // appendRecords appends recs, framed, to buf.

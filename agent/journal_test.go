@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -334,5 +335,24 @@ func TestJournalClearsStaleRecordsAfterTear(t *testing.T) {
 	}
 	if len(recs) != 2 {
 		t.Fatalf("%d records, want 2", len(recs))
+	}
+}
+
+// A result that fits in a frame fits in a journal record, whatever its
+// characters: records are not HTML-escaped, so a value of "<" takes the
+// bytes it takes in the frame, and the record reads back.
+func TestRecordOfLargestResult(t *testing.T) {
+	val := `"` + strings.Repeat("<", protocol.MaxFrame-200) + `"`
+	res := &protocol.Result{ID: "r1", State: protocol.StateSucceeded, Value: []byte(val)}
+	if n := resultFrameLen(res); n > protocol.MaxFrame {
+		t.Fatalf("test result's frame is %d bytes", n)
+	}
+	buf := appendRecord(nil, record{Op: opResult, ID: "r1", Result: res, Time: 1})
+	if len(buf) > maxRecord {
+		t.Fatalf("record of %d bytes, over %d", len(buf), maxRecord)
+	}
+	recs := decodeFile(t, buf)
+	if len(recs) != 1 || string(recs[0].Result.Value) != val {
+		t.Fatalf("read back %d records", len(recs))
 	}
 }

@@ -127,6 +127,7 @@ func (a *Agent) runSession(ctx context.Context) (connected bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	a.relayFrame.Store(int64(welcome.MaxFrame))
 	ping := time.Duration(welcome.PingMs) * time.Millisecond
 	if ping <= 0 {
 		ping = a.cfg.PingPeriod
