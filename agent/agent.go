@@ -223,10 +223,16 @@ func (a *Agent) notifyLocked() {
 }
 
 // Emit queues a device event. It is sent now if connected, otherwise after
-// the next connect, and kept until acknowledged.
+// the next connect, and kept until acknowledged. It fails with
+// ErrOutboxFull at the outbox's bound, and for data too large for a frame.
 func (a *Agent) Emit(name string, data json.RawMessage) error {
 	if !protocol.ValidID(name) {
 		return fmt.Errorf("agent: bad event name %q", name)
+	}
+	// The rest of an event's frame takes under 1 KiB: one that could not
+	// fit in a frame would be refused by the relay at every resend.
+	if limit := a.resultLimit() - 1024; len(data) > limit {
+		return fmt.Errorf("agent: event data of %d bytes is over the %d a frame leaves for it", len(data), limit)
 	}
 	a.mu.Lock()
 	if len(a.out.events) >= a.cfg.OutboxLimit {

@@ -146,3 +146,22 @@ func TestLongErrorMessageClipped(t *testing.T) {
 		t.Fatalf("result %s %s, message of %d bytes: %.20q…", res.State, res.Error.Code, len(m), m)
 	}
 }
+
+// An event whose frame could not fit in the relay's frame limit is
+// refused by Emit, not queued to be refused by the relay at every resend.
+func TestEmitTooLarge(t *testing.T) {
+	a, err := New(Config{Relay: "ws://127.0.0.1:1", Token: "t"}, &countingExec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.relayFrame.Store(4096)
+	if err := a.Emit("big", json.RawMessage(`"`+strings.Repeat("x", 4000)+`"`)); err == nil {
+		t.Fatal("an event over the frame limit was queued")
+	}
+	if err := a.Emit("small", json.RawMessage(`"`+strings.Repeat("x", 2000)+`"`)); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(a.out.events); n != 1 {
+		t.Fatalf("%d events queued, want 1", n)
+	}
+}
