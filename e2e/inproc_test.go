@@ -418,3 +418,46 @@ func TestJournalCompactsWhileServing(t *testing.T) {
 		t.Fatalf("journal is %d bytes after compactions", st.Size())
 	}
 }
+
+// The largest request the relay takes reaches the board, and its echo
+// comes back whole: what the relay accepts fits in every frame on the
+// way. One byte more is refused at submission with 413 too_large.
+func TestLargestPingEchoes(t *testing.T) {
+	_, c, _ := setup(t, mock.Options{}, nil)
+	submit := func(n int) (int, protocol.Record) {
+		body := `{"method":"sys.ping","params":"` + strings.Repeat("<", n) + `"}`
+		code, data := c.do("POST", "/v1/devices/pi-1/requests", body)
+		var rec protocol.Record
+		if code == 202 {
+			if err := json.Unmarshal(data, &rec); err != nil {
+				t.Fatalf("submit answer: %v", err)
+			}
+		} else if code != 413 || !strings.Contains(string(data), protocol.CodeTooLarge) {
+			t.Fatalf("params of %d bytes: status %d: %.200s", n, code, data)
+		}
+		return code, rec
+	}
+	// The largest string taken, by bisection: it fits at lo, not at hi.
+	lo, hi := 0, protocol.MaxFrame
+	for hi-lo > 1 {
+		mid := (lo + hi) / 2
+		if code, _ := submit(mid); code == 202 {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	if lo < protocol.MaxFrame-512 {
+		t.Fatalf("the largest params taken are %d bytes, far below the %d-byte frame", lo, protocol.MaxFrame)
+	}
+	_, rec := submit(lo)
+	rec = c.wait(rec.ID, 10*time.Second)
+	wantState(t, rec, protocol.StateSucceeded, "")
+	var echo string
+	if err := json.Unmarshal(rec.Result, &echo); err != nil || echo != strings.Repeat("<", lo) {
+		t.Fatalf("echo of %d bytes came back as %d: %v", lo, len(echo), err)
+	}
+	if code, _ := submit(lo + 1); code != 413 {
+		t.Fatalf("one byte more: status %d", code)
+	}
+}
