@@ -428,7 +428,7 @@ func TestLargestPingEchoes(t *testing.T) {
 		body := `{"method":"sys.ping","params":"` + strings.Repeat("<", n) + `"}`
 		code, data := c.do("POST", "/v1/devices/pi-1/requests", body)
 		var rec protocol.Record
-		if code == 202 {
+		if code == 202 || code == 200 { // 200: it had already ended
 			if err := json.Unmarshal(data, &rec); err != nil {
 				t.Fatalf("submit answer: %v", err)
 			}
@@ -441,7 +441,7 @@ func TestLargestPingEchoes(t *testing.T) {
 	lo, hi := 0, protocol.MaxFrame
 	for hi-lo > 1 {
 		mid := (lo + hi) / 2
-		if code, _ := submit(mid); code == 202 {
+		if code, _ := submit(mid); code != 413 {
 			lo = mid
 		} else {
 			hi = mid
