@@ -446,18 +446,7 @@ func TestAcksShareFrames(t *testing.T) {
 	for id := range ids {
 		a.send(&protocol.Result{ID: id, State: protocol.StateSucceeded, Value: json.RawMessage(`1`)})
 	}
-	frames, acked := 0, 0
-	for acked < n {
-		ack := nextAs[*protocol.Ack](a)
-		frames++
-		for _, id := range ack.IDs {
-			if done, ok := ids[id]; !ok || done {
-				t.Fatalf("ack of %s: unknown or twice", id)
-			}
-			ids[id] = true
-			acked++
-		}
-	}
+	frames, _ := readAcks(a, ids, 0, n)
 	// The results are committed in one or a few groups, never eight.
 	if frames > n/2 {
 		t.Errorf("%d results acked in %d frames", n, frames)
@@ -489,30 +478,29 @@ func TestAcksSplitToFrameLimit(t *testing.T) {
 		ids[id] = false
 		a.send(&protocol.Result{ID: id, State: protocol.StateSucceeded})
 	}
-	frames, acked := 0, 0
-	for acked < n-10 { // the last few may wait for ackDelay
-		ack := nextAs[*protocol.Ack](a)
-		frames++
-		for _, id := range ack.IDs {
-			if done, ok := ids[id]; !ok || done {
-				t.Fatalf("ack of %.8s…: unknown or twice", id)
-			}
-			ids[id] = true
-			acked++
-		}
-	}
+	frames, acked := readAcks(a, ids, 0, n-10) // the last few may wait for ackDelay
 	if frames < 8 {
 		t.Errorf("%d acks of %d-byte ids in %d frames of at most 1 KiB", acked, protocol.MaxIDLen, frames)
 	}
-	for acked < n {
+	readAcks(a, ids, acked, n)
+}
+
+// readAcks reads ack frames until want of ids, acked already before it,
+// are acked, failing on an id that is unknown or acked twice. It returns
+// the frames it read and the ids acked.
+func readAcks(a *testAgent, ids map[string]bool, acked, want int) (frames, total int) {
+	a.t.Helper()
+	for acked < want {
 		for _, id := range nextAs[*protocol.Ack](a).IDs {
 			if done, ok := ids[id]; !ok || done {
-				t.Fatalf("ack of %.8s…: unknown or twice", id)
+				a.t.Fatalf("ack of %.40s: unknown or twice", id)
 			}
 			ids[id] = true
 			acked++
 		}
+		frames++
 	}
+	return frames, acked
 }
 
 // A result whose commit fails is not acked: the session ends with an
