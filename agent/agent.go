@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -229,10 +230,14 @@ func (a *Agent) Emit(name string, data json.RawMessage) error {
 	if !protocol.ValidID(name) {
 		return fmt.Errorf("agent: bad event name %q", name)
 	}
-	// The rest of an event's frame takes under 1 KiB: one that could not
-	// fit in a frame would be refused by the relay at every resend.
-	if limit := a.resultLimit() - 1024; len(data) > limit {
-		return fmt.Errorf("agent: event data of %d bytes is over the %d a frame leaves for it", len(data), limit)
+	// An event the relay would refuse, for its data or its size, would be
+	// sent again at every reconnect: refuse it here.
+	if len(data) > 0 && !json.Valid(data) {
+		return errors.New("agent: event data is not JSON")
+	}
+	probe := protocol.Event{Seq: math.MaxUint64, Name: name, Data: data, AgeMs: math.MaxInt64}
+	if b, err := protocol.Encode(&probe); err != nil || len(b) > a.resultLimit() {
+		return fmt.Errorf("agent: event of %d bytes of data does not fit in a %d-byte frame", len(data), a.resultLimit())
 	}
 	a.mu.Lock()
 	if len(a.out.events) >= a.cfg.OutboxLimit {
@@ -246,11 +251,32 @@ func (a *Agent) Emit(name string, data json.RawMessage) error {
 	err := a.durable(pos)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if pe, ok := a.out.markEventDurable(ev.Seq); ok && a.sess != nil {
-		a.sess.send(pe.frame(time.Now()))
-	}
+	a.out.markEventDurable(ev.Seq)
+	a.sendEventsLocked()
+	a.maybeCompactLocked()
 	a.notifyLocked()
 	return err
+}
+
+// sendEventsLocked sends the session the durable events it has not had,
+// in seq order, up to the first one not yet on disk. Emits finish their
+// syncs in any order, but the relay ignores an event at or below the last
+// seq it stored: sent out of order, an event would be acked and lost.
+func (a *Agent) sendEventsLocked() {
+	if a.sess == nil {
+		return
+	}
+	now := time.Now()
+	for i := range a.out.events {
+		pe := &a.out.events[i]
+		if !pe.durable {
+			return
+		}
+		if !pe.sent {
+			pe.sent = true
+			a.sess.send(pe.frame(now))
+		}
+	}
 }
 
 // recordLocked adds journal records in the same critical section as the
@@ -318,12 +344,10 @@ func (a *Agent) attach(s *session) {
 			s.send(r.res)
 		}
 	}
-	now := time.Now()
 	for i := range a.out.events {
-		if pe := &a.out.events[i]; pe.durable {
-			s.send(pe.frame(now))
-		}
+		a.out.events[i].sent = false
 	}
+	a.sendEventsLocked()
 	a.topUpLocked()
 	a.notifyLocked()
 }
@@ -447,14 +471,15 @@ func (a *Agent) execute(ctx context.Context, j *job) *protocol.Result {
 	cause := j.cause(ctx)
 	var f *protocol.Failure
 	switch {
-	case errors.Is(cause, errCanceled):
-		res.State, res.Error = protocol.StateCanceled, protocol.Errorf(protocol.CodeCanceled, "canceled by client")
 	case err == nil:
+		// Done, even if a cancel came meanwhile: the action happened.
 		res.State = protocol.StateSucceeded
 		if len(val) == 0 {
 			val = json.RawMessage(`{}`)
 		}
 		res.Value = val
+	case errors.Is(cause, errCanceled):
+		res.State, res.Error = protocol.StateCanceled, protocol.Errorf(protocol.CodeCanceled, "canceled by client")
 	case errors.Is(cause, errShutdown):
 		res.State, res.Error = protocol.StateFailed, protocol.Errorf(protocol.CodeInterrupted, "agent shut down while the request ran")
 	case errors.As(err, &f):
@@ -481,6 +506,17 @@ const maxMessage = 1024
 // message; a value that cannot fit is dropped, and the request reported
 // failed with too_large.
 func (a *Agent) fitResult(res *protocol.Result) {
+	// What a handler returns is checked as the relay checks it.
+	if res.Value != nil && !json.Valid(res.Value) {
+		a.log.Error("handler returned a value that is not JSON; reporting the request failed", "id", res.ID)
+		res.State, res.Value = protocol.StateFailed, nil
+		res.Error = protocol.Errorf(protocol.CodeInternal, "handler returned a value that is not JSON")
+	}
+	if f := res.Error; f != nil && f.Code == "" {
+		c := *f
+		c.Code = protocol.CodeInternal
+		res.Error = &c
+	}
 	if f := res.Error; f != nil && (len(f.Message) > maxMessage || len(f.Code) > protocol.MaxIDLen) {
 		c := *f // the handler's Failure may be shared
 		c.Code = c.Code[:min(len(c.Code), protocol.MaxIDLen)]
@@ -637,6 +673,9 @@ func (a *Agent) onAck(m *protocol.Ack) {
 	}
 	if len(recs) > 0 {
 		a.recordLocked(recs...)
+		// A device that only sends events never finishes a request,
+		// which is where compactions are otherwise started.
+		a.maybeCompactLocked()
 	}
 	a.topUpLocked()
 	a.notifyLocked()

@@ -147,18 +147,25 @@ func TestLongErrorMessageClipped(t *testing.T) {
 	}
 }
 
-// An event whose frame could not fit in the relay's frame limit is
-// refused by Emit, not queued to be refused by the relay at every resend.
-func TestEmitTooLarge(t *testing.T) {
+// An event whose frame could not fit in the relay's frame limit, JSON's
+// escapes included, or whose data is not JSON, is refused by Emit, not
+// queued to be refused by the relay at every resend.
+func TestEmitRefusesWhatTheRelayWould(t *testing.T) {
 	a, err := New(Config{Relay: "ws://127.0.0.1:1", Token: "t"}, &countingExec{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	a.relayFrame.Store(4096)
-	if err := a.Emit("big", json.RawMessage(`"`+strings.Repeat("x", 4000)+`"`)); err == nil {
-		t.Fatal("an event over the frame limit was queued")
+	for _, data := range []string{
+		`"` + strings.Repeat("x", 4096) + `"`,
+		`"` + strings.Repeat("<", 700) + `"`, // 700 bytes, 4,200 in the frame
+		`{"level":`,
+	} {
+		if err := a.Emit("e", json.RawMessage(data)); err == nil {
+			t.Errorf("Emit took %.20s… (%d bytes)", data, len(data))
+		}
 	}
-	if err := a.Emit("small", json.RawMessage(`"`+strings.Repeat("x", 2000)+`"`)); err != nil {
+	if err := a.Emit("small", json.RawMessage(`"`+strings.Repeat("<", 500)+`"`)); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(a.out.events); n != 1 {

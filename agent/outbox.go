@@ -40,6 +40,7 @@ type pendingEvent struct {
 	ev      protocol.Event
 	at      time.Time // when it happened, on the monotonic clock
 	durable bool
+	sent    bool // to the current session (see Agent.sendEventsLocked)
 }
 
 type doneEntry struct {

@@ -182,6 +182,8 @@ func TestExecute(t *testing.T) {
 		{name: "write number", method: "gpio.write", params: `{"pin":"led","level":0}`, want: `{}`},
 		{name: "write input", method: "gpio.write", params: `{"pin":"button","level":"low"}`, code: protocol.CodeNotPermitted, msg: "input"},
 		{name: "write bad level", method: "gpio.write", params: `{"pin":"led","level":"medium"}`, code: protocol.CodeBadParams, msg: "level"},
+		{name: "write escaped level", method: "gpio.write", params: `{"pin":"led","level":"\u0068igh"}`, want: `{}`},
+		{name: "write quoted level", method: "gpio.write", params: `{"pin":"led","level":"\"high\""}`, code: protocol.CodeBadParams, msg: "level"},
 		{name: "write missing level", method: "gpio.write", params: `{"pin":"led"}`, code: protocol.CodeBadParams, msg: "level: required"},
 		{name: "pulse ms", method: "gpio.pulse", params: `{"pin":"led","level":"low","duration":5}`, want: `{}`},
 		{name: "pulse string", method: "gpio.pulse", params: `{"pin":"led","level":"low","duration":"5ms"}`, want: `{}`},

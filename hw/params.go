@@ -90,7 +90,12 @@ func (p params) level(field string) (gpio.Level, error) {
 	if err := p.required(field); err != nil {
 		return gpio.Low, err
 	}
-	switch strings.ToLower(strings.Trim(string(bytes.TrimSpace(p[field])), `"`)) {
+	v := string(bytes.TrimSpace(p[field]))
+	var s string
+	if json.Unmarshal(p[field], &s) == nil {
+		v = s // a string as JSON spells it, escapes included
+	}
+	switch strings.ToLower(v) {
 	case "high", "true", "1":
 		return gpio.High, nil
 	case "low", "false", "0":
