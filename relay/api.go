@@ -290,7 +290,10 @@ func (s *Server) parseWait(r *http.Request) (time.Duration, error) {
 		if merr != nil {
 			return 0, protocol.Errorf(protocol.CodeBadParams, "wait: want a duration like 10s")
 		}
-		d = time.Duration(ms) * time.Millisecond
+		if ms < 0 {
+			return 0, protocol.Errorf(protocol.CodeBadParams, "wait must not be negative")
+		}
+		d = time.Duration(min(ms, int64(s.cfg.MaxWait/time.Millisecond))) * time.Millisecond
 	}
 	if d < 0 {
 		return 0, protocol.Errorf(protocol.CodeBadParams, "wait must not be negative")

@@ -172,6 +172,9 @@ func TestEvents(t *testing.T) {
 	if got := events("?after=2"); len(got) != 0 {
 		t.Fatalf("after=2: %+v", got)
 	}
+	if got := events("?after=18446744073709551615"); len(got) != 0 { // after+1 must not wrap
+		t.Fatalf("after=max: %+v", got)
+	}
 
 	// A long-poll is woken by the next event.
 	polled := make(chan []protocol.EventRecord, 1)
@@ -264,4 +267,39 @@ func TestRequestFrameFitsAgentLimit(t *testing.T) {
 	if req := nextAs[*protocol.Request](a); req.ID != acc.ID || string(req.Params) != string(sub.Params) {
 		t.Fatalf("delivered %s, want %s", req.ID, acc.ID)
 	}
+}
+
+// A wait in milliseconds too large for a duration is the longest wait,
+// not an error: it is clamped to MaxWait.
+func TestWaitClamped(t *testing.T) {
+	e := newEnv(t)
+	rec := e.submit(protocol.Submit{Method: "m"})
+	if st, body := e.do("DELETE", "/v1/requests/"+rec.ID, nil); st != 200 {
+		t.Fatalf("cancel: %d %s", st, body)
+	}
+	for _, w := range []string{"9223372036854775807", "99999999999", "1000h"} {
+		if st, body := e.do("GET", "/v1/requests/"+rec.ID+"?wait="+w, nil); st != 200 {
+			t.Errorf("wait=%s: %d %s", w, st, body)
+		}
+	}
+	if st, _ := e.do("GET", "/v1/requests/"+rec.ID+"?wait=-5", nil); st != 400 {
+		t.Errorf("wait=-5: %d", st)
+	}
+}
+
+// Results whose deletion failed stay the oldest kept, and a later sweep
+// deletes them once the store works again.
+func TestRetentionDeleteRetried(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.ResultRetention = 20 * time.Millisecond })
+	rec := e.submit(protocol.Submit{Method: "m"})
+	if st, body := e.do("DELETE", "/v1/requests/"+rec.ID, nil); st != 200 {
+		t.Fatalf("cancel: %d %s", st, body)
+	}
+	restore := breakCommits(t, e.srv.st)
+	time.Sleep(100 * time.Millisecond) // past retention: sweeps try, and fail, to delete it
+	restore()
+	waitFor(t, "the old result deleted", func() bool {
+		st, _ := e.do("GET", "/v1/requests/"+rec.ID, nil)
+		return st == 404
+	})
 }

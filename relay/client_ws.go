@@ -456,24 +456,30 @@ func (c *clientConn) watch(ref string, rec protocol.Record) bool {
 		c.push(protocol.NewClientResult(ref, rec))
 		return false
 	}
-	if !c.push(&protocol.ClientAccepted{Ref: ref, ID: rec.ID, Request: rec}) {
-		return false
-	}
+	// The limit is checked before accepted goes out: an accepted is
+	// always followed by a result.
 	c.mu.Lock()
-	if _, ok := c.watches[rec.ID]; ok {
-		c.watches[rec.ID] = ref
-		c.mu.Unlock()
-		return false
-	}
-	if len(c.watches) >= maxClientWatches {
-		c.mu.Unlock()
+	_, followed := c.watches[rec.ID]
+	full := !followed && len(c.watches) >= maxClientWatches
+	c.mu.Unlock()
+	if full {
 		// Only get and cancel get here at the limit; the client can ask
 		// again once results have come in.
 		c.push(&protocol.ClientError{Ref: ref, ID: rec.ID, Code: codeTooMany, Message: "too many requests followed on this connection"})
 		return false
 	}
+	if !c.push(&protocol.ClientAccepted{Ref: ref, ID: rec.ID, Request: rec}) {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.watches[rec.ID]; ok {
+		c.watches[rec.ID] = ref
+		return false
+	}
+	// Calls that ran alongside this one may take the count a little past
+	// the limit; each of them is followed to its result.
 	c.watches[rec.ID] = ref
-	c.mu.Unlock()
 	return true
 }
 

@@ -623,3 +623,22 @@ func TestClientScopeApplies(t *testing.T) {
 		t.Fatalf("out-of-scope cancel changed the request: %s", got.State)
 	}
 }
+
+// A get on a connection that already follows as many requests as it may
+// is refused with too_many, and no accepted goes before the refusal: an
+// accepted is always followed by a result.
+func TestClientGetAtTheFollowLimit(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.QueueLimit = 2 * maxClientWatches })
+	c := dialClient(e)
+	for i := range maxClientWatches {
+		c.sendJSON(map[string]any{"type": "call", "ref": fmt.Sprint("c", i), "device": "dev1", "method": "m"})
+	}
+	for range maxClientWatches {
+		clientNext[*protocol.ClientAccepted](c)
+	}
+	rec := e.submit(protocol.Submit{Method: "m"})
+	c.sendJSON(map[string]any{"type": "get", "ref": "g", "id": rec.ID})
+	if f := clientNext[*protocol.ClientError](c); f.Ref != "g" || f.Code != codeTooMany {
+		t.Fatalf("error %+v", f)
+	}
+}

@@ -656,7 +656,6 @@ func (h *hub) event(s *session, ev *protocol.Event) error {
 // ones beyond the retention limits.
 func (h *hub) sweep(now time.Time) {
 	var c changes
-	var drop []string
 	cutoff := now.Add(-h.cfg.ResultRetention)
 
 	h.mu.Lock()
@@ -685,8 +684,9 @@ func (h *hub) sweep(now time.Time) {
 		clear(d.queue[len(kept):])
 		d.queue = kept
 	}
+	var dropped []retainedRef
 	for len(h.retained) > 0 && (h.retained[0].finished.Before(cutoff) || len(h.retained) > h.cfg.MaxRetained) {
-		drop = append(drop, h.retained[0].id)
+		dropped = append(dropped, h.retained[0])
 		h.retained = h.retained[1:]
 	}
 	h.mu.Unlock()
@@ -694,8 +694,19 @@ func (h *hub) sweep(now time.Time) {
 	if err := h.commit(&c); err != nil {
 		h.log.Error("sweep: expire", "err", err)
 	}
+	if len(dropped) == 0 {
+		return
+	}
+	drop := make([]string, len(dropped))
+	for i, r := range dropped {
+		drop[i] = r.id
+	}
 	if err := h.st.deleteRequests(drop); err != nil {
+		// They stay the oldest kept, for the next sweep to delete.
 		h.log.Error("sweep: delete old results", "err", err)
+		h.mu.Lock()
+		h.retained = append(dropped, h.retained...)
+		h.mu.Unlock()
 	}
 }
 

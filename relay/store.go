@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -335,6 +336,9 @@ func (s *store) putEvent(device string, ev protocol.EventRecord, kept int) error
 // events returns up to limit events of device with Seq > after, oldest first.
 func (s *store) events(device string, after uint64, limit int) ([]protocol.EventRecord, error) {
 	out := []protocol.EventRecord{}
+	if after == math.MaxUint64 {
+		return out, nil // after+1 would wrap to the first event
+	}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketEvents).Bucket([]byte(device))
 		if b == nil {
