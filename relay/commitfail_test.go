@@ -5,6 +5,7 @@ package relay
 
 import (
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -150,4 +151,44 @@ func TestEventNotAckedBeforeCommitAcrossSessions(t *testing.T) {
 		stored, _ := e.srv.st.events("dev1", 0, 10)
 		return len(stored) == 1
 	})
+}
+
+// A cancel whose commit failed is not told as done: the DELETE answers
+// 500, and so does every GET or DELETE until the verdict is on disk;
+// then they answer canceled, and a relay that stops without a clean
+// shutdown finds the request canceled, not queued to run.
+func TestCancelToldOnlyOnceStored(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.SweepInterval = time.Hour })
+	rec := e.submit(protocol.Submit{Method: "m", Timeout: protocol.Duration(time.Minute)})
+	restore := breakCommits(t, e.srv.st)
+	for _, call := range []string{"DELETE", "DELETE", "GET"} {
+		if st, body := e.do(call, "/v1/requests/"+rec.ID, nil); st != http.StatusInternalServerError {
+			t.Fatalf("%s with the store failing: %d %s", call, st, body)
+		}
+	}
+	if stored, err := e.srv.st.getRequest(rec.ID); err != nil || stored.State != protocol.StateQueued {
+		t.Fatalf("on disk: %s, %v", stored.State, err)
+	}
+	restore()
+	if st, body := e.do("GET", "/v1/requests/"+rec.ID, nil); st != 200 || decode[protocol.Record](t, body).State != protocol.StateCanceled {
+		t.Fatalf("GET once the store works: %d %s", st, body)
+	}
+	if stored, err := e.srv.st.getRequest(rec.ID); err != nil || stored.State != protocol.StateCanceled {
+		t.Fatalf("on disk: %s, %v", stored.State, err)
+	}
+
+	// A crash now: the request must not come back to be run.
+	e.stopRun()
+	<-e.runDone
+	e.ts.Close()
+	e.srv.st.abandon()
+	e.srv.creds.close()
+	e.srv = nil
+	e.start()
+	a := dialAgent(e, e.token)
+	a.send(&protocol.Pull{N: 1})
+	a.quiet(100 * time.Millisecond)
+	if got := e.record(rec.ID, ""); got.State != protocol.StateCanceled {
+		t.Fatalf("after the crash: %s", got.State)
+	}
 }

@@ -280,9 +280,7 @@ func (h *hub) store(d *device, e *entry, rec storedRequest) (protocol.Record, er
 func (h *hub) get(id string) (protocol.Record, error) {
 	h.mu.Lock()
 	if e := h.live[id]; e != nil {
-		rec := e.rec
-		h.mu.Unlock()
-		return rec, nil
+		return h.toldLocked(e)
 	}
 	h.mu.Unlock()
 	r, err := h.st.getRequest(id)
@@ -320,8 +318,35 @@ func (h *hub) wait(ctx context.Context, id string, stop <-chan struct{}, limit t
 	case <-expired:
 	}
 	h.mu.Lock()
+	return h.toldLocked(e)
+}
+
+// toldLocked returns e's record for a caller, and unlocks h.mu. A verdict
+// of the relay's own (canceled, expired, undeliverable) is told only once
+// it is on disk (DESIGN §3): until then e.ended is open, and the verdict
+// is committed here first, in case its own commit is still running or
+// failed; if this commit fails too, that is the caller's error. Without
+// this, a client could hear "canceled" of a request that a restart would
+// find queued, and run. A result, which its agent keeps until it is
+// acked, is told as soon as it arrives.
+func (h *hub) toldLocked(e *entry) (protocol.Record, error) {
 	rec := e.rec
+	select {
+	case <-e.ended:
+		h.mu.Unlock()
+		return rec, nil
+	default:
+	}
+	if !protocol.Terminal(rec.State) {
+		h.mu.Unlock()
+		return rec, nil
+	}
+	var c changes
+	c.resaveLocked(e)
 	h.mu.Unlock()
+	if err := h.commit(&c); err != nil {
+		return protocol.Record{}, err
+	}
 	return rec, nil
 }
 
@@ -357,8 +382,10 @@ func (h *hub) cancel(id string) (protocol.Record, error) {
 		h.mu.Unlock()
 		return rec, nil
 	default:
-		rec := e.rec
-		h.mu.Unlock()
+		rec, err := h.toldLocked(e)
+		if err != nil {
+			return rec, err
+		}
 		return rec, fmt.Errorf("%w: %s is %s", ErrTerminal, id, rec.State)
 	}
 }
