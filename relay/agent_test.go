@@ -544,3 +544,62 @@ func TestResultCommitFailureNotAcked(t *testing.T) {
 		t.Fatalf("record %+v", got)
 	}
 }
+
+// A request a client cancels after a delivery whose session was lost may
+// have run: the relay asks the agent's next session instead of deciding.
+// The agent's result, if it kept one, is recorded; a request it still
+// runs is re-leased and sent a cancel; one it does not have ends
+// canceled once its session takes work.
+func TestCancelOfARequestThatMayHaveRun(t *testing.T) {
+	lost := func(t *testing.T, e *env, cancelFirst bool) protocol.Record {
+		t.Helper()
+		a, rec := deliveredRequest(e)
+		if cancelFirst {
+			if st, body := e.do("DELETE", "/v1/requests/"+rec.ID, nil); st != http.StatusAccepted {
+				t.Fatalf("cancel of a delivered request: %d %s", st, body)
+			}
+			nextAs[*protocol.Cancel](a)
+		}
+		a.close()
+		waitFor(t, "offline", func() bool { return !e.device("dev1").Online })
+		if !cancelFirst {
+			if st, body := e.do("DELETE", "/v1/requests/"+rec.ID, nil); st != http.StatusAccepted || decode[protocol.Record](t, body).State != protocol.StateQueued {
+				t.Fatalf("cancel of a requeued request: %d %s", st, body)
+			}
+		}
+		return rec
+	}
+	for _, cancelFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("cancel before the loss %v/result kept", cancelFirst), func(t *testing.T) {
+			e := newEnv(t)
+			rec := lost(t, e, cancelFirst)
+			b := dialAgent(e, e.token)
+			b.succeed(rec.ID, `{"done":true}`)
+			if got := e.record(rec.ID, waitLimit.String()); got.State != protocol.StateSucceeded || string(got.Result) != `{"done":true}` {
+				t.Fatalf("record %s %s %v", got.State, got.Result, got.Error)
+			}
+		})
+		t.Run(fmt.Sprintf("cancel before the loss %v/still running", cancelFirst), func(t *testing.T) {
+			e := newEnv(t)
+			rec := lost(t, e, cancelFirst)
+			b := dialAgent(e, e.token, rec.ID)
+			if c := nextAs[*protocol.Cancel](b); c.ID != rec.ID {
+				t.Fatalf("cancel %+v", c)
+			}
+			b.send(&protocol.Result{ID: rec.ID, State: protocol.StateCanceled, Error: protocol.Errorf(protocol.CodeCanceled, "stopped")})
+			if got := e.record(rec.ID, waitLimit.String()); got.State != protocol.StateCanceled {
+				t.Fatalf("record %s %v", got.State, got.Error)
+			}
+		})
+		t.Run(fmt.Sprintf("cancel before the loss %v/not there", cancelFirst), func(t *testing.T) {
+			e := newEnv(t)
+			rec := lost(t, e, cancelFirst)
+			b := dialAgent(e, e.token)
+			b.send(&protocol.Pull{N: 1})
+			b.quiet(50 * time.Millisecond) // not delivered again
+			if got := e.record(rec.ID, waitLimit.String()); got.State != protocol.StateCanceled {
+				t.Fatalf("record %s %v", got.State, got.Error)
+			}
+		})
+	}
+}

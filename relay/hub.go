@@ -366,6 +366,16 @@ func (h *hub) cancel(id string) (protocol.Record, error) {
 	}
 	switch e.rec.State {
 	case protocol.StateQueued:
+		if e.mayHaveRun() {
+			// Back in the queue after a delivery: its agent may have run
+			// it, and its result, if any, may still come. Canceled now,
+			// that result would be dropped; the device's next session says
+			// (see takeWork).
+			e.cancelAsked = true
+			rec := e.rec
+			h.mu.Unlock()
+			return rec, nil
+		}
 		var c changes
 		h.deviceLocked(e.rec.Device).removeLocked(e)
 		c.finishLocked(e, protocol.StateCanceled, protocol.Errorf(protocol.CodeCanceled, "canceled by a client before delivery"), time.Now())
@@ -436,6 +446,13 @@ func (h *hub) takeWork(s *session) (work, error) {
 	for s.credits > 0 && len(d.queue) > 0 {
 		e := d.popLocked()
 		switch {
+		case e.cancelAsked:
+			// A session takes work only after its hello, which re-leased
+			// what its agent still runs, and after the results its agent
+			// kept, which came before its credits: this agent does not
+			// have the request, so it never ran here, or its result has
+			// been recorded.
+			c.finishLocked(e, protocol.StateCanceled, protocol.Errorf(protocol.CodeCanceled, "canceled by a client; the device did not have it"), now)
 		case !now.Before(e.deadline) && !e.mayHaveRun():
 			c.finishLocked(e, protocol.StateExpired, protocol.Errorf(protocol.CodeExpired, "deadline passed before delivery"), now)
 		case e.rec.Attempts >= h.cfg.MaxAttempts:
@@ -506,6 +523,9 @@ func (h *hub) attach(s *session, hello *protocol.Hello) error {
 		e.rec.Attempts = max(e.rec.Attempts, 1)
 		e.sess = s
 		s.leases[id] = e
+		if e.cancelAsked {
+			s.cancels = append(s.cancels, id)
+		}
 		c.touchLocked(e)
 	}
 	d.meta = deviceMeta{
@@ -571,10 +591,9 @@ func (h *hub) releaseLocked(d *device, old *session, keep map[string]bool, to *s
 			}
 			continue
 		}
-		if e.cancelAsked {
-			c.finishLocked(e, protocol.StateCanceled, protocol.Errorf(protocol.CodeCanceled, "canceled by a client; the agent went away"), now)
-			continue
-		}
+		// A request a client asked to cancel goes back too, still asked:
+		// its agent may have run it and may report so from its journal
+		// when it is back (see takeWork).
 		e.sess = nil
 		e.rec.State = protocol.StateQueued
 		c.touchLocked(e)
@@ -703,6 +722,9 @@ func (h *hub) sweep(now time.Time) {
 				// Delivered before, so it may have run: only the agent can
 				// say, from its journal, when it is delivered again.
 				kept = append(kept, e)
+			case e.cancelAsked:
+				c.finishLocked(e, protocol.StateCanceled, protocol.Errorf(protocol.CodeCanceled,
+					"canceled by a client; the device did not report back within %v of the deadline, and may have run it", redeliveredGrace), now)
 			default:
 				c.finishLocked(e, protocol.StateFailed, protocol.Errorf(protocol.CodeUndeliverable,
 					"delivered %d times; the device did not report back within %v of the deadline", e.rec.Attempts, redeliveredGrace), now)

@@ -19,7 +19,9 @@ type entry struct {
 	deadline time.Time // rec.Created + rec.Timeout on the relay's clock
 	// sess holds the lease while the request is delivered.
 	sess *session
-	// cancelAsked is set once a client asked to cancel a delivered request.
+	// cancelAsked is set once a client asked to cancel a request that is
+	// delivered, or queued again after a delivery: one its agent may run
+	// or have run.
 	cancelAsked bool
 	// done is closed once the request's terminal state is committed.
 	done chan struct{}
