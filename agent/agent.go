@@ -328,6 +328,15 @@ func (a *Agent) hello() *protocol.Hello {
 	for id := range a.running {
 		h.Running = append(h.Running, id)
 	}
+	// A result still on its way to disk is sent once it is there, maybe
+	// after this session's first credits: until then the request counts
+	// as running, so that the relay waits for it rather than concluding
+	// that this agent does not have it.
+	for _, r := range a.out.results {
+		if !r.durable {
+			h.Running = append(h.Running, r.res.ID)
+		}
+	}
 	h.Journal = protocol.JournalSummary{Outbox: a.out.size(), Entries: len(a.out.done)}
 	return h
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tetherhq/tether/protocol"
 )
@@ -129,5 +130,22 @@ func TestEventsOnlyJournalCompacts(t *testing.T) {
 	a.compactions.Wait()
 	if n := a.j.fileSize(); n > 4*compactAt {
 		t.Errorf("journal of %d bytes with nothing owed (compaction at %d)", n, compactAt)
+	}
+}
+
+// A result not yet on disk when a session starts is listed as running in
+// its hello: it is sent only once durable, perhaps after the session's
+// first credits, and the relay must not conclude meanwhile that the agent
+// does not have the request.
+func TestHelloListsResultsOnTheirWayToDisk(t *testing.T) {
+	a, err := New(Config{Relay: "ws://127.0.0.1:1", Token: "t"}, &countingExec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.out.addResult(&protocol.Result{ID: "r-syncing", State: protocol.StateSucceeded, Value: json.RawMessage(`1`)}, time.Now(), false)
+	a.out.addResult(&protocol.Result{ID: "r-synced", State: protocol.StateSucceeded, Value: json.RawMessage(`1`)}, time.Now(), false)
+	a.out.markResultDurable("r-synced")
+	if got := a.hello().Running; len(got) != 1 || got[0] != "r-syncing" {
+		t.Fatalf("hello.running %v", got)
 	}
 }
