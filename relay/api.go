@@ -306,8 +306,17 @@ func (s *Server) writeErr(w http.ResponseWriter, err error) {
 	if writeGuardErr(w, err) {
 		return
 	}
-	var f *protocol.Failure
+	var (
+		f  *protocol.Failure
+		ue *UnstoredError
+	)
 	switch {
+	case errors.As(err, &ue):
+		s.log.Error("request failed", "err", err)
+		writeJSON(w, http.StatusInternalServerError, struct {
+			Error   protocol.Failure `json:"error"`
+			Request protocol.Record  `json:"request"`
+		}{protocol.Failure{Code: protocol.CodeInternal, Message: unstoredMessage}, ue.Request})
 	case errors.As(err, &f):
 		status := http.StatusBadRequest
 		if f.Code == protocol.CodeTooLarge {

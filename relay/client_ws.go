@@ -227,8 +227,14 @@ func (c *clientConn) pushErr(ref, id string, err error) {
 
 // failure maps a service error to the code and message a client sees.
 func (c *clientConn) failure(err error) *protocol.Failure {
-	var f *protocol.Failure
+	var (
+		f  *protocol.Failure
+		ue *UnstoredError
+	)
 	switch {
+	case errors.As(err, &ue):
+		c.log.Error("client request failed", "err", err)
+		return protocol.Errorf(protocol.CodeInternal, "%s", unstoredMessage)
 	case errors.As(err, &f):
 		return f
 	case errors.Is(err, ErrUnknownDevice):
@@ -386,7 +392,12 @@ func (c *clientConn) handle(m protocol.Message) {
 			c.storing--
 			c.mu.Unlock()
 			if err != nil {
-				c.pushErr(m.Ref, "", err)
+				var ue *UnstoredError
+				if errors.As(err, &ue) {
+					c.pushErr(m.Ref, ue.Request.ID, err)
+				} else {
+					c.pushErr(m.Ref, "", err)
+				}
 				return
 			}
 			if c.watch(m.Ref, rec) {

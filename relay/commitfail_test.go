@@ -192,3 +192,51 @@ func TestCancelToldOnlyOnceStored(t *testing.T) {
 		t.Fatalf("after the crash: %s", got.State)
 	}
 }
+
+// A submit whose commit fails after its request reached the agent (the
+// delivery overlaps the commit) is answered with an error that carries
+// the request's id, over REST and over /v1/client, so that the client
+// follows it instead of submitting it again; its result is recorded once
+// the store works again.
+func TestUnstoredSubmitToldItsID(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.SweepInterval = time.Hour })
+	a := dialAgent(e, e.token)
+	a.send(&protocol.Pull{N: 2})
+	waitFor(t, "credits", func() bool {
+		e.srv.hub.mu.Lock()
+		defer e.srv.hub.mu.Unlock()
+		d := e.srv.hub.devices["dev1"]
+		return d != nil && d.sess != nil && d.sess.credits == 2
+	})
+	restore := breakCommits(t, e.srv.st)
+
+	st, body := e.do("POST", "/v1/devices/dev1/requests", protocol.Submit{Method: "m"})
+	answer := decode[struct {
+		Error   protocol.Failure
+		Request protocol.Record
+	}](t, body)
+	if st != http.StatusInternalServerError || answer.Error.Code != protocol.CodeInternal || answer.Request.ID == "" {
+		t.Fatalf("REST: %d %s", st, body)
+	}
+	if req := nextAs[*protocol.Request](a); req.ID != answer.Request.ID {
+		t.Fatalf("the agent got %s, the client was told %s", req.ID, answer.Request.ID)
+	}
+
+	c := dialClient(e)
+	c.sendJSON(map[string]any{"type": "call", "ref": "c1", "device": "dev1", "method": "m"})
+	f := clientNext[*protocol.ClientError](c)
+	if f.Ref != "c1" || f.Code != protocol.CodeInternal || f.ID == "" {
+		t.Fatalf("/v1/client: %+v", f)
+	}
+	if req := nextAs[*protocol.Request](a); req.ID != f.ID {
+		t.Fatalf("the agent got %s, the client was told %s", req.ID, f.ID)
+	}
+
+	restore()
+	for _, id := range []string{answer.Request.ID, f.ID} {
+		a.succeed(id, `"ran"`)
+		if got := e.record(id, waitLimit.String()); got.State != protocol.StateSucceeded {
+			t.Fatalf("%s: %s", id, got.State)
+		}
+	}
+}

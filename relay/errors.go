@@ -1,6 +1,10 @@
 package relay
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/tetherhq/tether/protocol"
+)
 
 // Sentinel errors. Callers test for them with errors.Is.
 var (
@@ -19,3 +23,22 @@ var (
 	// ErrClosed reports an operation on a server that is shutting down.
 	ErrClosed = errors.New("relay: server closed")
 )
+
+// UnstoredError is a submission whose commit failed after its request had
+// reached the device's agent: delivery overlaps the commit, so the
+// request may run, and its result is recorded once the store works
+// again. Request is its record; a client told the id can follow it
+// instead of submitting it again, which could run it twice.
+type UnstoredError struct {
+	Request protocol.Record
+	Err     error
+}
+
+func (e *UnstoredError) Error() string {
+	return "relay: storage failed after request " + e.Request.ID + " reached its device: " + e.Err.Error()
+}
+
+func (e *UnstoredError) Unwrap() error { return e.Err }
+
+// unstoredMessage is what a client is told of an UnstoredError.
+const unstoredMessage = "relay storage failed after the request reached the device, which may run it: follow it by its id rather than submitting it again"

@@ -266,9 +266,11 @@ func (h *hub) store(d *device, e *entry, rec storedRequest) (protocol.Record, er
 			delete(h.live, e.rec.ID)
 		}
 		// Otherwise an agent has it: its result commits the whole record
-		// if the store recovers. The client is told the submit failed.
+		// if the store recovers. The client is told the submit failed,
+		// and the id to follow.
 		if h.live[e.rec.ID] == e {
 			h.met.requestSubmitted(e.rec.Method)
+			return protocol.Record{}, &UnstoredError{Request: e.rec, Err: err}
 		}
 		return protocol.Record{}, err
 	}
