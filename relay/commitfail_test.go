@@ -240,3 +240,39 @@ func TestUnstoredSubmitToldItsID(t *testing.T) {
 		}
 	}
 }
+
+// After a relay stops without a clean shutdown, every request it finds
+// may have run. A cancel of one of them, queued, waits for its device's
+// session to pull (by then it has listed what it runs and sent what it
+// kept), and ends canceled then, credits or not; once the session has
+// pulled, a cancel ends such a request at once.
+func TestCancelMayHaveRunResolvedByThePull(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.SweepInterval = time.Hour })
+	var ids []string
+	for range 3 {
+		ids = append(ids, e.submit(protocol.Submit{Method: "m", Timeout: protocol.Duration(time.Minute)}).ID)
+	}
+	e.stopRun()
+	<-e.runDone
+	e.ts.Close()
+	e.srv.st.abandon()
+	e.srv.creds.close()
+	e.srv = nil
+	e.start()
+
+	a := dialAgent(e, e.token)
+	if st, body := e.do("DELETE", "/v1/requests/"+ids[2], nil); st != http.StatusAccepted {
+		t.Fatalf("cancel before the session pulled: %d %s", st, body)
+	}
+	a.send(&protocol.Pull{N: 1})
+	if req := nextAs[*protocol.Request](a); req.ID != ids[0] {
+		t.Fatalf("delivered %s, want %s", req.ID, ids[0])
+	}
+	if got := e.record(ids[2], waitLimit.String()); got.State != protocol.StateCanceled {
+		t.Fatalf("asked before the pull: %s", got.State)
+	}
+	st, body := e.do("DELETE", "/v1/requests/"+ids[1], nil)
+	if got := decode[protocol.Record](t, body); st != http.StatusOK || got.State != protocol.StateCanceled {
+		t.Fatalf("asked after the pull: %d %s", st, body)
+	}
+}

@@ -368,11 +368,12 @@ func (h *hub) cancel(id string) (protocol.Record, error) {
 	}
 	switch e.rec.State {
 	case protocol.StateQueued:
-		if e.mayHaveRun() {
+		if s := h.deviceLocked(e.rec.Device).sess; e.mayHaveRun() && (s == nil || !s.pulled) {
 			// Back in the queue after a delivery: its agent may have run
 			// it, and its result, if any, may still come. Canceled now,
 			// that result would be dropped; the device's next session says
-			// (see takeWork).
+			// (see takeWork). A session that has pulled has said already:
+			// what it runs is leased to it, what it kept has come.
 			e.cancelAsked = true
 			rec := e.rec
 			h.mu.Unlock()
@@ -404,10 +405,36 @@ func (h *hub) cancel(id string) (protocol.Record, error) {
 
 // addCredits grants s n more credits.
 func (h *hub) addCredits(s *session, n int) {
+	var c changes
 	h.mu.Lock()
 	s.credits = min(s.credits+n, maxCredits)
+	if !s.pulled {
+		s.pulled = true
+		if d := h.deviceLocked(s.device); d.sess == s {
+			h.resolveCancelsLocked(d, &c, time.Now())
+		}
+	}
 	h.mu.Unlock()
+	h.commitBehind(&c)
 	s.poke()
+}
+
+// resolveCancelsLocked ends canceled the queued requests of d that a
+// client asked to cancel while nobody could tell whether they had run
+// (see cancel). d's session has just pulled, so it has listed what its
+// agent runs (leased to it, no longer queued) and sent the results its
+// agent kept (recorded): these, its agent does not have.
+func (h *hub) resolveCancelsLocked(d *device, c *changes, now time.Time) {
+	kept := d.queue[:0]
+	for _, e := range d.queue {
+		if e.cancelAsked {
+			c.finishLocked(e, protocol.StateCanceled, protocol.Errorf(protocol.CodeCanceled, "canceled by a client; the device did not have it"), now)
+			continue
+		}
+		kept = append(kept, e)
+	}
+	clear(d.queue[len(kept):])
+	d.queue = kept
 }
 
 // seen notes traffic from s's device.

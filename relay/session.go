@@ -116,6 +116,9 @@ type session struct {
 	credits int
 	leases  map[string]*entry
 	cancels []string // ids to send cancel frames for
+	// pulled is set by the first pull: its agent has sent, before it,
+	// every result it kept from earlier sessions (see hub.cancel).
+	pulled bool
 }
 
 // closing reports whether the session has been asked to stop.
