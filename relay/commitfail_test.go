@@ -5,9 +5,11 @@ package relay
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -197,43 +199,72 @@ func TestCancelToldOnlyOnceStored(t *testing.T) {
 // delivery overlaps the commit) is answered with an error that carries
 // the request's id, over REST and over /v1/client, so that the client
 // follows it instead of submitting it again; its result is recorded once
-// the store works again.
+// the store works again. The request log's commits are held until the
+// agent has the request, then fail.
 func TestUnstoredSubmitToldItsID(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.SweepInterval = time.Hour })
 	a := dialAgent(e, e.token)
 	a.send(&protocol.Pull{N: 2})
-	waitFor(t, "credits", func() bool {
-		e.srv.hub.mu.Lock()
-		defer e.srv.hub.mu.Unlock()
-		d := e.srv.hub.devices["dev1"]
-		return d != nil && d.sess != nil && d.sess.credits == 2
-	})
 	restore := breakCommits(t, e.srv.st)
+	// Commits wait for the gate of the moment: a new one, shut, for each
+	// submission, opened once the agent has its request.
+	var gateMu sync.Mutex
+	gate := make(chan struct{})
+	shut := func() {
+		gateMu.Lock()
+		gate = make(chan struct{})
+		gateMu.Unlock()
+	}
+	open := func() {
+		gateMu.Lock()
+		close(gate)
+		gateMu.Unlock()
+	}
+	g := e.srv.st.reqs.commit
+	g.mu.Lock()
+	failing := g.run
+	g.run = func(group []*commitCall[walOp]) {
+		gateMu.Lock()
+		wait := gate
+		gateMu.Unlock()
+		<-wait
+		failing(group)
+	}
+	g.mu.Unlock()
 
-	st, body := e.do("POST", "/v1/devices/dev1/requests", protocol.Submit{Method: "m"})
+	rest := make(chan []byte, 1)
+	go func() {
+		st, body := e.do("POST", "/v1/devices/dev1/requests", protocol.Submit{Method: "m"})
+		if st != http.StatusInternalServerError {
+			body = fmt.Appendf(nil, "status %d: %s", st, body)
+		}
+		rest <- body
+	}()
+	first := nextAs[*protocol.Request](a)
+	open()
+	body := <-rest
 	answer := decode[struct {
 		Error   protocol.Failure
 		Request protocol.Record
 	}](t, body)
-	if st != http.StatusInternalServerError || answer.Error.Code != protocol.CodeInternal || answer.Request.ID == "" {
-		t.Fatalf("REST: %d %s", st, body)
-	}
-	if req := nextAs[*protocol.Request](a); req.ID != answer.Request.ID {
-		t.Fatalf("the agent got %s, the client was told %s", req.ID, answer.Request.ID)
+	if answer.Error.Code != protocol.CodeInternal || answer.Request.ID != first.ID {
+		t.Fatalf("REST: %s; the agent has %s", body, first.ID)
 	}
 
 	c := dialClient(e)
+	shut()
 	c.sendJSON(map[string]any{"type": "call", "ref": "c1", "device": "dev1", "method": "m"})
-	f := clientNext[*protocol.ClientError](c)
-	if f.Ref != "c1" || f.Code != protocol.CodeInternal || f.ID == "" {
-		t.Fatalf("/v1/client: %+v", f)
-	}
-	if req := nextAs[*protocol.Request](a); req.ID != f.ID {
-		t.Fatalf("the agent got %s, the client was told %s", req.ID, f.ID)
+	second := nextAs[*protocol.Request](a)
+	open()
+	if f := clientNext[*protocol.ClientError](c); f.Ref != "c1" || f.Code != protocol.CodeInternal || f.ID != second.ID {
+		t.Fatalf("/v1/client: %+v; the agent has %s", f, second.ID)
 	}
 
+	g.mu.Lock()
+	g.run = failing
+	g.mu.Unlock()
 	restore()
-	for _, id := range []string{answer.Request.ID, f.ID} {
+	for _, id := range []string{first.ID, second.ID} {
 		a.succeed(id, `"ran"`)
 		if got := e.record(id, waitLimit.String()); got.State != protocol.StateSucceeded {
 			t.Fatalf("%s: %s", id, got.State)
