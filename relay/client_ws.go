@@ -79,6 +79,17 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 	}
 	c := newClientConn(s, conn, name)
 	c.log.Info("client connected", "remote", r.RemoteAddr)
+	s.clientsMu.Lock()
+	if s.clients == nil {
+		s.clients = make(map[*clientConn]string)
+	}
+	s.clients[c] = name
+	s.clientsMu.Unlock()
+	defer func() {
+		s.clientsMu.Lock()
+		delete(s.clients, c)
+		s.clientsMu.Unlock()
+	}()
 	c.run()
 }
 
@@ -90,7 +101,9 @@ func (s *Server) authenticateUpgrade(r *http.Request) (string, bool) {
 		return s.AuthenticateClient(bearer(h))
 	}
 	if t := r.URL.Query().Get("ticket"); t != "" {
-		return s.tickets.redeem(t, time.Now())
+		name, ok := s.tickets.redeem(t, time.Now())
+		// A ticket outlives nothing: not the client it was issued to.
+		return name, ok && s.creds.hasClient(name)
 	}
 	return "", false
 }

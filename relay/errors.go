@@ -12,6 +12,8 @@ var (
 	ErrNotFound = errors.New("relay: not found")
 	// ErrUnknownDevice reports a device id that is not in the credentials.
 	ErrUnknownDevice = errors.New("relay: unknown device")
+	// ErrUnknownClient reports a client name that is not in the credentials.
+	ErrUnknownClient = errors.New("relay: unknown client")
 	// ErrQueueFull reports that a device queue is at Config.QueueLimit.
 	ErrQueueFull = errors.New("relay: queue full")
 	// ErrTerminal reports an operation on a request that already ended.

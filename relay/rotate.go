@@ -116,8 +116,9 @@ func (c *credCache) authDevice(token string, now time.Time) (deviceToken, bool) 
 // replaces its maps on reload and never changes them in place, so a view
 // can be read without the lock.
 type credView struct {
-	names  map[string]credEntry
-	tokens map[string]deviceToken
+	names   map[string]credEntry
+	tokens  map[string]deviceToken
+	clients map[string]credEntry // by client name
 }
 
 // view reloads the file if it changed and returns the current view.
@@ -125,7 +126,7 @@ func (c *credCache) view() credView {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reloadLocked()
-	return credView{names: c.names, tokens: c.tokens}
+	return credView{names: c.names, tokens: c.tokens, clients: c.clientNames}
 }
 
 // tokenValid reports whether hash still authenticates device.
@@ -197,6 +198,31 @@ func RevokeDevice(dir, id string) error {
 		c.Devices = slices.DeleteFunc(c.Devices, func(e credEntry) bool { return e.Name == id })
 		return nil
 	})
+}
+
+// RevokeClient deletes client name's API key: it no longer authenticates,
+// its unspent tickets open nothing, and a running relay refuses the calls
+// of the client's open WebSockets at once and closes them within one
+// SweepInterval. Its requests stay.
+func RevokeClient(dir, name string) error {
+	return updateCredentials(dir, func(c *credentials) error {
+		n := len(c.Clients)
+		c.Clients = slices.DeleteFunc(c.Clients, func(e credEntry) bool { return e.Name == name })
+		if len(c.Clients) == n {
+			return fmt.Errorf("%w: %q", ErrUnknownClient, name)
+		}
+		return nil
+	})
+}
+
+// RevokeClient is the package function for this server's data directory;
+// it closes the client's WebSockets at once.
+func (s *Server) RevokeClient(name string) error {
+	if err := RevokeClient(s.cfg.DataDir, name); err != nil {
+		return err
+	}
+	s.checkCredentials(time.Now())
+	return nil
 }
 
 // RotateDevice is the package function for this server's data directory;
@@ -296,6 +322,14 @@ func (s *Server) checkCredentials(now time.Time) {
 			if err := s.startRotation(sess, r.GraceMs); err != nil {
 				sess.log().Error("token rotation not started", "err", err)
 			}
+		}
+	}
+	s.clientsMu.Lock()
+	defer s.clientsMu.Unlock()
+	for c, name := range s.clients {
+		if _, ok := v.clients[name]; !ok {
+			c.log.Warn("client credentials revoked; closing its connection")
+			c.stop(websocket.ClosePolicyViolation, "credentials revoked")
 		}
 	}
 }

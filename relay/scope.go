@@ -16,6 +16,8 @@ import (
 type Scope struct {
 	Devices []string `json:"devices,omitempty"`
 	Methods []string `json:"methods,omitempty"`
+
+	none bool // allows nothing: the scope of an unregistered client
 }
 
 // ParseScope reads comma-separated pattern lists as the admin command's
@@ -48,13 +50,13 @@ func patterns(what, list string) ([]string, error) {
 }
 
 // Restricted reports whether the scope limits anything.
-func (sc Scope) Restricted() bool { return len(sc.Devices) > 0 || len(sc.Methods) > 0 }
+func (sc Scope) Restricted() bool { return sc.none || len(sc.Devices) > 0 || len(sc.Methods) > 0 }
 
 // AllowsDevice reports whether device id is in scope.
-func (sc Scope) AllowsDevice(id string) bool { return matchAny(sc.Devices, id) }
+func (sc Scope) AllowsDevice(id string) bool { return !sc.none && matchAny(sc.Devices, id) }
 
 // AllowsMethod reports whether method is in scope.
-func (sc Scope) AllowsMethod(method string) bool { return matchAny(sc.Methods, method) }
+func (sc Scope) AllowsMethod(method string) bool { return !sc.none && matchAny(sc.Methods, method) }
 
 func matchAny(pats []string, s string) bool {
 	if len(pats) == 0 {
@@ -94,8 +96,9 @@ func ClientFrom(ctx context.Context) (string, bool) {
 	return name, ok
 }
 
-// ClientScope returns the scope of client name (unrestricted for an
-// unknown name: authentication, not scope, keeps those out).
+// ClientScope returns the scope of client name: nothing for a name that
+// is not (or no longer) registered, such as a removed client whose
+// WebSocket is still open.
 func (s *Server) ClientScope(name string) Scope { return s.creds.clientScope(name) }
 
 // Authorize checks that the client in ctx may use device and, when method
@@ -130,6 +133,9 @@ func (s *Server) authorizeDevice(ctx context.Context, device, method string) err
 // authorize refuses what sc does not allow client name: device, and
 // method unless it is empty.
 func (sc Scope) authorize(name, device, method string) error {
+	if sc.none {
+		return fmt.Errorf("%w: client %s is no longer registered", ErrForbidden, name)
+	}
 	if !sc.AllowsDevice(device) {
 		return fmt.Errorf("%w: client %s may not use device %q", ErrForbidden, name, device)
 	}
@@ -151,15 +157,27 @@ func (c *credCache) clientScope(name string) Scope {
 	return sc
 }
 
-// scopeAndDevice returns the scope stored for client name and whether
-// device is registered.
+// scopeAndDevice returns the scope stored for client name (nothing if the
+// name is not registered) and whether device is registered.
 func (c *credCache) scopeAndDevice(name, device string) (Scope, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reloadLocked()
-	e := c.clientNames[name]
+	e, ok := c.clientNames[name]
 	_, known := c.names[device]
+	if !ok {
+		return Scope{none: true}, known
+	}
 	return Scope{Devices: e.Devices, Methods: e.Methods}, known
+}
+
+// hasClient reports whether client name is registered.
+func (c *credCache) hasClient(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reloadLocked()
+	_, ok := c.clientNames[name]
+	return ok
 }
 
 // scopedDevices is Devices filtered to the scope of the client in ctx.

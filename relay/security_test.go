@@ -720,3 +720,69 @@ func TestSlowConsumerDisconnected(t *testing.T) {
 		}
 	}
 }
+
+// A revoked client key stops working everywhere: its REST calls get 401,
+// its open WebSocket has its calls refused and is closed, and a ticket it
+// bought before opens nothing. Its scope was narrow; a revoked name must
+// not fall back to an unrestricted one.
+func TestRevokedClientKey(t *testing.T) {
+	e := newEnv(t)
+	key, err := AddClientScoped(e.cfg.DataDir, "narrow", Scope{Devices: []string{"other*"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, _, err := dialClientRaw(e, keyHeader(key), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startClient(t, conn)
+	call := func(ref string) {
+		c.sendJSON(map[string]any{"type": "call", "ref": ref, "device": "dev1", "method": "m"})
+		if f := clientNext[*protocol.ClientError](c); f.Ref != ref || f.Code != codeForbidden {
+			t.Fatalf("call %s: %+v", ref, f)
+		}
+	}
+	call("before")
+	ticket := issueTicket(t, e, key)
+
+	if err := RevokeClient(e.cfg.DataDir, "narrow"); err != nil {
+		t.Fatal(err)
+	}
+	call("after") // refused at once, and not as unscoped
+	if code := c.closed(); code != websocket.ClosePolicyViolation {
+		t.Fatalf("close code %d, want %d", code, websocket.ClosePolicyViolation)
+	}
+	if _, resp, err := dialClientRaw(e, nil, "ticket="+ticket); err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("ticket of a revoked client: %v %v", resp, err)
+	}
+	req, _ := http.NewRequest("GET", e.ts.URL+"/v1/devices", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("REST with a revoked key: %d", resp.StatusCode)
+	}
+	if err := RevokeClient(e.cfg.DataDir, "narrow"); !errors.Is(err, ErrUnknownClient) {
+		t.Fatalf("revoking twice: %v", err)
+	}
+}
+
+// issueTicket buys a browser ticket with key.
+func issueTicket(t *testing.T, e *env, key string) string {
+	t.Helper()
+	req, _ := http.NewRequest("POST", e.ts.URL+"/v1/tickets", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var tk ticketAnswer
+	if err := json.NewDecoder(resp.Body).Decode(&tk); err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("ticket: %d %v", resp.StatusCode, err)
+	}
+	return tk.Ticket
+}

@@ -35,6 +35,11 @@ type Server struct {
 	guard    *guard // TLS, admission, rate limits, token rotation
 	met      *metrics
 
+	// clients are the open /v1/client connections, by the client they
+	// authenticated as, so that a removed client's are closed.
+	clientsMu sync.Mutex
+	clients   map[*clientConn]string
+
 	shutdownOnce sync.Once
 	shutdown     chan struct{} // closed when the server stops serving
 	closeOnce    sync.Once

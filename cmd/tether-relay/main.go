@@ -44,6 +44,7 @@ const usage = `usage:
   tether-relay device revoke ID [--data DIR]
   tether-relay device list [--data DIR]
   tether-relay client add NAME [--devices PATTERNS] [--methods PATTERNS] [--data DIR]
+  tether-relay client revoke NAME [--data DIR]
   tether-relay client list [--data DIR]
   tether-relay --version
 
@@ -209,7 +210,7 @@ func admin(kind, verb string, args []string, stdout, stderr io.Writer) error {
 		}
 		return tw.Flush()
 	}
-	return fmt.Errorf("%s: unknown subcommand %q, want add or list", kind, verb)
+	return fmt.Errorf("%s: unknown subcommand %q, want add, list or revoke", kind, verb)
 }
 
 // parseNet parses a CIDR prefix, or an address as a prefix of its own.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -57,6 +58,16 @@ func reloadOnHUP(ctx context.Context, srv *relay.Server, log *slog.Logger) (wait
 // adminSecurity runs the admin verbs of the security layer: device rotate
 // and device revoke. It reports false for verbs it does not know.
 func adminSecurity(kind, verb, dir string, pos []string, grace time.Duration, stdout io.Writer) (bool, error) {
+	if kind == "client" && verb == "revoke" {
+		if len(pos) != 1 {
+			return true, errors.New("client revoke: want exactly one client name")
+		}
+		if err := relay.RevokeClient(dir, pos[0]); err != nil {
+			return true, err
+		}
+		fmt.Fprintf(stdout, "client %s revoked: its key no longer authenticates; a running relay refuses its open WebSockets' calls and closes them within a second\n", pos[0])
+		return true, nil
+	}
 	if kind != "device" || (verb != "rotate" && verb != "revoke") {
 		return false, nil
 	}
