@@ -68,11 +68,15 @@ func (a *admission) take(now time.Time) (time.Duration, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	slot := a.nextSlot
-	if earliest := now.Add(time.Second); slot.Before(earliest) {
+	if earliest := now.Add(time.Second); slot.Before(earliest) || slot.After(now.Add(maxRetryAfter)) {
+		// Fresh after a quiet spell; or past the longest wait, when more
+		// were refused than that wait admits at the rate: start again from
+		// the nearest slot, so that those are spread over the wait again
+		// rather than all sent back at its end together.
 		slot = earliest
 	}
 	a.nextSlot = slot.Add(a.every)
-	return min(slot.Sub(now), maxRetryAfter), false
+	return slot.Sub(now), false
 }
 
 // open counts a session about to be upgraded; it fails at MaxConns.

@@ -786,3 +786,33 @@ func issueTicket(t *testing.T, e *env, key string) string {
 	}
 	return tk.Ticket
 }
+
+// Refused upgrades are told to come back at the admission rate, one slot
+// each, within maxRetryAfter. A storm bigger than that wait admits is
+// spread over it again rather than all told its end, and after a quiet
+// spell the next refusal is told about a second, whatever came before.
+func TestAdmissionRetrySpread(t *testing.T) {
+	a := newAdmission(Config{AdmitRate: 500, AdmitBurst: 1, MaxConns: 10})
+	now := time.Now()
+	a.take(now) // the burst
+	at := map[int64]int{}
+	for range 100_000 {
+		d, ok := a.take(now)
+		if ok || d < time.Second || d > maxRetryAfter {
+			t.Fatalf("refusal told %v (admitted %v)", d, ok)
+		}
+		at[int64(d/time.Second)]++
+	}
+	// 500 a second over ~60 s is ~30,000 slots: each second of the wait
+	// gets about 100,000/60 of them, none all.
+	for s, n := range at {
+		if n > 2*100_000/59 {
+			t.Errorf("%d of 100,000 refusals told to come back in %d s", n, s)
+		}
+	}
+	later := now.Add(2 * time.Minute)
+	a.take(later) // the bucket has refilled: admitted
+	if d, ok := a.take(later); ok || d > 2*time.Second {
+		t.Fatalf("after a quiet spell: told %v (admitted %v)", d, ok)
+	}
+}
