@@ -48,6 +48,7 @@ const (
 	refusedShutdown     = "shutting_down"   // the relay is stopping
 	refusedNotWebSocket = "not_websocket"   // a plain GET on an upgrade endpoint
 	refusedSubprotocol  = "bad_subprotocol" // no tether.v1 among the offered subprotocols
+	refusedRotation     = "rotation"        // a rotation's confirmation could not be recorded
 )
 
 // Endpoint label values.

@@ -434,26 +434,29 @@ func (s *session) offer(m protocol.Message) {
 
 // authAgent identifies the device of an /v1/agent request: by its bearer
 // token if it sent one, else by a verified client certificate. A
-// rotation's next token confirms that rotation.
-func (s *Server) authAgent(r *http.Request) (string, *agentAuth, bool) {
+// rotation's next token confirms that rotation; if that confirmation
+// cannot be recorded, the agent is told to come back (retry), since a
+// session standing on an unconfirmed token could see it superseded by
+// the next rotation, after the agent had thrown the old one away.
+func (s *Server) authAgent(r *http.Request) (dev string, auth *agentAuth, ok, retry bool) {
 	if token := bearer(r.Header.Get("Authorization")); token != "" {
 		t, ok := s.creds.authDevice(token, time.Now())
 		if !ok {
-			return "", nil, false
+			return "", nil, false, false
 		}
 		if t.kind == tokenNext {
 			// The agent stored the new token but its confirmation was
 			// lost with the previous session.
 			if err := s.promote(t.device, t.hash, 0); err != nil {
-				s.log.Warn("implicit rotation confirmation not recorded", "device", t.device, "err", err)
-			} else {
-				s.log.Info("device token rotated (confirmed on reconnect)", "device", t.device)
+				s.log.Warn("implicit rotation confirmation not recorded; the agent is to retry", "device", t.device, "err", err)
+				return "", nil, false, true
 			}
+			s.log.Info("device token rotated (confirmed on reconnect)", "device", t.device)
 		}
-		return t.device, &agentAuth{srv: s, hash: t.hash}, true
+		return t.device, &agentAuth{srv: s, hash: t.hash}, true, false
 	}
 	if dev, ok := s.certDevice(r.TLS); ok {
-		return dev, &agentAuth{srv: s, viaCert: true}, true
+		return dev, &agentAuth{srv: s, viaCert: true}, true, false
 	}
-	return "", nil, false
+	return "", nil, false, false
 }

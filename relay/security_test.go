@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -411,6 +413,42 @@ func TestRotationConfirmedByReconnect(t *testing.T) {
 		t.Fatalf("reconnect with the new token did not confirm: %+v", d.Rotation)
 	}
 	b.quiet(50 * time.Millisecond) // no second rotation
+}
+
+// An agent that reconnects with a rotation's new token while that
+// confirmation cannot be recorded (here the credentials lock cannot be
+// taken) is told to come back, 503 with Retry-After, rather than let in on
+// a token the next rotation could supersede; once the store works, the
+// same token confirms the rotation.
+func TestRotationConfirmationNotRecordedIsRetried(t *testing.T) {
+	e := newEnv(t)
+	a := dialAgent(e, e.token)
+	if err := e.srv.RotateDevice("dev1", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	rot := nextAs[*protocol.Rotate](a)
+	a.close()
+
+	lock := filepath.Join(e.cfg.DataDir, credentialsLock)
+	if err := os.Remove(lock); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(lock, 0o700); err != nil { // a lock file that cannot be opened
+		t.Fatal(err)
+	}
+	_, resp, err := dialRaw(e, rot.Token, []string{protocol.Version})
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("reconnect while the confirmation cannot be recorded: %v %v", resp, err)
+	}
+	if err := os.Remove(lock); err != nil {
+		t.Fatal(err)
+	}
+	b := dialAgent(e, rot.Token)
+	defer b.close()
+	c, _ := readCredentials(e.cfg.DataDir)
+	if d := findDevice(c, "dev1"); d.SHA256 != hashSecret(rot.Token) || d.Rotation.Requested != nil {
+		t.Fatalf("the retry did not confirm: %+v", d.Rotation)
+	}
 }
 
 func TestRevocationClosesSession(t *testing.T) {

@@ -244,7 +244,13 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	dev, auth, ok := s.authAgent(r)
+	dev, auth, ok, retry := s.authAgent(r)
+	if retry {
+		noteRefusal(r, refusedRotation)
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "the device's new token could not be recorded yet; try again")
+		return
+	}
 	if !ok {
 		noteRefusal(r, refusedUnauthorized)
 		writeError(w, http.StatusUnauthorized, codeUnauthorized, "missing or invalid device token")
