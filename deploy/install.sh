@@ -23,7 +23,7 @@
 #                      existing /etc/tether/agent.yaml is kept unless --force-config
 #   --force-config     replace an existing config
 #   --relay URL        set relay: in a newly installed template config
-#   --token-file FILE  install FILE as /etc/tether/token (mode 0640, group tether)
+#   --token-file FILE  install FILE as /etc/tether/token (mode 0600, owner tether)
 #   --init KIND        systemd, sysv, both, none or auto (default: systemd when it
 #                      runs the target, else sysv; both into a --root)
 #   --no-start         install and enable, but do not (re)start the agent
@@ -133,7 +133,7 @@ else
 	say "config   $CONF"
 fi
 if [ -n "$TOKEN_FILE" ]; then
-	put "$TOKEN_FILE" "$R/etc/tether/token" 0640
+	put "$TOKEN_FILE" "$R/etc/tether/token" 0600
 	say "token    $R/etc/tether/token"
 fi
 mkdir -p "$R/var/lib/tether"
@@ -178,7 +178,11 @@ for g in gpio i2c spi; do
 	usermod -a -G "$g" tether 2>/dev/null || addgroup tether "$g" 2>/dev/null || adduser tether "$g"
 done
 chown tether:tether /var/lib/tether && chmod 0750 /var/lib/tether
-[ ! -f /etc/tether/token ] || { chgrp tether /etc/tether/token && chmod 0640 /etc/tether/token; }
+# Token rotation renames a new token over /etc/tether/token: the directory
+# is group-writable with the sticky bit, so the agent can replace the
+# token, which it owns, and no other file there.
+chgrp tether /etc/tether && chmod 1775 /etc/tether
+[ ! -f /etc/tether/token ] || { chown tether:tether /etc/tether/token && chmod 0600 /etc/tether/token; }
 
 configured=
 grep -Eq '^relay:[[:space:]]*[^[:space:]#]' "$CONF" && configured=yes

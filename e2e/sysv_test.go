@@ -63,7 +63,7 @@ func TestInstallScriptLocalRoot(t *testing.T) {
 	}
 	wantMode(t, root+"/usr/local/bin/tether-agent", 0o755)
 	wantMode(t, root+"/etc/tether/agent.yaml", 0o644)
-	wantMode(t, root+"/etc/tether/token", 0o640)
+	wantMode(t, root+"/etc/tether/token", 0o600)
 	wantMode(t, root+"/etc/init.d/tether-agent", 0o755)
 	wantMode(t, root+"/etc/systemd/system/tether-agent.service", 0o644)
 	if fi, err := os.Stat(root + "/var/lib/tether"); err != nil || !fi.IsDir() {
