@@ -46,6 +46,10 @@ func patterns(what, list string) ([]string, error) {
 		}
 		out = append(out, p)
 	}
+	if len(out) == 0 && list != "" {
+		// " " or "," would otherwise mean no limit at all.
+		return nil, fmt.Errorf("relay: --%s %q names no pattern; leave it out for no limit", what, list)
+	}
 	return out, nil
 }
 

@@ -554,6 +554,11 @@ func TestScopePatterns(t *testing.T) {
 			t.Errorf("method %s: %v", m, !want)
 		}
 	}
+	for _, empty := range []string{" ", ",", " , "} {
+		if _, err := ParseScope(empty, ""); err == nil {
+			t.Errorf("devices %q, which names no pattern, gave no error (it would mean no limit)", empty)
+		}
+	}
 	if _, err := ParseScope("[", ""); err == nil {
 		t.Error("bad pattern accepted")
 	}
