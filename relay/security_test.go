@@ -791,7 +791,22 @@ func TestRevokedClientKey(t *testing.T) {
 	if err := RevokeClient(e.cfg.DataDir, "narrow"); err != nil {
 		t.Fatal(err)
 	}
-	call("after") // refused at once, and not as unscoped
+	// A call now is refused, never taken as unscoped; the connection may
+	// already be closed by then, since a sweep closes it.
+	c.sendJSON(map[string]any{"type": "call", "ref": "after", "device": "dev1", "method": "m"})
+	for done := false; !done; {
+		select {
+		case b := <-c.frames:
+			m, err := protocol.DecodePush(b, 0)
+			if f, ok := m.(*protocol.ClientError); err != nil || !ok || f.Code != codeForbidden {
+				t.Fatalf("after the revocation: %s", b)
+			}
+		case <-c.done:
+			done = true
+		case <-time.After(waitLimit):
+			t.Fatal("the connection of a revoked client stays open")
+		}
+	}
 	if code := c.closed(); code != websocket.ClosePolicyViolation {
 		t.Fatalf("close code %d, want %d", code, websocket.ClosePolicyViolation)
 	}
