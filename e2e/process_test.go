@@ -236,3 +236,36 @@ func TestProcessesAgentKilledMidRequest(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "offline", func() bool { return !c.device("pi-1").Online })
 }
+
+// A clean stop syncs the journal: the relay's ack of a finished request,
+// which is only buffered when it arrives, is on disk after SIGTERM, so a
+// restarted agent does not send the acknowledged result again.
+func TestProcessesAgentCleanStopSyncsAcks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	dir := t.TempDir()
+	r := startRelay(t, dir, "", nil)
+	tok := addDevice(t, dir, "pi-1")
+	c := &api{t: t, base: r.url(), key: addClient(t, dir, "app")}
+	state := t.TempDir()
+	agentProc := startProc(t, "tether-agent", "--relay", r.wsURL(), "--token", tok, "--board", "mock", "--state", state)
+	eventually(t, 10*time.Second, "agent online", func() bool { return c.device("pi-1").Online })
+
+	// gpio.write touches hardware, so its result and ack are journaled.
+	rec := c.call("pi-1", "gpio.write", map[string]any{"pin": "GPIO17", "level": "high"})
+	wantState(t, rec, protocol.StateSucceeded, "")
+
+	// The agent waits for the ack of every result before it stops.
+	agentProc.cmd.Process.Signal(syscall.SIGTERM)
+	if err, ok := agentProc.wait(15 * time.Second); !ok || err != nil {
+		t.Fatalf("agent after SIGTERM: exited=%v err=%v", ok, err)
+	}
+	data, err := os.ReadFile(filepath.Join(state, "journal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ack := `{"op":"ack","id":"` + rec.ID + `"}`; !bytes.Contains(data, []byte(ack)) {
+		t.Fatalf("journal after a clean stop lacks %s", ack)
+	}
+}

@@ -43,7 +43,7 @@ type board interface {
 	Close() error
 }
 
-func run(args []string) error {
+func run(args []string) (err error) {
 	if len(args) > 0 && args[0] == "check" {
 		return check(args[1:], os.Stdout, os.Stderr, os.Getenv)
 	}
@@ -101,6 +101,14 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	// Close syncs the journal: acks are buffered until the next sync, and
+	// an ack lost here makes the agent resend an acknowledged result
+	// after a restart.
+	defer func() {
+		if cerr := a.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
