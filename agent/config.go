@@ -89,6 +89,13 @@ func DefaultConfig() Config {
 	}
 }
 
+// Validate reports the error New would return for c's settings, without
+// opening the journal. "tether-agent check" uses it so that it accepts
+// exactly what the agent accepts at start.
+func (c Config) Validate() error {
+	return c.fill()
+}
+
 // fill replaces zero fields with defaults and checks the rest.
 func (c *Config) fill() error {
 	d := DefaultConfig()

@@ -47,6 +47,16 @@ func check(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	if err := cfg.credentials(getenv); err != nil {
 		problem("%v", err)
 	} else {
+		// The same checks as the agent's start: the relay's scheme, plain
+		// ws:// off loopback without --insecure, the credits' range, the
+		// TLS files.
+		acfg, err := cfg.agentConfig(slog.New(slog.DiscardHandler))
+		if err == nil {
+			err = acfg.Validate()
+		}
+		if err != nil {
+			problem("%v", err)
+		}
 		fmt.Fprintf(tw, "relay\t%s\n", cfg.Relay)
 		switch {
 		case cfg.token == "":

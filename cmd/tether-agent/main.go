@@ -68,34 +68,12 @@ func run(args []string) (err error) {
 		log.Warn("could not drive outputs to their safe state", "err", err)
 	}
 
-	acfg := agent.DefaultConfig()
-	acfg.Relay = cfg.Relay
-	acfg.Token = cfg.token
-	if cfg.tokenInFile {
-		acfg.TokenFile = cfg.TokenFile
-	}
-	acfg.Insecure = cfg.insecure
-	if cfg.caFile != "" || cfg.certFile != "" || cfg.keyFile != "" {
-		if acfg.TLS, err = agent.TLSConfig(cfg.caFile, cfg.certFile, cfg.keyFile); err != nil {
-			return err
-		}
-	}
-	acfg.Credits = cfg.Credits
-	acfg.StateDir = cfg.State
-	if cfg.compactBytes > 0 {
-		acfg.CompactBytes = cfg.compactBytes
+	acfg, err := cfg.agentConfig(log)
+	if err != nil {
+		return err
 	}
 	if cfg.State == "" {
 		log.Warn("no --state directory: finished requests are remembered in memory only, so after a restart a redelivered request can run again; set state: (packages use /var/lib/tether)")
-	}
-	acfg.Version = version
-	acfg.Logger = log
-	if cfg.PingPeriod > 0 {
-		acfg.PingPeriod = cfg.PingPeriod
-	}
-	if cfg.BackoffMax > 0 {
-		acfg.BackoffMax = cfg.BackoffMax
-		acfg.BackoffInitial = min(acfg.BackoffInitial, cfg.BackoffMax)
 	}
 	a, err := agent.New(acfg, b)
 	if err != nil {
@@ -150,6 +128,40 @@ func run(args []string) (err error) {
 	}
 	log.Info("tether-agent stopped")
 	return err
+}
+
+// agentConfig maps the configuration onto the agent's. check calls it too,
+// then agent.Config.Validate, so that it refuses what the agent refuses.
+func (cfg *config) agentConfig(log *slog.Logger) (agent.Config, error) {
+	acfg := agent.DefaultConfig()
+	acfg.Relay = cfg.Relay
+	acfg.Token = cfg.token
+	if cfg.tokenInFile {
+		acfg.TokenFile = cfg.TokenFile
+	}
+	acfg.Insecure = cfg.insecure
+	if cfg.caFile != "" || cfg.certFile != "" || cfg.keyFile != "" {
+		tc, err := agent.TLSConfig(cfg.caFile, cfg.certFile, cfg.keyFile)
+		if err != nil {
+			return acfg, err
+		}
+		acfg.TLS = tc
+	}
+	acfg.Credits = cfg.Credits
+	acfg.StateDir = cfg.State
+	if cfg.compactBytes > 0 {
+		acfg.CompactBytes = cfg.compactBytes
+	}
+	acfg.Version = version
+	acfg.Logger = log
+	if cfg.PingPeriod > 0 {
+		acfg.PingPeriod = cfg.PingPeriod
+	}
+	if cfg.BackoffMax > 0 {
+		acfg.BackoffMax = cfg.BackoffMax
+		acfg.BackoffInitial = min(acfg.BackoffInitial, cfg.BackoffMax)
+	}
+	return acfg, nil
 }
 
 func openBoard(cfg *config, log *slog.Logger) (board, error) {
