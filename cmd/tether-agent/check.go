@@ -61,7 +61,7 @@ func check(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		switch {
 		case cfg.token == "":
 			fmt.Fprintf(tw, "token\tnone (the client certificate identifies the device)\n")
-		case cfg.TokenFile != "" && cfg.token != cfg.Token:
+		case cfg.tokenInFile:
 			fmt.Fprintf(tw, "token\tset (from %s)\n", cfg.TokenFile)
 		default:
 			fmt.Fprintf(tw, "token\tset (from --token, TETHER_TOKEN or token:)\n")

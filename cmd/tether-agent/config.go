@@ -32,11 +32,12 @@ type config struct {
 	Hardware hw.Config `yaml:"-"`
 
 	// Flag-only settings.
-	configFile  string
-	showVersion bool
-	token       string // resolved from Token or TokenFile
-	tokenFlag   bool   // --token was given
-	tokenInFile bool   // token came from TokenFile, so rotation writes it back
+	configFile    string
+	showVersion   bool
+	token         string // resolved from Token or TokenFile
+	tokenFlag     bool   // --token was given
+	tokenFileFlag bool   // --token-file was given
+	tokenInFile   bool   // token came from TokenFile, so rotation writes it back
 
 	// Transport security, flags only.
 	caFile    string // --ca: PEM CAs that replace the system roots
@@ -158,6 +159,7 @@ func readConfig(name string, args []string, getenv func(string) string) (*config
 	cfg.compactBytes = f.compactBytes
 	cfg.caFile, cfg.certFile, cfg.keyFile, cfg.insecure = f.caFile, f.certFile, f.keyFile, f.insecure
 	cfg.tokenFlag = set["token"]
+	cfg.tokenFileFlag = set["token-file"]
 	return &cfg, nil
 }
 
@@ -167,7 +169,11 @@ func (cfg *config) credentials(getenv func(string) string) error {
 		return errors.New("no relay: set --relay, TETHER_RELAY or relay: in the config file")
 	}
 	cfg.token = cfg.Token
-	if cfg.TokenFile != "" && !cfg.tokenFlag && getenv("TETHER_TOKEN") == "" {
+	// The token file is read unless a token with precedence over it is
+	// set: --token, or TETHER_TOKEN over a token_file from the file. An
+	// explicit --token-file wins over TETHER_TOKEN, as flags win over the
+	// environment.
+	if cfg.TokenFile != "" && !cfg.tokenFlag && (cfg.tokenFileFlag || getenv("TETHER_TOKEN") == "") {
 		b, err := os.ReadFile(cfg.TokenFile)
 		if err != nil {
 			return fmt.Errorf("token file: %w", err)

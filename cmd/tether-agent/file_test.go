@@ -163,3 +163,46 @@ func TestLoadConfigFlagsWinOverFile(t *testing.T) {
 		t.Errorf("got relay %q credits %d level %q", cfg.Relay, cfg.Credits, cfg.LogLevel)
 	}
 }
+
+// TestLoadConfigTokenPrecedence: of the token's sources, --token wins,
+// then --token-file, then TETHER_TOKEN, then the file's token_file and
+// token.
+func TestLoadConfigTokenPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	for name, tok := range map[string]string{"flag.token": "from-flag-file", "file.token": "from-file-file"} {
+		if err := os.WriteFile(dir+"/"+name, []byte(tok+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	withFileToken := dir + "/token.yaml"
+	os.WriteFile(withFileToken, []byte("relay: ws://127.0.0.1:9\ntoken: from-file\n"), 0o644)
+	withTokenFile := dir + "/token_file.yaml"
+	os.WriteFile(withTokenFile, []byte("relay: ws://127.0.0.1:9\ntoken_file: "+dir+"/file.token\n"), 0o644)
+
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		env      string // TETHER_TOKEN
+		want     string
+		fromFile bool // rotation writes the token back to its file
+	}{
+		{"token-file flag over env", []string{"--config", withFileToken, "--token-file", dir + "/flag.token"}, "from-env", "from-flag-file", true},
+		{"token flag over token-file flag", []string{"--config", withFileToken, "--token", "from-flag", "--token-file", dir + "/flag.token"}, "from-env", "from-flag", false},
+		{"token flag over env", []string{"--config", withFileToken, "--token", "from-flag"}, "from-env", "from-flag", false},
+		{"env over file's token_file", []string{"--config", withTokenFile}, "from-env", "from-env", false},
+		{"env over file's token", []string{"--config", withFileToken}, "from-env", "from-env", false},
+		{"file's token_file", []string{"--config", withTokenFile}, "", "from-file-file", true},
+		{"token-file flag over file's token", []string{"--config", withFileToken, "--token-file", dir + "/flag.token"}, "", "from-flag-file", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := map[string]string{"TETHER_TOKEN": tc.env}
+			cfg, err := loadConfig(tc.args, func(k string) string { return env[k] })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.token != tc.want || cfg.tokenInFile != tc.fromFile {
+				t.Errorf("token %q (in file %v), want %q (in file %v)", cfg.token, cfg.tokenInFile, tc.want, tc.fromFile)
+			}
+		})
+	}
+}
