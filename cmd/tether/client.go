@@ -190,12 +190,15 @@ func (c *client) call(ctx context.Context, args []string) error {
 		return usageErr("call: %v", err)
 	}
 	sub := protocol.Submit{Method: pos[1], Params: params, Timeout: protocol.Duration(*timeout), Idempotent: *idem}
-	path := "/v1/devices/" + url.PathEscape(pos[0]) + "/requests"
-	if !*async {
-		path += "?wait=60s"
-	}
+	// The submit asks for no wait, so its answer comes at once with the
+	// request's id: whatever happens while the request runs (an
+	// interrupt, a lost connection), the user is told the id to follow.
 	var rec protocol.Record
-	if _, err := c.do(ctx, "POST", path, sub, &rec); err != nil {
+	if _, err := c.do(ctx, "POST", "/v1/devices/"+url.PathEscape(pos[0])+"/requests", sub, &rec); err != nil {
+		if ur, ok := unstoredRequest(err); ok {
+			return &exitError{2, fmt.Errorf("relay storage failed after request %s reached device %s, which may run it: "+
+				"follow it with `tether get %s` rather than calling again", ur.ID, pos[0], ur.ID)}
+		}
 		return err
 	}
 	if *async {
@@ -206,11 +209,38 @@ func (c *client) call(ctx context.Context, args []string) error {
 		return nil
 	}
 	for !protocol.Terminal(rec.State) {
-		if _, err := c.do(ctx, "GET", "/v1/requests/"+url.PathEscape(rec.ID)+"?wait=60s", nil, &rec); err != nil {
-			return err
+		if _, err := c.do(ctx, "GET", "/v1/requests/"+url.PathEscape(rec.ID)+"?wait="+maxWait.String(), nil, &rec); err != nil {
+			var ee *exitError
+			if errors.As(err, &ee) {
+				err = ee.err
+			}
+			return &exitError{2, fmt.Errorf("%w; request %s may still run: follow it with `tether get %s`, or stop it with `tether cancel %s`",
+				err, rec.ID, rec.ID, rec.ID)}
 		}
 	}
 	return c.report(rec, *asJSON)
+}
+
+// maxWait is the longest ?wait= the relay honours by default; a longer
+// wait is made of several long-polls.
+const maxWait = 60 * time.Second
+
+// unstoredRequest returns the request that came with err, a relay's 500
+// telling that its storage failed after the request had reached the
+// device: the device may run it, so it is to be followed by its id, not
+// submitted again.
+func unstoredRequest(err error) (protocol.Record, bool) {
+	var he *httpError
+	if !errors.As(err, &he) || he.status != http.StatusInternalServerError {
+		return protocol.Record{}, false
+	}
+	var body struct {
+		Request protocol.Record `json:"request"`
+	}
+	if json.Unmarshal(he.body, &body) != nil || body.Request.ID == "" {
+		return protocol.Record{}, false
+	}
+	return body.Request, true
 }
 
 // report prints a finished request and maps its state to the exit code.
