@@ -340,15 +340,23 @@ func (c *client) get(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	// The relay caps each long-poll (at a minute by default), so a longer
+	// --wait polls again until the request ends or the time has passed.
 	path := "/v1/requests/" + url.PathEscape(pos[0])
-	if *wait > 0 {
-		path += "?wait=" + wait.String()
-	}
+	deadline := time.Now().Add(*wait)
 	var rec protocol.Record
-	if _, err := c.do(ctx, "GET", path, nil, &rec); err != nil {
-		return err
+	for {
+		p := path
+		if left := time.Until(deadline).Round(time.Millisecond); left > 0 {
+			p += "?wait=" + min(left, maxWait).String()
+		}
+		if _, err := c.do(ctx, "GET", p, nil, &rec); err != nil {
+			return err
+		}
+		if protocol.Terminal(rec.State) || !time.Now().Before(deadline) {
+			return c.report(rec, *asJSON)
+		}
 	}
-	return c.report(rec, *asJSON)
 }
 
 // cancel cancels a request. It exits 0 when the request ended canceled

@@ -190,3 +190,45 @@ func TestCallUnstoredNamesRequest(t *testing.T) {
 		t.Errorf("exit %d, stderr %q", code, errOut)
 	}
 }
+
+// get --wait longer than the relay's cap on a long-poll keeps polling
+// until the request ends or the time has passed.
+func TestGetWaitOutlastsRelayCap(t *testing.T) {
+	const relayCap = 20 * time.Millisecond
+	f := startFakeRelay(t, &fakeRelay{
+		get: func(w http.ResponseWriter, r *http.Request, wait time.Duration, n int) {
+			pause(r, min(wait, relayCap))
+			if strings.HasSuffix(r.URL.Path, "/r1") && n == 5 {
+				answer(w, http.StatusOK, record("r1", protocol.StateSucceeded, `{"x":1}`))
+				return
+			}
+			answer(w, http.StatusOK, record(strings.TrimPrefix(r.URL.Path, "/v1/requests/"), protocol.StateDelivered, ""))
+		},
+	})
+	code, out, errOut := runCLI("--relay", f.srv.URL, "get", "r1", "--wait", "5m")
+	if code != 0 || out != "{\n  \"x\": 1\n}\n" {
+		t.Fatalf("get --wait 5m: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	f.mu.Lock()
+	if len(f.waits) != 5 || f.waits[0] != maxWait {
+		t.Errorf("long-polls waited %v, want 5, the first of %v", f.waits, maxWait)
+	}
+	f.waits = nil
+	f.mu.Unlock()
+
+	// A request still running when the time has passed is printed as such.
+	const wait = 150 * time.Millisecond
+	start := time.Now()
+	code, out, errOut = runCLI("--relay", f.srv.URL, "get", "r2", "--wait", wait.String())
+	if code != 0 || out != "r2 delivered\n" {
+		t.Fatalf("get --wait %v: exit %d, stdout %q, stderr %q", wait, code, out, errOut)
+	}
+	if took := time.Since(start); took < wait {
+		t.Errorf("get --wait %v returned after %v", wait, took)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.waits) < 2 || f.waits[0] > wait {
+		t.Errorf("long-polls waited %v", f.waits)
+	}
+}
