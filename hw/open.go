@@ -47,18 +47,35 @@ func Open(cfg Config, opts Options) (*Board, error) {
 		SPI:    map[string]spi.Port{},
 		Errors: map[string]error{},
 	}
+	// Validate compares pins by the names the config gives; periph knows
+	// several names for one pin (GPIO18 is also P1_12 on a Pi header), so
+	// two entries may still name the same pin, and drive it at odds.
+	real := map[string]string{} // the pin's own name → the name configured
+	var dup error
 	openPin := func(name string) {
-		if p := gpioreg.ByName(name); p != nil {
-			res.Pins[name] = p
-		} else {
+		p := gpioreg.ByName(name)
+		if p == nil {
 			res.Errors[name] = fmt.Errorf("hw: pin %s not found by periph's GPIO drivers on this board", name)
+			return
 		}
+		own := p
+		if r, ok := p.(gpio.RealPin); ok {
+			own = r.Real()
+		}
+		if other, ok := real[own.Name()]; ok && other != name && dup == nil {
+			dup = fmt.Errorf("hw: config: pins %s and %s are the same pin (%s) on this board", other, name, own.Name())
+		}
+		real[own.Name()] = name
+		res.Pins[name] = p
 	}
 	for _, g := range cfg.GPIO {
 		openPin(g.Pin)
 	}
 	for _, p := range cfg.PWM {
 		openPin(p.Pin)
+	}
+	if dup != nil {
+		return nil, dup
 	}
 	var opened []io.Closer
 	for _, c := range cfg.I2C {

@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"periph.io/x/conn/v3/gpio/gpioreg"
+	"periph.io/x/conn/v3/gpio/gpiotest"
 )
 
 func TestAccessMessage(t *testing.T) {
@@ -52,5 +55,33 @@ func TestOpenWithoutHardware(t *testing.T) {
 		if r.Available || r.Error == "" {
 			t.Errorf("%+v: want unavailable with a reason", r)
 		}
+	}
+}
+
+// Two entries that name one pin by two of its names (a header position
+// and a GPIO number, say) are refused when the board opens: the config's
+// own check compares names only.
+func TestOpenRefusesOnePinTwice(t *testing.T) {
+	pin := &gpiotest.Pin{N: "TEST_GPIO_OPEN_ALIAS", Num: 1018}
+	if err := gpioreg.Register(pin); err != nil {
+		t.Fatal(err)
+	}
+	if err := gpioreg.RegisterAlias("TEST_P1_OPEN_ALIAS", pin.Name()); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{
+		GPIO: []GPIOConfig{{Name: "led", Pin: "TEST_GPIO_OPEN_ALIAS", Direction: "out"}},
+		PWM:  []PWMConfig{{Name: "fan", Pin: "TEST_P1_OPEN_ALIAS"}},
+	}
+	b, err := Open(cfg, Options{})
+	if errors.Is(err, ErrGPIOAccess) {
+		t.Skipf("GPIO nodes refused on this machine: %v", err)
+	}
+	if err == nil {
+		b.Close()
+		t.Fatal("one pin configured twice, by two names, was accepted")
+	}
+	if !strings.Contains(err.Error(), "same pin") {
+		t.Fatalf("error %v", err)
 	}
 }
