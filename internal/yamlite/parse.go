@@ -88,6 +88,9 @@ func runeColumns(n *Node, data []byte) {
 // split turns data into lines, dropping blank lines, comments and the
 // document markers, and refusing tabs in indentation and directives.
 func split(data []byte) (out []line, marker bool, err error) {
+	// A byte order mark, which some editors write at the start of a
+	// UTF-8 file, is not part of the document.
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
 	raw := bytes.Split(data, []byte("\n"))
 	started := false
 	for i, b := range raw {

@@ -161,3 +161,24 @@ func FuzzAgreesWithYAMLv3(f *testing.F) {
 		}
 	})
 }
+
+// A byte order mark, which some editors write at the start of a UTF-8
+// file, is not part of the document: the file reads as it would without.
+func TestByteOrderMark(t *testing.T) {
+	var with, without Node
+	if err := Unmarshal([]byte("\ufeffrelay: wss://relay.example.com\nboard: mock\n"), &with); err != nil {
+		t.Fatal(err)
+	}
+	if err := Unmarshal([]byte("relay: wss://relay.example.com\nboard: mock\n"), &without); err != nil {
+		t.Fatal(err)
+	}
+	got, want := with.Content[0].Content, without.Content[0].Content
+	if len(got) != len(want) {
+		t.Fatalf("%d nodes, want %d", len(got), len(want))
+	}
+	for i := range got {
+		if got[i].Value != want[i].Value {
+			t.Errorf("node %d: %q, want %q", i, got[i].Value, want[i].Value)
+		}
+	}
+}
