@@ -180,13 +180,7 @@ func TestCancelToldOnlyOnceStored(t *testing.T) {
 	}
 
 	// A crash now: the request must not come back to be run.
-	e.stopRun()
-	<-e.runDone
-	e.ts.Close()
-	e.srv.st.abandon()
-	e.srv.creds.close()
-	e.srv = nil
-	e.start()
+	e.crash()
 	a := dialAgent(e, e.token)
 	a.send(&protocol.Pull{N: 1})
 	a.quiet(100 * time.Millisecond)
@@ -283,13 +277,7 @@ func TestCancelMayHaveRunResolvedByThePull(t *testing.T) {
 	for range 3 {
 		ids = append(ids, e.submit(protocol.Submit{Method: "m", Timeout: protocol.Duration(time.Minute)}).ID)
 	}
-	e.stopRun()
-	<-e.runDone
-	e.ts.Close()
-	e.srv.st.abandon()
-	e.srv.creds.close()
-	e.srv = nil
-	e.start()
+	e.crash()
 
 	a := dialAgent(e, e.token)
 	if st, body := e.do("DELETE", "/v1/requests/"+ids[2], nil); st != http.StatusAccepted {

@@ -104,6 +104,18 @@ func (e *env) restart() {
 	e.start()
 }
 
+// crash stops the relay as a power cut would, its store abandoned without
+// a clean close, and starts it again on the same data directory.
+func (e *env) crash() {
+	e.stopRun()
+	<-e.runDone
+	e.ts.Close()
+	e.srv.st.abandon()
+	e.srv.creds.close()
+	e.srv = nil
+	e.start()
+}
+
 func (e *env) wsURL() string { return "ws" + strings.TrimPrefix(e.ts.URL, "http") + "/v1/agent" }
 
 // do sends an authenticated API request and returns status and body.
