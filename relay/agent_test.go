@@ -603,3 +603,60 @@ func TestCancelOfARequestThatMayHaveRun(t *testing.T) {
 		})
 	}
 }
+
+// A connection that never says hello is dropped at the hello timeout,
+// however it keeps the link busy: answering the relay's pings, or sending
+// its own. After hello, an agent's pings count as traffic like its pongs.
+func TestHelloTimeoutNotExtendedByControlFrames(t *testing.T) {
+	e := newEnv(t, func(c *Config) {
+		c.HelloTimeout = 300 * time.Millisecond
+		c.PingPeriod = 50 * time.Millisecond
+	})
+	a := connect(e, e.token)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+				a.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(time.Second))
+			}
+		}
+	}()
+	start := time.Now()
+	if code := a.closed(); code != websocket.ClosePolicyViolation {
+		t.Fatalf("close code %d", code)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("dropped after %v", took)
+	}
+}
+
+// After hello, an agent that sends pings but answers none (and nothing
+// else) is live: its pings are traffic.
+func TestAgentPingsAreTraffic(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.PingPeriod = 40 * time.Millisecond })
+	a := connect(e, e.token, func(c *websocket.Conn) {
+		c.SetPingHandler(func(string) error { return nil }) // never answers
+	})
+	a.send(&protocol.Hello{Agent: "test/1", Board: "mock", Methods: []string{"sys.ping"}})
+	nextAs[*protocol.Welcome](a)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+				a.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(time.Second))
+			}
+		}
+	}()
+	time.Sleep(400 * time.Millisecond) // 10 ping periods; dead after 2.5 without traffic
+	if !e.device("dev1").Online {
+		t.Fatal("an agent sending pings was dropped")
+	}
+}

@@ -173,6 +173,16 @@ func (s *session) start(r *reactor, onDone func()) {
 		s.extend()
 		return nil
 	})
+	// An agent's ping is traffic too; its pong goes out through the
+	// writer, the connection's only writer.
+	c.SetPingHandler(func(payload string) error {
+		s.extend()
+		s.mu.Lock()
+		s.pong, s.pongDue = []byte(payload), true
+		s.kickLocked()
+		s.mu.Unlock()
+		return nil
+	})
 	now := time.Now()
 	helloBy := now.Add(s.cfg.HelloTimeout)
 	c.SetReadDeadline(helloBy)
@@ -459,10 +469,16 @@ func (s *session) deadAfter() time.Duration { return protocol.DeadAfter(s.cfg.Pi
 // on; the connection's deadline bounds a read under way.
 func (s *session) extend() {
 	t := time.Now().Add(s.deadAfter())
-	s.conn.SetReadDeadline(t)
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.hello {
+		// The hello timeout stands until hello: a peer that only answers
+		// pings, or sends its own, must not hold a connection without
+		// ever saying who it is.
+		return
+	}
+	s.conn.SetReadDeadline(t)
 	s.readBy = t.Sub(s.loop.base)
-	s.mu.Unlock()
 }
 
 // tick runs the session's timers at now (on the loop's clock) and returns
@@ -622,6 +638,7 @@ func (s *session) greet(m protocol.Message) bool {
 	s.mu.Lock()
 	s.hello = true
 	s.mu.Unlock()
+	s.extend() // from the hello timeout to the liveness deadline
 	s.log().Info("agent connected", "agent", hello.Agent, "board", hello.Board, "running", len(hello.Running))
 	s.enqueue(&protocol.Welcome{
 		Session:  s.id,
