@@ -38,5 +38,6 @@ func ParseRestart(code int, reason string) (d time.Duration, ok bool) {
 	if err != nil || n < 0 {
 		return 0, false
 	}
-	return min(time.Duration(n)*time.Millisecond, MaxRestartDelay), true
+	// Capped before it becomes a duration, which a huge count overflows.
+	return time.Duration(min(n, MaxRestartDelay.Milliseconds())) * time.Millisecond, true
 }

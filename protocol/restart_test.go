@@ -15,6 +15,11 @@ func TestRestartReason(t *testing.T) {
 	if d, ok := ParseRestart(CloseRestart, RestartReason(time.Hour)); !ok || d != MaxRestartDelay {
 		t.Errorf("an hour: %v, %v; want the cap", d, ok)
 	}
+	// A count too large for a duration is the cap too, not an overflow
+	// into a negative delay (a reconnect at once).
+	if d, ok := ParseRestart(CloseRestart, "restart reconnect_ms=10000000000000"); !ok || d != MaxRestartDelay {
+		t.Errorf("10^13 ms: %v, %v; want the cap", d, ok)
+	}
 	bad := []struct {
 		code   int
 		reason string
