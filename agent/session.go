@@ -261,7 +261,7 @@ func (a *Agent) reader(s *session) error {
 	for {
 		typ, r, err := s.conn.NextReader()
 		if err == nil && typ != websocket.TextMessage {
-			return a.violation(s, protocol.Errorf(protocol.CodeBadFrame, "binary frames are not part of %s", protocol.Version))
+			return a.violationClose(s, protocol.Errorf(protocol.CodeBadFrame, "binary frames are not part of %s", protocol.Version), websocket.CloseUnsupportedData)
 		}
 		if err == nil {
 			buf.Reset()
@@ -293,8 +293,12 @@ func (a *Agent) reader(s *session) error {
 	}
 }
 
-// violation reports a protocol error to the relay and ends the session.
-func (a *Agent) violation(s *session, err error) error {
+// violation reports a protocol error to the relay and ends the session
+// with the close code SPEC §4 gives its error code.
+func (a *Agent) violation(s *session, err error) error { return a.violationClose(s, err, 0) }
+
+// violationClose is violation with close code code, unless it is 0.
+func (a *Agent) violationClose(s *session, err error, code int) error {
 	var f *protocol.Failure
 	if !errors.As(err, &f) {
 		f = protocol.Errorf(protocol.CodeBadFrame, "%v", err)
@@ -304,9 +308,14 @@ func (a *Agent) violation(s *session, err error) error {
 	deadline := time.Now().Add(a.cfg.WriteTimeout)
 	// The writer may be mid-frame; WriteControl is safe concurrently, a
 	// data frame is not, so the error text travels in the close reason.
-	code := websocket.CloseProtocolError
-	if f.Code == protocol.CodeTooLarge {
+	switch {
+	case code != 0:
+	case f.Code == protocol.CodeTooLarge:
 		code = websocket.CloseMessageTooBig
+	case f.Code == protocol.CodeBadState:
+		code = websocket.ClosePolicyViolation
+	default:
+		code = websocket.CloseProtocolError
 	}
 	reason := string(b)
 	if len(reason) > 120 {
