@@ -141,11 +141,16 @@ type clientConn struct {
 	watches map[string]string        // request id → ref to answer with
 	storing int                      // calls queued, their commits under way
 	subs    map[string]*subscription // device → its follower
+	ending  map[string]chan struct{} // device → its unsubscribed follower's done
 }
 
 // subscription is one device follower; stop ends it.
 type subscription struct {
 	stop context.CancelFunc
+	// done is closed when the follower has returned: a new subscription
+	// to the device starts only then, so that the two never interleave
+	// their events.
+	done chan struct{}
 }
 
 func newClientConn(s *Server, conn *websocket.Conn, name string) *clientConn {
@@ -166,6 +171,7 @@ func newClientConn(s *Server, conn *websocket.Conn, name string) *clientConn {
 		readerDone: make(chan struct{}),
 		watches:    make(map[string]string),
 		subs:       make(map[string]*subscription),
+		ending:     make(map[string]chan struct{}),
 	}
 }
 
@@ -447,6 +453,7 @@ func (c *clientConn) handle(m protocol.Message) {
 		if sub := c.subs[m.Device]; sub != nil {
 			sub.stop()
 			delete(c.subs, m.Device)
+			c.ending[m.Device] = sub.done
 		}
 		c.mu.Unlock()
 	}
@@ -557,19 +564,28 @@ func (c *clientConn) subscribe(m *protocol.ClientSubscribe) {
 		after = c.srv.hub.lastEventSeq(m.Device)
 	}
 	ctx, stop := context.WithCancel(c.ctx)
-	sub := &subscription{stop: stop}
+	sub := &subscription{stop: stop, done: make(chan struct{})}
 	c.subs[m.Device] = sub
+	previous := c.ending[m.Device]
+	delete(c.ending, m.Device)
 	c.wg.Add(1)
 	c.mu.Unlock()
 	go func() {
 		defer c.wg.Done()
+		defer close(sub.done)
 		defer stop()
+		if previous != nil {
+			<-previous // the last follower of this device, unsubscribed
+		}
 		if err := c.stream(ctx, m.Device, after); err != nil && ctx.Err() == nil {
 			c.pushErr(m.Ref, "", err)
 		}
 		c.mu.Lock()
 		if c.subs[m.Device] == sub {
 			delete(c.subs, m.Device)
+		}
+		if c.ending[m.Device] == sub.done {
+			delete(c.ending, m.Device)
 		}
 		c.mu.Unlock()
 	}()
@@ -607,6 +623,9 @@ func (c *clientConn) stream(ctx context.Context, dev string, after uint64) error
 				return err
 			}
 			for _, e := range evs {
+				if ctx.Err() != nil {
+					return nil // unsubscribed: the replay stops here
+				}
 				if !c.push(&protocol.ClientEvent{Device: dev, Seq: e.Seq, Name: e.Name, Data: e.Data, Time: e.Time}) {
 					return nil
 				}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -640,5 +641,76 @@ func TestClientGetAtTheFollowLimit(t *testing.T) {
 	c.sendJSON(map[string]any{"type": "get", "ref": "g", "id": rec.ID})
 	if f := clientNext[*protocol.ClientError](c); f.Ref != "g" || f.Code != codeTooMany {
 		t.Fatalf("error %+v", f)
+	}
+}
+
+// sendEventsUpTo sends events seq from..to from a and waits for each ack.
+func sendEventsUpTo(t *testing.T, a *testAgent, from, to uint64) {
+	t.Helper()
+	for s := from; s <= to; s++ {
+		a.send(&protocol.Event{Seq: s, Name: "e"})
+		nextAs[*protocol.Ack](a)
+	}
+}
+
+// clientEvents reads event frames for d and returns their seqs.
+func clientEvents(c *wsClient, d time.Duration) (seqs []uint64) {
+	deadline := time.After(d)
+	for {
+		select {
+		case b := <-c.frames:
+			if m, _ := protocol.DecodePush(b, 0); m != nil {
+				if ev, ok := m.(*protocol.ClientEvent); ok {
+					seqs = append(seqs, ev.Seq)
+				}
+			}
+		case <-deadline:
+			return seqs
+		}
+	}
+}
+
+// An unsubscribe stops a replay under way; a subscription made again
+// replays from where it asks, after the last one's stream has ended, so
+// the two never interleave.
+func TestClientUnsubscribeStopsReplay(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.EventsKept = 3000 })
+	a := dialAgent(e, e.token)
+	const n = 2000
+	sendEventsUpTo(t, a, 1, n)
+
+	c := dialClient(e)
+	c.sendJSON(map[string]any{"type": "subscribe", "device": "dev1", "after": 0})
+	c.sendJSON(map[string]any{"type": "unsubscribe", "device": "dev1"})
+	if got := clientEvents(c, 300*time.Millisecond); len(got) >= n {
+		t.Fatalf("the whole replay of %d events came after the unsubscribe", len(got))
+	}
+
+	d := dialClient(e)
+	d.sendJSON(map[string]any{"type": "subscribe", "device": "dev1", "after": 0})
+	d.sendJSON(map[string]any{"type": "unsubscribe", "device": "dev1"})
+	d.sendJSON(map[string]any{"type": "subscribe", "device": "dev1", "after": 0})
+	got := clientEvents(d, time.Second)
+	last := slices.Index(got, 1)
+	for i := range got {
+		if got[i] == 1 {
+			last = i
+		}
+	}
+	if last < 0 {
+		t.Fatal("no replay")
+	}
+	for i := 1; i < last; i++ {
+		if got[i] <= got[i-1] {
+			t.Fatalf("the first stream is out of order at %d: %v", i, got[max(0, i-3):i+1])
+		}
+	}
+	for i, s := range got[last:] {
+		if s != uint64(i+1) {
+			t.Fatalf("the second stream, event %d: seq %d (streams interleaved)", i, s)
+		}
+	}
+	if len(got[last:]) != n {
+		t.Fatalf("the second stream has %d events, want %d", len(got[last:]), n)
 	}
 }
