@@ -73,6 +73,9 @@
     for (const d of devices) {
       const old = state.devices.get(d.id);
       state.devices.set(d.id, Object.assign(old || {}, d));
+      // A device first seen now is followed at once on a live socket;
+      // the socket's open handler follows those known before.
+      if (!old) send({ type: "subscribe", device: d.id, after: state.lastSeq.get(d.id) });
     }
     renderDevices();
     if (state.selected) renderDevice();
@@ -138,16 +141,22 @@
   }
 
   async function connect() {
-    if (!state.key) return;
+    const key = state.key;
+    if (!key) return;
     setConn("reconnecting", state.retry ? "Reconnecting…" : "Connecting…");
     let t;
     try {
       await loadDevices(); // pick up devices added since
       t = await api("POST", "/v1/tickets");
     } catch (e) {
+      if (state.key !== key) return; // signed out (or in again) meanwhile
       if (e.status === 401) return signOut("The key is no longer valid.");
       return reconnectLater();
     }
+    // Signed out, or in with another key, while the ticket was on its way:
+    // this connection is no one's.
+    if (state.key !== key) return;
+    if (state.ws) state.ws.close(1000, "replaced");
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const ws = new WebSocket(`${scheme}//${location.host}/v1/client?ticket=${encodeURIComponent(t.ticket)}`);
     state.ws = ws;
@@ -167,6 +176,7 @@
       }
     });
     ws.addEventListener("message", (ev) => {
+      if (state.ws !== ws) return; // a socket signed out or replaced
       let f;
       try { f = JSON.parse(ev.data); } catch { return; }
       onFrame(f);
@@ -217,7 +227,15 @@
         break;
       case "error": {
         const entry = (f.ref && state.byRef.get(f.ref)) || (f.id && state.byId.get(f.id));
-        if (entry) {
+        if (entry && f.id && f.code === "internal" && !entry.id) {
+          // Stored or not, the request reached the device and may run:
+          // follow it by its id rather than call it done.
+          entry.id = f.id;
+          state.byId.set(f.id, entry);
+          entry.error = { code: f.code, message: f.message };
+          update(entry, "delivered");
+          send({ type: "get", id: f.id });
+        } else if (entry) {
           entry.error = { code: f.code, message: f.message };
           update(entry, "error");
         } else {
