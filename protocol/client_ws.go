@@ -110,6 +110,11 @@ type ClientPresence struct {
 	Device   string     `json:"device"`
 	Online   bool       `json:"online"`
 	LastSeen *time.Time `json:"last_seen,omitempty"`
+	// Seq, in the first presence of a subscription only, is the event seq
+	// its stream goes on from: the after it was given, or the last event
+	// stored when it was given none. A client that keeps it can resume
+	// after a reconnect without a gap, even before its first event.
+	Seq *uint64 `json:"seq,omitempty"`
 }
 
 // ClientError reports a frame the relay could not act on. Ref (and ID for

@@ -612,8 +612,13 @@ func (c *clientConn) stream(ctx context.Context, dev string, after uint64) error
 			return err
 		}
 		if first || info.Online != online {
+			p := presenceOf(info)
+			if first {
+				from := after
+				p.Seq = &from
+			}
 			first, online = false, info.Online
-			if !c.push(presenceOf(info)) {
+			if !c.push(p) {
 				return nil
 			}
 		}

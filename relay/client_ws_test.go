@@ -714,3 +714,31 @@ func TestClientUnsubscribeStopsReplay(t *testing.T) {
 		t.Fatalf("the second stream has %d events, want %d", len(got[last:]), n)
 	}
 }
+
+// The first presence of a subscription says the seq its stream goes on
+// from, so that a client that saw no event yet can resume after a
+// reconnect without missing the events sent while it was away.
+func TestClientPresenceSaysWhereTheStreamStarts(t *testing.T) {
+	e := newEnv(t)
+	a := dialAgent(e, e.token)
+	sendEventsUpTo(t, a, 1, 3)
+	c := dialClient(e)
+	c.sendJSON(map[string]any{"type": "subscribe", "device": "dev1"})
+	p := clientNext[*protocol.ClientPresence](c)
+	if p.Seq == nil || *p.Seq != 3 {
+		t.Fatalf("first presence %+v, want seq 3", p)
+	}
+	c.close()
+
+	sendEventsUpTo(t, a, 4, 5) // while the client is away
+	d := dialClient(e)
+	d.sendJSON(map[string]any{"type": "subscribe", "device": "dev1", "after": *p.Seq})
+	if p := clientNext[*protocol.ClientPresence](d); p.Seq == nil || *p.Seq != 3 {
+		t.Fatalf("first presence of the resumed stream %+v", p)
+	}
+	for _, want := range []uint64{4, 5} {
+		if ev := clientNext[*protocol.ClientEvent](d); ev.Seq != want {
+			t.Fatalf("event %d, want %d", ev.Seq, want)
+		}
+	}
+}

@@ -178,6 +178,12 @@ func (c *client) watchSession(ctx context.Context, st *watchState) (up bool, err
 		switch m := m.(type) {
 		case *protocol.ClientPresence:
 			up = true
+			if st.after == nil && m.Seq != nil {
+				// Where the stream starts: a reconnect resumes from
+				// here, so events sent while it was down are not lost.
+				seq := *m.Seq
+				st.after = &seq
+			}
 			c.printPresence(st, m, b)
 		case *protocol.ClientEvent:
 			if st.after != nil && m.Seq <= *st.after {

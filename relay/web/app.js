@@ -254,6 +254,9 @@
       d = { id: p.device };
       state.devices.set(p.device, d);
     }
+    // The first presence of a subscription says where its stream starts;
+    // a reconnect resumes from there, so no event in between is missed.
+    if (p.seq !== undefined && !state.lastSeq.has(p.device)) state.lastSeq.set(p.device, p.seq);
     const cameOnline = p.online && !d.online;
     d.online = p.online;
     if (p.last_seen) d.last_seen = p.last_seen;
