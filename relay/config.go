@@ -192,6 +192,8 @@ func (c Config) withDefaults() Config {
 	if c.MetricsAllow == nil {
 		c.MetricsAllow = d.MetricsAllow
 	}
+	// Agents refuse a welcome whose max_frame is below 1 KiB (SPEC §4).
+	c.MaxFrame = max(c.MaxFrame, 1024)
 	if c.MaxTimeout > protocol.MaxTimeoutMs*time.Millisecond {
 		c.MaxTimeout = protocol.MaxTimeoutMs * time.Millisecond
 	}
