@@ -405,17 +405,20 @@ func (h *hub) cancel(id string) (protocol.Record, error) {
 
 // addCredits grants s n more credits.
 func (h *hub) addCredits(s *session, n int) {
-	var c changes
+	var c *changes // only for a session's first pull: one per request otherwise
 	h.mu.Lock()
 	s.credits = min(s.credits+n, maxCredits)
 	if !s.pulled {
 		s.pulled = true
 		if d := h.deviceLocked(s.device); d.sess == s {
-			h.resolveCancelsLocked(d, &c, time.Now())
+			c = new(changes)
+			h.resolveCancelsLocked(d, c, time.Now())
 		}
 	}
 	h.mu.Unlock()
-	h.commitBehind(&c)
+	if c != nil {
+		h.commitBehind(c)
+	}
 	s.poke()
 }
 
