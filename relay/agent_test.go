@@ -613,18 +613,7 @@ func TestHelloTimeoutNotExtendedByControlFrames(t *testing.T) {
 		c.PingPeriod = 50 * time.Millisecond
 	})
 	a := connect(e, e.token)
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-				a.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(time.Second))
-			}
-		}
-	}()
+	defer a.pingEvery(20 * time.Millisecond)()
 	start := time.Now()
 	if code := a.closed(); code != websocket.ClosePolicyViolation {
 		t.Fatalf("close code %d", code)
@@ -643,20 +632,25 @@ func TestAgentPingsAreTraffic(t *testing.T) {
 	})
 	a.send(&protocol.Hello{Agent: "test/1", Board: "mock", Methods: []string{"sys.ping"}})
 	nextAs[*protocol.Welcome](a)
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-				a.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(time.Second))
-			}
-		}
-	}()
+	defer a.pingEvery(20 * time.Millisecond)()
 	time.Sleep(400 * time.Millisecond) // 10 ping periods; dead after 2.5 without traffic
 	if !e.device("dev1").Online {
 		t.Fatal("an agent sending pings was dropped")
 	}
+}
+
+// pingEvery sends a ping every d until the function it returns is called.
+func (a *testAgent) pingEvery(d time.Duration) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(d):
+				a.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(time.Second))
+			}
+		}
+	}()
+	return func() { close(done) }
 }
