@@ -86,19 +86,27 @@ func (r *runner) connectIdle(ctx context.Context, proto string, n int) (*idle, e
 	if err != nil {
 		return nil, err
 	}
+	// The connections held when memory was read, not those once up: an
+	// agent that dropped meanwhile would otherwise be counted as held.
+	held := n
+	if f, err := h.swarm.ask("count", "count", 10*time.Second); err != nil {
+		return nil, err
+	} else if c, err := strconv.Atoi(f[0]); err == nil { // "count CONNECTED BACK"
+		held = c
+	}
 
 	prefix, base := fmt.Sprintf("relay_%d", n), fmt.Sprintf("nats_%d", n)
 	throttle := ""
 	if proto == "tether" {
-		throttle = fmt.Sprintf("; relay admission control lifted for this figure (defaults: 200 upgrades/s, 10,000 sessions)")
+		throttle = "; relay admission control lifted for this figure (defaults: 500 upgrades/s, 10,000 sessions)"
 	}
 	if proto == "nats" {
 		prefix, base = base, ""
 	}
-	perConn := &Figure{Name: prefix + "_mem_per_conn", Value: float64(after-before) / float64(n), Unit: "B",
-		Note: "RSS growth of the server process per idle connection, after a full GC and FreeOSMemory"}
-	raw := &Figure{Name: prefix + "_mem_per_conn_raw", Value: float64(rawKB*1024-before) / float64(n), Unit: "B",
-		Note: fmt.Sprintf("as _mem_per_conn, read %v after the last connect without forcing a GC", settle)}
+	perConn := &Figure{Name: prefix + "_mem_per_conn", Value: float64(after-before) / float64(max(held, 1)), Unit: "B",
+		Note: "RSS growth of the server process per idle connection held, after a full GC and FreeOSMemory"}
+	raw := &Figure{Name: prefix + "_mem_per_conn_raw", Value: float64(rawKB*1024-before) / float64(max(held, 1)), Unit: "B",
+		Note: fmt.Sprintf("as _mem_per_conn, read %v after the last connect without forcing a GC (the relay keeps a 16 MiB heap floor, nats-server runs at the default GOGC)", settle)}
 	rate := &Figure{Name: prefix + "_upgrades_per_s", Value: float64(n) / (ms / 1000), Unit: "conn/s",
 		Note: "connections (TCP + upgrade + hello/welcome for tether, CONNECT/PING for NATS) from 256 concurrent dialers" + throttle}
 	tries := &Figure{Name: prefix + "_connect_attempts_per_conn", Value: attempts / float64(n), Unit: "attempts"}
@@ -113,9 +121,9 @@ func (r *runner) connectIdle(ctx context.Context, proto string, n int) (*idle, e
 		r.add(f)
 	}
 	if proto == "tether" {
-		ok := true
-		r.add(&Figure{Name: prefix + "_connected", Value: float64(n), Unit: "agents", Budget: fmt.Sprintf(">=%d", n), Max: float64(n), Pass: &ok,
-			Note: "idle agents held at once by one relay process"})
+		ok := held >= n
+		r.add(&Figure{Name: prefix + "_connected", Value: float64(held), Unit: "agents", Budget: fmt.Sprintf(">=%d", n), Max: float64(n), Pass: &ok,
+			Note: "idle agents held at once by one relay process, counted by the swarm when the relay's memory was read"})
 	}
 	return h, nil
 }
