@@ -303,3 +303,25 @@ func TestRetentionDeleteRetried(t *testing.T) {
 		return st == 404
 	})
 }
+
+// A relay refuses settings it cannot run with instead of starting and
+// failing later: a negative ping period crashed it at the first client,
+// a negative session limit turned every agent away.
+func TestConfigRefusesNonPositive(t *testing.T) {
+	for _, tweak := range []func(*Config){
+		func(c *Config) { c.PingPeriod = -time.Second },
+		func(c *Config) { c.MaxConns = -1 },
+		func(c *Config) { c.AdmitRate = -1 },
+		func(c *Config) { c.RotateGrace = -5 * time.Minute },
+		func(c *Config) { c.ClientRate = -1 },
+	} {
+		cfg := testConfig(t.TempDir())
+		tweak(&cfg)
+		if srv, err := New(cfg); err == nil {
+			srv.Close()
+			t.Errorf("New took %+v", cfg)
+		} else if !strings.Contains(err.Error(), "must be positive") {
+			t.Errorf("error %v", err)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"time"
@@ -204,6 +205,41 @@ func (c Config) withDefaults() Config {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c
+}
+
+// check refuses settings no relay can run with: after withDefaults, every
+// limit, period and rate must be positive (zero means the default; a
+// negative one is a mistake, and some would crash the relay or turn every
+// agent away).
+func (c Config) check() error {
+	type setting struct {
+		name string
+		ok   bool
+		v    any
+	}
+	d := func(name string, v time.Duration) setting { return setting{name, v > 0, v} }
+	n := func(name string, v int) setting { return setting{name, v > 0, v} }
+	r := func(name string, v float64) setting { return setting{name, v > 0, v} }
+	for _, f := range []setting{
+		n("QueueLimit", c.QueueLimit), n("MaxAttempts", c.MaxAttempts),
+		d("DefaultTimeout", c.DefaultTimeout), d("MaxTimeout", c.MaxTimeout),
+		d("PingPeriod", c.PingPeriod), d("HelloTimeout", c.HelloTimeout),
+		d("WriteTimeout", c.WriteTimeout), n("SendQueue", c.SendQueue),
+		d("ResultRetention", c.ResultRetention), n("MaxRetained", c.MaxRetained),
+		n("EventsKept", c.EventsKept), d("MaxWait", c.MaxWait),
+		d("SweepInterval", c.SweepInterval), d("ShutdownTimeout", c.ShutdownTimeout),
+		d("TicketTTL", c.TicketTTL), n("MaxTickets", c.MaxTickets),
+		n("ClientSendQueue", c.ClientSendQueue), n("ClientMaxFrame", c.ClientMaxFrame),
+		r("AdmitRate", c.AdmitRate), n("AdmitBurst", c.AdmitBurst), n("MaxConns", c.MaxConns),
+		r("ClientRate", c.ClientRate), n("ClientBurst", c.ClientBurst),
+		r("DeviceRate", c.DeviceRate), n("DeviceBurst", c.DeviceBurst),
+		d("RotateGrace", c.RotateGrace),
+	} {
+		if !f.ok {
+			return fmt.Errorf("relay: %s must be positive, got %v", f.name, f.v)
+		}
+	}
+	return nil
 }
 
 func setDefault[T comparable](v *T, def T) {

@@ -50,6 +50,9 @@ type Server struct {
 // the credentials.
 func New(cfg Config) (*Server, error) {
 	cfg = cfg.withDefaults()
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
 	if cfg.DataDir == "" {
 		return nil, errors.New("relay: DataDir is required")
 	}
