@@ -295,3 +295,39 @@ func TestCancelMayHaveRunResolvedByThePull(t *testing.T) {
 		t.Fatalf("asked after the pull: %d %s", st, body)
 	}
 }
+
+// A start that fails (here the request log's directory is a file) leaves a
+// cleanly closed store clean: the next start does not take it for a crash,
+// after which every queued request would count as possibly run.
+func TestFailedStartLeavesStoreClean(t *testing.T) {
+	e := newEnv(t)
+	rec := e.submit(protocol.Submit{Method: "m"}) // queued, never delivered
+	e.stop()
+
+	wal := filepath.Join(e.cfg.DataDir, "wal")
+	if err := os.Rename(wal, wal+".aside"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(wal, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if srv, err := New(e.cfg); err == nil {
+		srv.Close()
+		t.Fatal("a relay started without its request log")
+	}
+	if err := os.Remove(wal); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(wal+".aside", wal); err != nil {
+		t.Fatal(err)
+	}
+
+	e.start()
+	if e.srv.st.unclean {
+		t.Fatal("a clean store taken for a crashed one after a failed start")
+	}
+	st, body := e.do("DELETE", "/v1/requests/"+rec.ID, nil)
+	if got := decode[protocol.Record](t, body); st != http.StatusOK || got.State != protocol.StateCanceled {
+		t.Fatalf("cancel of a request never delivered: %d %s", st, got.State)
+	}
+}

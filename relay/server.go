@@ -75,7 +75,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	h, err := newHub(cfg, st)
 	if err != nil {
-		st.abandon()
+		st.abandonStart()
 		creds.close()
 		return nil, err
 	}

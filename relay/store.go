@@ -96,16 +96,36 @@ func openStore(path string, log *slog.Logger) (*store, error) {
 	}
 	reqs, err := openWAL(filepath.Join(filepath.Dir(path), "wal"), db, log)
 	if err != nil {
+		unmarkOpen(db, unclean)
 		db.Close()
 		return nil, err
 	}
 	return &store{db: db, commit: newCommitter(db), reqs: reqs, unclean: unclean}, nil
 }
 
-// abandon closes the store without marking it cleanly closed, for a relay
-// that could not start on it.
+// unmarkOpen clears the mark of an open store that was closed cleanly
+// before this open: a start that failed before serving anything must not
+// make the next one think the relay crashed, which would treat every
+// queued request as possibly run.
+func unmarkOpen(db *bolt.DB, wasUnclean bool) {
+	if wasUnclean {
+		return
+	}
+	db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(keyOpen) })
+}
+
+// abandon closes the store without marking it cleanly closed, as a crash
+// would leave it (tests).
 func (s *store) abandon() {
 	s.reqs.abandon()
+	s.db.Close()
+}
+
+// abandonStart closes a store a relay could not start on, as clean as it
+// was found.
+func (s *store) abandonStart() {
+	s.reqs.abandon()
+	unmarkOpen(s.db, s.unclean)
 	s.db.Close()
 }
 
