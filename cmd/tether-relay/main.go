@@ -137,6 +137,12 @@ func serve(args []string, stderr io.Writer) error {
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 	cfg.Version = version
 
+	// SIGHUP reloads the TLS files while the relay serves; before (the
+	// request log may take a while to replay) and after (a shutdown may
+	// wait for slow clients), it must not kill the process by default and
+	// leave the store to be recovered as after a crash.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP)
+
 	srv, err := relay.New(cfg)
 	if err != nil {
 		return err
@@ -145,6 +151,9 @@ func serve(args []string, stderr io.Writer) error {
 	defer unfloor()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// Once the shutdown has begun, a second SIGTERM or Ctrl-C ends the
+	// process at once, as an operator who sends it means.
+	context.AfterFunc(ctx, stop)
 	waitHUP := reloadOnHUP(ctx, srv, cfg.Logger)
 	err = srv.ListenAndServe(ctx)
 	stop()
