@@ -325,3 +325,27 @@ func TestConfigRefusesNonPositive(t *testing.T) {
 		}
 	}
 }
+
+// A shutdown asks each agent back at its own moment, one admission slot
+// apart; with more sessions than the longest delay an agent honours has
+// slots for, the rest are spread over that window again, not all asked
+// back at its end.
+func TestRestartReasonsSpread(t *testing.T) {
+	s := &Server{cfg: Config{AdmitRate: 20}}
+	next := s.restartReasons()
+	at := map[time.Duration]int{}
+	for range 10_000 {
+		d, ok := protocol.ParseRestart(protocol.CloseRestart, next())
+		if !ok || d > protocol.MaxRestartDelay {
+			t.Fatalf("reason for %v (%v)", d, ok)
+		}
+		at[d.Truncate(10*time.Second)]++
+	}
+	// 18 a second over 300 s is ~5,400 slots: each 10 s gets ~330 of the
+	// 10,000, twice over at most.
+	for d, n := range at {
+		if n > 2*10_000/29 {
+			t.Errorf("%d of 10,000 agents asked back within 10 s of %v", n, d)
+		}
+	}
+}

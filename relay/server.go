@@ -156,6 +156,12 @@ func (s *Server) restartReasons() func() string {
 	return func() string {
 		d := next
 		next += every
+		if next > protocol.MaxRestartDelay {
+			// Agents read a longer delay as the longest: the sessions
+			// past it are spread over the window again rather than all
+			// asked back at its end together.
+			next = restartBase
+		}
 		return protocol.RestartReason(d)
 	}
 }
