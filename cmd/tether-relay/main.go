@@ -101,13 +101,21 @@ func serve(args []string, stderr io.Writer) error {
 		}
 		return nil
 	})
-	metricsAllowSet := false
+	metricsAllowSet, metricsNone := false, false
 	fs.Func("metrics-allow", "networks (CIDR or address, comma-separated, repeatable) that may GET /metrics; default loopback; \"none\" serves it to nobody", func(v string) error {
 		if !metricsAllowSet {
 			cfg.MetricsAllow, metricsAllowSet = []netip.Prefix{}, true
 		}
+		// "none" cannot be combined with networks: which one was meant?
 		if v == "none" {
+			if len(cfg.MetricsAllow) > 0 {
+				return errors.New(`"none" given with networks`)
+			}
+			metricsNone = true
 			return nil
+		}
+		if metricsNone {
+			return errors.New(`networks given with "none"`)
 		}
 		for _, n := range strings.Split(v, ",") {
 			p, err := parseNet(strings.TrimSpace(n))
