@@ -49,6 +49,9 @@ func newAdmission(cfg Config) *admission {
 	if math.IsInf(cfg.AdmitRate, 1) {
 		every = 0
 	}
+	// A rate so low that one slot outlasts the longest wait gives every
+	// refusal that wait, rather than a slot past it and then 1 s again.
+	every = min(every, maxRetryAfter-time.Second)
 	return &admission{
 		bucket: rate.NewLimiter(rate.Limit(cfg.AdmitRate), cfg.AdmitBurst),
 		every:  every,

@@ -654,3 +654,31 @@ func (a *testAgent) pingEvery(d time.Duration) (stop func()) {
 	}()
 	return func() { close(done) }
 }
+
+// A cancel waiting on the device is stored with its request: a relay that
+// restarts, cleanly or not, still waits on the device for it, and does
+// not deliver the request again as if nobody had asked.
+func TestCancelWaitingOnTheDeviceSurvivesARestart(t *testing.T) {
+	for _, crash := range []bool{false, true} {
+		t.Run(fmt.Sprintf("crash %v", crash), func(t *testing.T) {
+			e := newEnv(t)
+			a, rec := deliveredRequest(e)
+			a.close()
+			waitFor(t, "offline", func() bool { return !e.device("dev1").Online })
+			if st, body := e.do("DELETE", "/v1/requests/"+rec.ID, nil); st != http.StatusAccepted {
+				t.Fatalf("cancel: %d %s", st, body)
+			}
+			if crash {
+				e.crash()
+			} else {
+				e.restart()
+			}
+			b := dialAgent(e, e.token)
+			b.send(&protocol.Pull{N: 1})
+			b.quiet(50 * time.Millisecond) // not delivered again
+			if got := e.record(rec.ID, waitLimit.String()); got.State != protocol.StateCanceled {
+				t.Fatalf("after the restart: %s", got.State)
+			}
+		})
+	}
+}

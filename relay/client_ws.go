@@ -407,10 +407,10 @@ func (c *clientConn) handle(m protocol.Message) {
 		go func() {
 			defer c.wg.Done()
 			rec, err := commit()
-			c.mu.Lock()
-			c.storing--
-			c.mu.Unlock()
 			if err != nil {
+				c.mu.Lock()
+				c.storing--
+				c.mu.Unlock()
 				var ue *UnstoredError
 				if errors.As(err, &ue) {
 					c.pushErr(m.Ref, ue.Request.ID, err)
@@ -419,7 +419,8 @@ func (c *clientConn) handle(m protocol.Message) {
 				}
 				return
 			}
-			if c.watch(m.Ref, rec) {
+			// The call's slot, counted in storing, becomes its watch.
+			if c.watchOf(m.Ref, rec, true) {
 				c.wait(rec.ID)
 			}
 		}()
@@ -469,7 +470,7 @@ func (c *clientConn) watching() int {
 // and, once it ends, a result pushed by a waiter. A request already
 // followed keeps its one waiter; the newest ref is used for its result.
 func (c *clientConn) follow(ref string, rec protocol.Record) {
-	if !c.watch(ref, rec) {
+	if !c.watchOf(ref, rec, false) {
 		return
 	}
 	c.wg.Add(1)
@@ -479,37 +480,50 @@ func (c *clientConn) follow(ref string, rec protocol.Record) {
 	}()
 }
 
-// watch is follow but for the waiter: it reports whether the caller must
-// become rec's waiter (call wait), which a goroutine of the connection's
-// own, done with the request otherwise, can do without starting another.
-func (c *clientConn) watch(ref string, rec protocol.Record) bool {
+// watchOf is follow but for the waiter: it reports whether the caller
+// must become rec's waiter (call wait), which a goroutine of the
+// connection's own, done with the request otherwise, can do without
+// starting another. stored is true for a call, whose slot was reserved
+// (in storing) before it was submitted: its request exists, so it is
+// followed whatever the count. A get or cancel counts those reserved
+// slots too, and is refused at the limit before any accepted goes out: an
+// accepted is always followed by a result.
+func (c *clientConn) watchOf(ref string, rec protocol.Record, stored bool) bool {
+	release := func() {
+		if stored {
+			c.mu.Lock()
+			c.storing--
+			c.mu.Unlock()
+		}
+	}
 	if protocol.Terminal(rec.State) {
+		release()
 		c.push(protocol.NewClientResult(ref, rec))
 		return false
 	}
-	// The limit is checked before accepted goes out: an accepted is
-	// always followed by a result.
 	c.mu.Lock()
 	_, followed := c.watches[rec.ID]
-	full := !followed && len(c.watches) >= maxClientWatches
+	full := !stored && !followed && len(c.watches)+c.storing >= maxClientWatches
 	c.mu.Unlock()
 	if full {
-		// Only get and cancel get here at the limit; the client can ask
-		// again once results have come in.
 		c.push(&protocol.ClientError{Ref: ref, ID: rec.ID, Code: codeTooMany, Message: "too many requests followed on this connection"})
 		return false
 	}
 	if !c.push(&protocol.ClientAccepted{Ref: ref, ID: rec.ID, Request: rec}) {
+		release()
 		return false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if stored {
+		c.storing--
+	}
 	if _, ok := c.watches[rec.ID]; ok {
 		c.watches[rec.ID] = ref
 		return false
 	}
-	// Calls that ran alongside this one may take the count a little past
-	// the limit; each of them is followed to its result.
+	// A get or cancel that ran alongside another may take the count a
+	// little past the limit; each is followed to its result.
 	c.watches[rec.ID] = ref
 	return true
 }
@@ -576,6 +590,9 @@ func (c *clientConn) subscribe(m *protocol.ClientSubscribe) {
 		defer stop()
 		if previous != nil {
 			<-previous // the last follower of this device, unsubscribed
+		}
+		if ctx.Err() != nil {
+			return // unsubscribed too, before it started: not a frame
 		}
 		if err := c.stream(ctx, m.Device, after); err != nil && ctx.Err() == nil {
 			c.pushErr(m.Ref, "", err)

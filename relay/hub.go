@@ -110,6 +110,8 @@ func newHub(cfg Config, st *store) (*hub, error) {
 		// Deliveries are committed behind the frame that carries them
 		// (takeWork); after a crash, one may not have been saved.
 		e.maybeRan = st.unclean
+		// A cancel asked before the restart still waits on the device.
+		e.cancelAsked = r.CancelAsked
 		h.live[r.ID] = e
 		d := h.deviceLocked(r.Device)
 		d.queue = append(d.queue, e)
@@ -373,11 +375,15 @@ func (h *hub) cancel(id string) (protocol.Record, error) {
 			// it, and its result, if any, may still come. Canceled now,
 			// that result would be dropped; the device's next session says
 			// (see takeWork). A session that has pulled has said already:
-			// what it runs is leased to it, what it kept has come.
+			// what it runs is leased to it, what it kept has come. The
+			// cancel is stored before it is acknowledged: a restart must
+			// not deliver the request again as if nobody had asked.
+			var c changes
 			e.cancelAsked = true
+			c.touchLocked(e)
 			rec := e.rec
 			h.mu.Unlock()
-			return rec, nil
+			return rec, h.commit(&c)
 		}
 		var c changes
 		h.deviceLocked(e.rec.Device).removeLocked(e)
@@ -386,14 +392,16 @@ func (h *hub) cancel(id string) (protocol.Record, error) {
 		h.mu.Unlock()
 		return rec, h.commit(&c)
 	case protocol.StateDelivered:
+		var c changes
 		if !e.cancelAsked && e.sess != nil {
 			e.cancelAsked = true
+			c.touchLocked(e) // stored, as for a queued one above
 			e.sess.cancels = append(e.sess.cancels, id)
 			e.sess.poke()
 		}
 		rec := e.rec
 		h.mu.Unlock()
-		return rec, nil
+		return rec, h.commit(&c)
 	default:
 		rec, err := h.toldLocked(e)
 		if err != nil {

@@ -152,6 +152,7 @@ func (s *Server) restartReasons() func() string {
 	if math.IsInf(s.cfg.AdmitRate, 1) {
 		every = 0
 	}
+	every = min(every, protocol.MaxRestartDelay-restartBase)
 	next := restartBase
 	return func() string {
 		d := next

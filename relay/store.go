@@ -44,6 +44,10 @@ type storedRequest struct {
 	// Rev increases with every change; a commit never replaces a newer
 	// revision. It is stored in front of the JSON, not inside it.
 	Rev uint64 `json:"-"`
+	// CancelAsked is a client's cancel waiting on the device (entry's
+	// cancelAsked): kept, so that a restart does not deliver the request
+	// again as if nobody had asked.
+	CancelAsked bool `json:"cancel_asked,omitempty"`
 }
 
 // deviceMeta is what the relay remembers about a device between sessions.
@@ -164,6 +168,9 @@ func encodeRequest(r *storedRequest) []byte {
 	b = strconv.AppendUint(b, r.Seq, 10)
 	b = append(b, `,"deadline":`...)
 	b = protocol.AppendJSONTime(b, r.Deadline)
+	if r.CancelAsked {
+		b = append(b, `,"cancel_asked":true`...)
+	}
 	b = append(b, '}')
 	v := bytes.Clone(b)
 	*bp = b
