@@ -626,14 +626,14 @@ func TestHelloTimeoutNotExtendedByControlFrames(t *testing.T) {
 // After hello, an agent that sends pings but answers none (and nothing
 // else) is live: its pings are traffic.
 func TestAgentPingsAreTraffic(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.PingPeriod = 40 * time.Millisecond })
+	e := newEnv(t, func(c *Config) { c.PingPeriod = 100 * time.Millisecond })
 	a := connect(e, e.token, func(c *websocket.Conn) {
 		c.SetPingHandler(func(string) error { return nil }) // never answers
 	})
 	a.send(&protocol.Hello{Agent: "test/1", Board: "mock", Methods: []string{"sys.ping"}})
 	nextAs[*protocol.Welcome](a)
 	defer a.pingEvery(20 * time.Millisecond)()
-	time.Sleep(400 * time.Millisecond) // 10 ping periods; dead after 2.5 without traffic
+	time.Sleep(time.Second) // 10 ping periods; dead after 2.5 without traffic
 	if !e.device("dev1").Online {
 		t.Fatal("an agent sending pings was dropped")
 	}
