@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // Repeated runs fold into one figure per name: the median value, the
@@ -121,5 +124,39 @@ func TestCapacityFit(t *testing.T) {
 		if got := capacityFit(c.max); got != c.want {
 			t.Errorf("capacityFit(%d) = %d, want %d", c.max, got, c.want)
 		}
+	}
+}
+
+// A process's CPU time read from its threads' schedstat agrees with the
+// kernel's own total (getrusage), to well under a clock tick, where
+// /proc/PID/stat would round it to ticks.
+func TestProcCPUPrecise(t *testing.T) {
+	used := func() time.Duration {
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	burn := func(d time.Duration) { // d of CPU, however loaded the machine
+		for start := used(); used()-start < d; {
+		}
+	}
+	burn(30 * time.Millisecond)
+	var ru syscall.Rusage
+	before, err := schedCPU(os.Getpid())
+	if err != nil {
+		t.Skipf("no schedstat here: %v", err)
+	}
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	r0 := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	burn(50 * time.Millisecond)
+	after, err := schedCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	r1 := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	got, want := after-before, r1-r0
+	if got < 40*time.Millisecond || got-want > 5*time.Millisecond || want-got > 5*time.Millisecond {
+		t.Fatalf("schedstat %v, getrusage %v", got, want)
 	}
 }
