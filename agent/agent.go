@@ -533,6 +533,9 @@ func (a *Agent) fitResult(res *protocol.Result) {
 		res.Error = &c
 	}
 	limit := a.resultLimit()
+	if resultFrameBound(res) <= limit {
+		return // the usual result, far below the limit: no encoding to measure it
+	}
 	n := resultFrameLen(res)
 	if n <= limit {
 		return
@@ -576,6 +579,16 @@ func (a *Agent) resultLimit() int {
 		return min(n, protocol.MaxFrame)
 	}
 	return protocol.MaxFrame
+}
+
+// resultFrameBound is at least the length of res's frame, without encoding
+// it: every byte of its strings counted at the most an escape takes.
+func resultFrameBound(res *protocol.Result) int {
+	n := 128 + 6*(len(res.ID)+len(res.State)) + len(res.Value)
+	if f := res.Error; f != nil {
+		n += 32 + 6*(len(f.Code)+len(f.Message))
+	}
+	return n
 }
 
 // resultFrameLen is the length of res's frame.

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -170,5 +171,21 @@ func TestEmitRefusesWhatTheRelayWould(t *testing.T) {
 	}
 	if n := len(a.out.events); n != 1 {
 		t.Fatalf("%d events queued, want 1", n)
+	}
+}
+
+// The cheap bound fitResult tries first is never below the frame's real
+// length, escapes included.
+func TestResultFrameBound(t *testing.T) {
+	for _, res := range []*protocol.Result{
+		{ID: "r1", State: protocol.StateSucceeded, Value: json.RawMessage(`{}`), RunMs: math.MaxInt64},
+		{ID: strings.Repeat("<", protocol.MaxIDLen), State: protocol.StateFailed, RunMs: -1,
+			Error: &protocol.Failure{Code: strings.Repeat("&", protocol.MaxIDLen), Message: strings.Repeat("\x01\"", 512)}},
+		{ID: "", State: "", Error: &protocol.Failure{}},
+	} {
+		b, _ := protocol.Encode(res)
+		if bound := resultFrameBound(res); bound < len(b) {
+			t.Errorf("bound %d under the frame's %d bytes: %s", bound, len(b), b)
+		}
 	}
 }

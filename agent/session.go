@@ -22,10 +22,9 @@ import (
 // runSession's goroutine; the writer is the only goroutine that writes
 // frames.
 type session struct {
-	conn     *websocket.Conn
-	batch    *batchconn.Conn // conn's connection underneath, for the writer
-	ping     time.Duration
-	maxFrame int // the welcome's max_frame: the relay's limit
+	conn  *websocket.Conn
+	batch *batchconn.Conn // conn's connection underneath, for the writer
+	ping  time.Duration
 	// out carries encoded frames to the writer. It is sized so the whole
 	// outbox fits; if it still fills up the relay is not reading, and the
 	// session is dropped (everything unacknowledged stays in the outbox).
@@ -134,13 +133,12 @@ func (a *Agent) runSession(ctx context.Context) (connected bool, err error) {
 		ping = a.cfg.PingPeriod
 	}
 	s := &session{
-		conn:     conn,
-		batch:    batch,
-		ping:     ping,
-		maxFrame: welcome.MaxFrame,
-		out:      make(chan []byte, 2*a.cfg.OutboxLimit+a.cfg.Credits+64),
-		done:     make(chan struct{}),
-		failed:   make(chan struct{}),
+		conn:   conn,
+		batch:  batch,
+		ping:   ping,
+		out:    make(chan []byte, 2*a.cfg.OutboxLimit+a.cfg.Credits+64),
+		done:   make(chan struct{}),
+		failed: make(chan struct{}),
 	}
 	a.log.Info("connected to relay", "session", welcome.Session, "device", welcome.Device, "relay", welcome.Relay)
 
@@ -254,7 +252,7 @@ func (a *Agent) reader(s *session) error {
 	})
 	// The relay may send frames up to the limit its welcome announced
 	// (SPEC §2), which may be above the agent's own.
-	limit := max(a.cfg.MaxFrame, s.maxFrame)
+	limit := max(a.cfg.MaxFrame, int(a.relayFrame.Load()))
 	s.conn.SetReadLimit(int64(limit))
 	// One buffer for every frame: Decode copies what it keeps.
 	var buf bytes.Buffer

@@ -79,11 +79,7 @@ func (s *session) readControl() (handled, ok bool) {
 				payload[i] = f[6+i] ^ f[2+i%4]
 			}
 		}
-		s.extend() // an agent's ping is traffic, as its pong is
-		s.mu.Lock()
-		s.pong, s.pongDue = payload, true
-		s.kickLocked()
-		s.mu.Unlock()
+		s.pinged(payload)
 	} else {
 		s.extend() // as gorilla's pong handler would
 	}

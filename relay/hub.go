@@ -439,13 +439,19 @@ func (h *hub) resolveCancelsLocked(d *device, c *changes, now time.Time) {
 	kept := d.queue[:0]
 	for _, e := range d.queue {
 		if e.cancelAsked {
-			c.finishLocked(e, protocol.StateCanceled, protocol.Errorf(protocol.CodeCanceled, "canceled by a client; the device did not have it"), now)
+			c.cancelNotHeldLocked(e, now)
 			continue
 		}
 		kept = append(kept, e)
 	}
 	clear(d.queue[len(kept):])
 	d.queue = kept
+}
+
+// cancelNotHeldLocked ends canceled a request a client asked to cancel
+// and whose device's session has shown that its agent does not have it.
+func (c *changes) cancelNotHeldLocked(e *entry, now time.Time) {
+	c.finishLocked(e, protocol.StateCanceled, protocol.Errorf(protocol.CodeCanceled, "canceled by a client; the device did not have it"), now)
 }
 
 // seen notes traffic from s's device.
@@ -492,7 +498,7 @@ func (h *hub) takeWork(s *session) (work, error) {
 			// kept, which came before its credits: this agent does not
 			// have the request, so it never ran here, or its result has
 			// been recorded.
-			c.finishLocked(e, protocol.StateCanceled, protocol.Errorf(protocol.CodeCanceled, "canceled by a client; the device did not have it"), now)
+			c.cancelNotHeldLocked(e, now)
 		case !now.Before(e.deadline) && !e.mayHaveRun():
 			c.finishLocked(e, protocol.StateExpired, protocol.Errorf(protocol.CodeExpired, "deadline passed before delivery"), now)
 		case e.rec.Attempts >= h.cfg.MaxAttempts:

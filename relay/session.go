@@ -173,14 +173,8 @@ func (s *session) start(r *reactor, onDone func()) {
 		s.extend()
 		return nil
 	})
-	// An agent's ping is traffic too; its pong goes out through the
-	// writer, the connection's only writer.
 	c.SetPingHandler(func(payload string) error {
-		s.extend()
-		s.mu.Lock()
-		s.pong, s.pongDue = []byte(payload), true
-		s.kickLocked()
-		s.mu.Unlock()
+		s.pinged([]byte(payload))
 		return nil
 	})
 	now := time.Now()
@@ -373,6 +367,9 @@ func (s *session) armAckLocked() (time.Duration, bool) {
 // stay due.
 func (s *session) takeAcksLocked() *protocol.Ack {
 	n, size, room := 0, 0, s.ackRoom()
+	if s.ackSize <= room { // the usual case: all of them, measured already
+		n, size = len(s.acks), s.ackSize
+	}
 	for n < len(s.acks) && (n == 0 || size+ackLen(s.acks[n]) <= room) {
 		size += ackLen(s.acks[n])
 		n++
@@ -479,6 +476,16 @@ func (s *session) extend() {
 	}
 	s.conn.SetReadDeadline(t)
 	s.readBy = t.Sub(s.loop.base)
+}
+
+// pinged answers an agent's ping: it is traffic, as a pong is, and its
+// pong goes out through the writer, the connection's only writer.
+func (s *session) pinged(payload []byte) {
+	s.extend()
+	s.mu.Lock()
+	s.pong, s.pongDue = payload, true
+	s.kickLocked()
+	s.mu.Unlock()
 }
 
 // tick runs the session's timers at now (on the loop's clock) and returns
