@@ -66,12 +66,11 @@ func (r *refusal) Error() string {
 func (a *Agent) connLoop(ctx context.Context) {
 	bo := newBackoff(a.cfg.BackoffInitial, a.cfg.BackoffMax)
 	for {
-		start := time.Now()
-		connected, err := a.runSession(ctx)
+		lasted, err := a.runSession(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		if connected && time.Since(start) >= a.cfg.HealthyAfter {
+		if lasted >= a.cfg.HealthyAfter {
 			bo.Reset()
 		}
 		wait := bo.NextBackOff()
@@ -116,17 +115,20 @@ func restartDelay(err error) (time.Duration, bool) {
 }
 
 // runSession dials, shakes hands and serves one session until it ends.
-// connected reports whether the handshake completed.
-func (a *Agent) runSession(ctx context.Context) (connected bool, err error) {
+// lasted is how long the session ran after its welcome: zero if the
+// handshake did not complete, and never counting the dial, so that a
+// relay slow to answer does not pass for a healthy session.
+func (a *Agent) runSession(ctx context.Context) (lasted time.Duration, err error) {
 	conn, batch, err := a.dial(ctx)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
 	defer conn.Close()
 	welcome, err := a.handshake(conn)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
+	began := time.Now()
 	a.relayFrame.Store(int64(welcome.MaxFrame))
 	ping := time.Duration(welcome.PingMs) * time.Millisecond
 	if ping <= 0 {
@@ -153,7 +155,7 @@ func (a *Agent) runSession(ctx context.Context) (connected bool, err error) {
 	a.detach(s)
 	close(s.done)
 	wg.Wait()
-	return true, err
+	return time.Since(began), err
 }
 
 func (a *Agent) dial(ctx context.Context) (*websocket.Conn, *batchconn.Conn, error) {
