@@ -173,6 +173,10 @@ func NewBoard(name string, cfg Config, res Resources, opts Options) (*Board, err
 		p := &pwmPin{cfg: c, pin: res.Pins[c.Pin], lock: newBusLock()}
 		if p.pin == nil {
 			p.err = missing("pin", c.Pin)
+		} else if err := p.pin.Out(gpio.Low); err != nil {
+			// Off until asked: a PWM output left running by a process
+			// that crashed stops when the board opens.
+			p.err = fmt.Errorf("hw: pwm %s (%s) low: %w", c.Name, c.Pin, err)
 		}
 		b.pwms[c.Name] = p
 		b.add(KindPWM, c.Name, p.err, map[string]any{"pin": c.Pin})
@@ -342,7 +346,7 @@ func (b *Board) Halt() error {
 		if l.err != nil || !l.out {
 			continue
 		}
-		if err := l.pin.Out(l.wire(l.safe)); err != nil {
+		if err := l.drive(l.safe); err != nil {
 			errs = append(errs, fmt.Errorf("hw: halt gpio %s: %w", l.cfg.Name, err))
 		}
 	}

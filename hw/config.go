@@ -30,10 +30,12 @@ type GPIOConfig struct {
 	Pin string `yaml:"pin"`
 	// Direction is "in" or "out".
 	Direction string `yaml:"direction"`
-	// Initial is the level an output is driven to when the board opens:
-	// "high" or "low" (default low).
+	// Initial is the level an output is driven to when the board opens,
+	// which is when the agent starts (after a crash too): "high" or "low"
+	// (default low).
 	Initial string `yaml:"initial,omitempty"`
-	// Safe is the level an output is driven to by Halt (default: Initial).
+	// Safe is the level an output is driven to by Halt, which the agent
+	// calls when it stops (default: Initial).
 	Safe string `yaml:"safe,omitempty"`
 	// ActiveLow inverts the pin: logical high is electrical low.
 	ActiveLow bool `yaml:"active_low,omitempty"`

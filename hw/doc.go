@@ -49,6 +49,15 @@
 // "gpio.edge" events with data {"pin", "level", "edge"}. Debouncing is done by
 // time: after an edge the watcher waits the configured debounce, reads the
 // settled level and reports it only if it differs from the last one reported.
+// Without a debounce every edge is reported: an edge that finds the level
+// where it was last reported was a pulse over before the pin was read, and
+// both of its edges are reported.
+//
+// An output is never read from its pin: on the kernel's GPIO character
+// device that turns it into an input. gpio.read of an output, and the level
+// a pulse restores, are the level the output was last driven to. Outputs
+// are driven to their initial level and PWM pins low when the board opens,
+// and to their safe level (PWM low) by Halt.
 // (periph's gpioutil.Debounce sleeps without a way to stop it, which would
 // delay shutdown, so it is not used.)
 package hw

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"sync"
 	"time"
+
+	"periph.io/x/conn/v3/gpio"
 )
 
 // EventEdge is the name of the event emitted for an input edge.
@@ -98,17 +100,32 @@ func (b *Board) watch(ctx context.Context, l *gpioLine, emit func(string, json.R
 		}
 		level := l.wire(l.pin.Read())
 		if level == l.last {
-			continue
+			if l.cfg.Debounce > 0 {
+				continue // a bounce that settled where it was
+			}
+			// Woken by an edge, yet the level is the one last reported:
+			// a pulse ended before the pin was read. Every edge is
+			// reported without debouncing, so both of its edges are, and
+			// the second one's queued notice is taken here rather than
+			// read as another pulse.
+			b.report(l, !level, emit)
+			l.pin.WaitForEdge(time.Millisecond)
 		}
-		l.last = level
-		ev := edgeEvent{Pin: l.cfg.Name, Level: levelName(level), Edge: "falling"}
-		if level {
-			ev.Edge = "rising"
-		}
-		if l.cfg.Edge != "both" && l.cfg.Edge != ev.Edge {
-			continue
-		}
-		data, _ := json.Marshal(ev) // cannot fail: strings only
-		emit(EventEdge, data)
+		b.report(l, level, emit)
 	}
+}
+
+// report records level as l's last and emits its edge if the input is
+// configured for it.
+func (b *Board) report(l *gpioLine, level gpio.Level, emit func(string, json.RawMessage)) {
+	l.last = level
+	ev := edgeEvent{Pin: l.cfg.Name, Level: levelName(l.last), Edge: "falling"}
+	if level {
+		ev.Edge = "rising"
+	}
+	if l.cfg.Edge != "both" && l.cfg.Edge != ev.Edge {
+		return
+	}
+	data, _ := json.Marshal(ev) // cannot fail: strings only
+	emit(EventEdge, data)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
@@ -29,6 +30,12 @@ type gpioLine struct {
 	// last is the last logical level reported for a watched input. Only the
 	// active Run's watcher touches it (Run is exclusive).
 	last gpio.Level
+	// driven is the wire level an output was last driven to. An output is
+	// read from here, never from the pin: on the kernel's GPIO character
+	// device (periph's gpioioctl) reading a line that is not an input
+	// turns it into an input with its pull-up on, so the output would
+	// stop driving its load.
+	driven atomic.Bool
 }
 
 func newGPIOLine(c GPIOConfig, pin gpio.PinIO) *gpioLine {
@@ -65,7 +72,7 @@ func (l *gpioLine) wire(v gpio.Level) gpio.Level { return v != gpio.Level(l.acti
 // falling-only pins.
 func (l *gpioLine) setup() error {
 	if l.out {
-		if err := l.pin.Out(l.wire(l.initial)); err != nil {
+		if err := l.drive(l.initial); err != nil {
 			return fmt.Errorf("hw: gpio %s (%s) as output: %w", l.cfg.Name, l.cfg.Pin, err)
 		}
 		return nil
@@ -79,6 +86,37 @@ func (l *gpioLine) setup() error {
 	}
 	l.last = l.wire(l.pin.Read())
 	return nil
+}
+
+// drive sets an output to the logical level v and remembers it.
+func (l *gpioLine) drive(v gpio.Level) error {
+	w := l.wire(v)
+	if err := l.pin.Out(w); err != nil {
+		return err
+	}
+	l.driven.Store(bool(w))
+	return nil
+}
+
+// level returns the pin's logical level: for an output the level it was
+// last driven to, for an input what the pin reads.
+func (l *gpioLine) level() gpio.Level {
+	if l.out {
+		return l.wire(gpio.Level(l.driven.Load()))
+	}
+	return l.wire(l.pin.Read())
+}
+
+// haltedAfter drives the safe level again if the board was halted since
+// halted was taken, so that a write or pulse that raced with Halt cannot
+// leave its level in place of the safe one; it reports whether it did.
+func (l *gpioLine) haltedAfter(halted <-chan struct{}) (bool, error) {
+	select {
+	case <-halted:
+		return true, l.drive(l.safe)
+	default:
+		return false, nil
+	}
 }
 
 func (l *gpioLine) info() map[string]any {
@@ -127,7 +165,7 @@ func (b *Board) gpioRead(ctx context.Context, raw json.RawMessage) (any, error) 
 	if err != nil {
 		return nil, err
 	}
-	return levelResult{Level: levelName(l.wire(l.pin.Read()))}, nil
+	return levelResult{Level: levelName(l.level())}, nil
 }
 
 func (b *Board) gpioWrite(ctx context.Context, raw json.RawMessage) (any, error) {
@@ -147,10 +185,22 @@ func (b *Board) gpioWrite(ctx context.Context, raw json.RawMessage) (any, error)
 		return nil, fmt.Errorf("hw: waiting for gpio %s: %w", l.cfg.Name, err)
 	}
 	defer l.lock.unlock()
-	if err := l.pin.Out(l.wire(level)); err != nil {
+	halted := b.haltSignal()
+	if err := l.drive(level); err != nil {
 		return nil, fmt.Errorf("hw: gpio %s write: %w", l.cfg.Name, err)
 	}
+	if h, err := l.haltedAfter(halted); h {
+		return nil, haltedDuring(l, "write", err)
+	}
 	return struct{}{}, nil
+}
+
+// haltedDuring is the error of a write or pulse that Halt overtook.
+func haltedDuring(l *gpioLine, what string, err error) error {
+	if err != nil {
+		return fmt.Errorf("hw: gpio %s: board halted during %s, and driving the safe level failed: %w", l.cfg.Name, what, err)
+	}
+	return protocol.Errorf(protocol.CodeHWError, "gpio %s: board halted during %s; pin left at its safe level", l.cfg.Name, what)
 }
 
 // gpioPulse drives the pin, waits and restores the level it had before. The
@@ -179,8 +229,8 @@ func (b *Board) gpioPulse(ctx context.Context, raw json.RawMessage) (any, error)
 	}
 	defer l.lock.unlock()
 	halted := b.haltSignal()
-	prev := l.pin.Read()
-	if err := l.pin.Out(l.wire(level)); err != nil {
+	prev := l.level()
+	if err := l.drive(level); err != nil {
 		return nil, fmt.Errorf("hw: gpio %s pulse: %w", l.cfg.Name, err)
 	}
 	t := time.NewTimer(d)
@@ -191,11 +241,14 @@ func (b *Board) gpioPulse(ctx context.Context, raw json.RawMessage) (any, error)
 	case <-ctx.Done():
 		waitErr = fmt.Errorf("hw: gpio %s pulse cut short: %w", l.cfg.Name, ctx.Err())
 	case <-halted:
-		return nil, protocol.Errorf(protocol.CodeHWError, "gpio %s: board halted during pulse; pin left at its safe level", l.cfg.Name)
+		// Halt drove the safe level, possibly before this pulse drove
+		// its own; drive it again rather than leave the pulse's.
+		_, err := l.haltedAfter(halted)
+		return nil, haltedDuring(l, "pulse", err)
 	case <-b.closed:
 		return nil, protocol.Errorf(protocol.CodeHWError, "gpio %s: %v during pulse", l.cfg.Name, ErrClosed)
 	}
-	if err := l.pin.Out(prev); err != nil {
+	if err := l.drive(prev); err != nil {
 		return nil, fmt.Errorf("hw: gpio %s restore after pulse: %w", l.cfg.Name, err)
 	}
 	if waitErr != nil {

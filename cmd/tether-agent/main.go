@@ -62,11 +62,9 @@ func run(args []string) (err error) {
 	if err != nil {
 		return err
 	}
+	// Opening the board drove every output to its initial level and every
+	// PWM pin low, also after a crash: each is driven once at start.
 	defer b.Close()
-	// Outputs start from their safe state, also after a crash-restart.
-	if err := b.Halt(); err != nil {
-		log.Warn("could not drive outputs to their safe state", "err", err)
-	}
 
 	acfg, err := cfg.agentConfig(log)
 	if err != nil {

@@ -1,0 +1,264 @@
+package hw
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"periph.io/x/conn/v3/gpio"
+	"periph.io/x/conn/v3/gpio/gpiotest"
+)
+
+// chardevPin models how periph.io/x/host/v3/gpioioctl.GPIOLine (the
+// kernel's GPIO character device, which DESIGN.md §5 names as the path to
+// GPIO on every board including the Pi 5, and which bcm283x.Pin delegates
+// to whenever the /dev/gpiomem register window is not mapped) treats Read
+// on a line that is not an input. From host/v3@v3.8.5 gpioioctl/gpio.go:
+//
+//	func (line *GPIOLine) Read() gpio.Level {
+//		if line.direction != LineInput {
+//			err := line.In(gpio.PullUp, gpio.NoEdge)
+//			...
+//
+// i.e. reading an output turns it into an input with the pull-up enabled:
+// the line stops driving and reads what the circuit (here: only the
+// pull-up) makes of it.
+type chardevPin struct {
+	gpiotest.Pin
+	mu     sync.Mutex
+	output bool // guarded by mu
+}
+
+func (p *chardevPin) Out(l gpio.Level) error {
+	p.mu.Lock()
+	p.output = true
+	p.mu.Unlock()
+	return p.Pin.Out(l)
+}
+
+func (p *chardevPin) In(pull gpio.Pull, edge gpio.Edge) error {
+	p.mu.Lock()
+	p.output = false
+	p.mu.Unlock()
+	return p.Pin.In(pull, edge) // gpiotest: a pull-up makes the line read high
+}
+
+func (p *chardevPin) Read() gpio.Level {
+	p.mu.Lock()
+	out := p.output
+	p.mu.Unlock()
+	if out {
+		if err := p.In(gpio.PullUp, gpio.NoEdge); err != nil {
+			return gpio.Low
+		}
+	}
+	return p.Pin.Read()
+}
+
+func (p *chardevPin) isOutput() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.output
+}
+
+func chardevBoard(t *testing.T) (*Board, *chardevPin) {
+	t.Helper()
+	pin := &chardevPin{Pin: gpiotest.Pin{N: "GPIO17", Num: 17}}
+	cfg := Config{GPIO: []GPIOConfig{{Name: "relay", Pin: "GPIO17", Direction: "out", Initial: "low"}}}
+	b, err := NewBoard("t", cfg, Resources{Pins: map[string]gpio.PinIO{"GPIO17": pin}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b, pin
+}
+
+func execOn(b *Board, ctx context.Context, method, params string) (json.RawMessage, error) {
+	return b.Execute(ctx, &protocol.Request{ID: "h", Method: method, Params: json.RawMessage(params), TimeoutMs: 1000})
+}
+
+// gpio.read of an output answers the level last written without reading
+// the pin, which on the GPIO character device would release the output: a
+// relay driven low would be left floating with its pull-up, and the level
+// reported would not be the one written.
+func TestReadOfOutputKeepsItDriving(t *testing.T) {
+	b, pin := chardevBoard(t)
+	got, err := execOn(b, context.Background(), "gpio.read", `{"pin":"relay"}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != `{"level":"low"}` {
+		t.Errorf("gpio.read of an output written low reports %s", got)
+	}
+	if !pin.isOutput() {
+		t.Error("gpio.read turned the output into an input (pull-up): the pin no longer drives its load")
+	}
+}
+
+// gpio.pulse restores the level the output was driven to, not the level a
+// read of the pin gives (on the GPIO character device, that of a pulled-up
+// input): a pulse on an output idling low leaves it low.
+func TestPulseRestoresTheLevelDriven(t *testing.T) {
+	b, pin := chardevBoard(t)
+	if _, err := execOn(b, context.Background(), "gpio.pulse", `{"pin":"relay","level":"high","duration":5}`); err != nil {
+		t.Fatal(err)
+	}
+	if !pin.isOutput() {
+		t.Error("pin is not an output after the pulse")
+	}
+	if pin.Pin.Read() != gpio.Low {
+		t.Error("pulse high on an output idling low left it high")
+	}
+}
+
+// blockingOutPin holds the first Out after it is armed until released, so
+// that a test can land a Halt between a pulse taking the halt signal and
+// its level reaching the pin.
+type blockingOutPin struct {
+	gpiotest.Pin
+	armed   atomic.Bool
+	driving chan struct{} // closed when the armed Out is entered
+	release chan struct{} // the armed Out goes on once it is closed
+}
+
+func (p *blockingOutPin) Out(l gpio.Level) error {
+	if p.armed.CompareAndSwap(true, false) {
+		close(p.driving)
+		<-p.release
+	}
+	return p.Pin.Out(l)
+}
+
+// A Halt that overtakes a pulse (it drives the safe level before the pulse
+// drives its own) still leaves the pin at its safe level: the pulse drives
+// it again and reports that it was halted.
+func TestHaltOvertakingAPulseWins(t *testing.T) {
+	pin := &blockingOutPin{
+		Pin:     gpiotest.Pin{N: "GPIO17", Num: 17},
+		driving: make(chan struct{}),
+		release: make(chan struct{}),
+	}
+	cfg := Config{GPIO: []GPIOConfig{{Name: "led", Pin: "GPIO17", Direction: "out", Initial: "low", Safe: "low"}}}
+	b, err := NewBoard("t", cfg, Resources{Pins: map[string]gpio.PinIO{"GPIO17": pin}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	pin.armed.Store(true)
+	done := make(chan error, 1)
+	go func() {
+		_, err := execOn(b, context.Background(), "gpio.pulse", `{"pin":"led","level":"high","duration":"10s"}`)
+		done <- err
+	}()
+	<-pin.driving // the pulse holds the pin lock and its halt signal
+	if err := b.Halt(); err != nil {
+		t.Fatal(err)
+	}
+	close(pin.release)
+	select {
+	case err := <-done:
+		var f *protocol.Failure
+		if !errors.As(err, &f) || f.Code != protocol.CodeHWError || !strings.Contains(f.Message, "halted") {
+			t.Errorf("pulse overtaken by Halt returned %v, want hw_error naming the halt", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("pulse did not end after Halt")
+	}
+	if pin.Pin.Read() != gpio.Low {
+		t.Error("after Halt the pin is at the pulse level (high), not its safe level (low)")
+	}
+}
+
+// The same holds for a write that Halt overtakes.
+func TestHaltOvertakingAWriteWins(t *testing.T) {
+	pin := &blockingOutPin{
+		Pin:     gpiotest.Pin{N: "GPIO17", Num: 17},
+		driving: make(chan struct{}),
+		release: make(chan struct{}),
+	}
+	cfg := Config{GPIO: []GPIOConfig{{Name: "led", Pin: "GPIO17", Direction: "out", Initial: "low", Safe: "low"}}}
+	b, err := NewBoard("t", cfg, Resources{Pins: map[string]gpio.PinIO{"GPIO17": pin}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	pin.armed.Store(true)
+	done := make(chan error, 1)
+	go func() {
+		_, err := execOn(b, context.Background(), "gpio.write", `{"pin":"led","level":"high"}`)
+		done <- err
+	}()
+	<-pin.driving
+	if err := b.Halt(); err != nil {
+		t.Fatal(err)
+	}
+	close(pin.release)
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "halted") {
+		t.Errorf("write overtaken by Halt returned %v, want an error naming the halt", err)
+	}
+	if pin.Pin.Read() != gpio.Low {
+		t.Error("after Halt the pin is at the written level (high), not its safe level (low)")
+	}
+}
+
+// queuedEdgePin is an input like the kernel's GPIO character device: every
+// transition queues one edge event, and Read returns the level now (not
+// the level at the time of the queued edge).
+type queuedEdgePin struct {
+	gpiotest.Pin
+	edges chan struct{}
+}
+
+func (p *queuedEdgePin) In(pull gpio.Pull, edge gpio.Edge) error { return nil }
+
+func (p *queuedEdgePin) WaitForEdge(timeout time.Duration) bool {
+	select {
+	case <-p.edges:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+// set changes the level and queues an edge.
+func (p *queuedEdgePin) set(l gpio.Level) {
+	p.Pin.Out(l)
+	p.edges <- struct{}{}
+}
+
+// With debounce 0 every edge is reported, also both edges of a pulse that
+// was over by the time the watcher read the pin (two queued edges, the
+// level back where it was), and the pulse's second queued edge is not
+// taken for another pulse.
+func TestShortPulseReportsBothEdges(t *testing.T) {
+	pin := &queuedEdgePin{Pin: gpiotest.Pin{N: "GPIO27", Num: 27}, edges: make(chan struct{}, 16)}
+	cfg := Config{GPIO: []GPIOConfig{{Name: "meter", Pin: "GPIO27", Direction: "in", Edge: "both"}}}
+	b, err := NewBoard("t", cfg, Resources{Pins: map[string]gpio.PinIO{"GPIO27": pin}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	// A 1 ms pulse on the input, both edges already queued by the kernel
+	// when the watcher gets to run.
+	pin.set(gpio.High)
+	pin.set(gpio.Low)
+	var c collector
+	stop := runBoard(t, b, &c)
+	deadline := time.Now().Add(time.Second)
+	for len(c.snapshot()) < 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	stop()
+	got := c.snapshot()
+	want := []edgeEvent{{"meter", "high", "rising"}, {"meter", "low", "falling"}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("events %+v, want %+v (debounce 0: report every edge)", got, want)
+	}
+}
