@@ -249,3 +249,24 @@ func TestForeignOriginPageCannotConnect(t *testing.T) {
 	}
 	conn.Close()
 }
+
+// A link to the dashboard whose fragment holds a malformed escape
+// ("#/device/%E0%A4%A") does not stop the page: after signing in it opens
+// its live connection as from any other link.
+func TestDashboardMalformedLinkStillConnects(t *testing.T) {
+	d := startLiveDevice(t)
+	ctx := browser(t)
+	step(t, ctx, "open the dashboard through a malformed link",
+		chromedp.Navigate(d.relay.url()+"/#/device/%E0%A4%A"),
+		chromedp.WaitVisible(chromedp.CSS("#key")))
+	step(t, ctx, "sign in",
+		chromedp.SendKeys(chromedp.CSS("#key"), d.key),
+		chromedp.Click(chromedp.CSS(`#signin button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#app-view")))
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := chromedp.Run(sctx, chromedp.WaitVisible(chromedp.CSS(`#conn[data-state="connected"]`))); err != nil {
+		st, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("conn").dataset.state + " / " + document.getElementById("conn").textContent`))
+		t.Fatalf("dashboard never connected after signing in from a link with a malformed fragment: conn is %q (%v)", st, err)
+	}
+}

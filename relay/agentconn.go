@@ -35,6 +35,21 @@ func upgradeAgent(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request)
 	return conn, aw.br, nil
 }
 
+// upgradeError answers a handshake that gorilla refuses (no or a bad
+// Sec-WebSocket-Key, another WebSocket version, a foreign origin) with the
+// JSON error body of every other refusal, instead of gorilla's plain text.
+func upgradeError(w http.ResponseWriter, r *http.Request, status int, reason error) {
+	code := codeBadRequest
+	switch status {
+	case http.StatusForbidden:
+		code = codeForbidden
+	case http.StatusMethodNotAllowed:
+		code = codeMethodNotAllowed
+	}
+	w.Header().Set("Sec-WebSocket-Version", "13") // the one version spoken here
+	writeError(w, status, code, reason.Error())
+}
+
 // Frame header bits (RFC 6455 section 5.2).
 const (
 	frameFin  = 0x80

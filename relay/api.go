@@ -69,7 +69,21 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, protocol.CodeNotFound, "no such endpoint")
 	})
-	return s.accessLog(mux)
+	return s.accessLog(s.bodyDeadline(mux))
+}
+
+// bodyDeadline gives the body of every request that has one ReadTimeout to
+// arrive. A handler that refuses a request without reading its body leaves
+// net/http to drain it, which without a deadline waits for ever on a
+// client that stalled. handleSubmit lifts the deadline once it has read
+// the body, so that a long-poll's wait is not cut short by it.
+func (s *Server) bodyDeadline(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength != 0 {
+			http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // client wraps h with client-key authentication.
@@ -113,7 +127,12 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
+	// The body is read under bodyDeadline's deadline, lifted once it is
+	// read whole (and kept if not, so that the connection ends).
 	buf, err := readFrameBuf(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxFrame)), s.cfg.MaxFrame)
+	if err == nil {
+		http.NewResponseController(w).SetReadDeadline(time.Time{})
+	}
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
@@ -149,7 +168,9 @@ func decodeSubmit(body []byte) (protocol.Submit, error) {
 	if err := dec.Decode(&sub); err != nil {
 		return sub, fmt.Errorf("malformed JSON body: %w", err)
 	}
-	if dec.More() {
+	// Only JSON whitespace may follow the object. (Decoder.More would
+	// wave through a body that goes on with ']' or '}'.)
+	if len(bytes.Trim(body[dec.InputOffset():], " \t\r\n")) > 0 {
 		return sub, errors.New("malformed JSON body: trailing data")
 	}
 	return sub, nil

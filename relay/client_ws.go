@@ -72,6 +72,7 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 	up := websocket.Upgrader{
 		HandshakeTimeout: s.cfg.WriteTimeout,
 		CheckOrigin:      s.originAllowed, // checked above; kept as a second lock
+		Error:            upgradeError,
 	}
 	conn, err := up.Upgrade(&batchResponse{ResponseWriter: w}, r, nil)
 	if err != nil {

@@ -58,6 +58,11 @@ type Config struct {
 	SweepInterval time.Duration
 	// ShutdownTimeout bounds ListenAndServe's graceful shutdown.
 	ShutdownTimeout time.Duration
+	// ReadTimeout bounds the reading of an HTTP request's headers, and of
+	// a submission's body; IdleTimeout how long a keep-alive connection
+	// may wait for its next request. A connection past either is closed.
+	ReadTimeout time.Duration
+	IdleTimeout time.Duration
 
 	// AllowedOrigins lists the browser origins ("https://app.example.com")
 	// besides the relay's own that may open /v1/client. Empty means
@@ -66,7 +71,8 @@ type Config struct {
 	AllowedOrigins []string
 	// TicketTTL is how long a ticket from POST /v1/tickets stays valid.
 	TicketTTL time.Duration
-	// MaxTickets bounds the unused tickets held in memory.
+	// MaxTickets bounds the unused tickets held in memory; one client may
+	// hold a tenth of them.
 	MaxTickets int
 	// ClientSendQueue bounds the frames waiting for a /v1/client
 	// connection's writer. A client that lets it stay full for
@@ -141,6 +147,8 @@ func DefaultConfig() Config {
 		MaxWait:         60 * time.Second,
 		SweepInterval:   250 * time.Millisecond,
 		ShutdownTimeout: 10 * time.Second,
+		ReadTimeout:     10 * time.Second,
+		IdleTimeout:     2 * time.Minute,
 		TicketTTL:       30 * time.Second,
 		MaxTickets:      10_000,
 		ClientSendQueue: 256,
@@ -177,6 +185,8 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.MaxWait, d.MaxWait)
 	setDefault(&c.SweepInterval, d.SweepInterval)
 	setDefault(&c.ShutdownTimeout, d.ShutdownTimeout)
+	setDefault(&c.ReadTimeout, d.ReadTimeout)
+	setDefault(&c.IdleTimeout, d.IdleTimeout)
 	setDefault(&c.TicketTTL, d.TicketTTL)
 	setDefault(&c.MaxTickets, d.MaxTickets)
 	setDefault(&c.ClientSendQueue, d.ClientSendQueue)
@@ -228,6 +238,7 @@ func (c Config) check() error {
 		d("ResultRetention", c.ResultRetention), n("MaxRetained", c.MaxRetained),
 		n("EventsKept", c.EventsKept), d("MaxWait", c.MaxWait),
 		d("SweepInterval", c.SweepInterval), d("ShutdownTimeout", c.ShutdownTimeout),
+		d("ReadTimeout", c.ReadTimeout), d("IdleTimeout", c.IdleTimeout),
 		d("TicketTTL", c.TicketTTL), n("MaxTickets", c.MaxTickets),
 		n("ClientSendQueue", c.ClientSendQueue), n("ClientMaxFrame", c.ClientMaxFrame),
 		r("AdmitRate", c.AdmitRate), n("AdmitBurst", c.AdmitBurst), n("MaxConns", c.MaxConns),

@@ -90,6 +90,7 @@ func New(cfg Config) (*Server, error) {
 		upgrader: websocket.Upgrader{
 			Subprotocols:     []string{protocol.Version},
 			HandshakeTimeout: cfg.WriteTimeout,
+			Error:            upgradeError,
 			// Most sessions are idle most of the time. Without the pool,
 			// gorilla keeps net/http's 4 KiB write buffer for the life of
 			// every connection; with it a session borrows a write buffer
@@ -197,7 +198,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	hs := &http.Server{
 		Handler:           s.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: s.cfg.ReadTimeout, // and the submit body (handleSubmit)
+		IdleTimeout:       s.cfg.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	s.log.Info("relay listening", "addr", ln.Addr().String(), "version", s.cfg.Version)

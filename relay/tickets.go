@@ -19,8 +19,14 @@ const ticketPrefix = "tkt_"
 // within its lifetime is out of the question.
 const ticketBytes = 32
 
-// errTooManyTickets reports that Config.MaxTickets unused tickets exist.
+// errTooManyTickets reports that Config.MaxTickets unused tickets exist,
+// or that the client holds its share of them.
 var errTooManyTickets = errors.New("relay: too many outstanding tickets")
+
+// ticketShare is the part of Config.MaxTickets one client may hold unused
+// (1/ticketShare, at least one), so that no key, however scoped, can
+// spend the pool and lock every other client out of /v1/client.
+const ticketShare = 10
 
 // ticketStore holds the unused browser tickets, keyed by their SHA-256 so
 // that a memory dump does not yield usable tickets. The zero value is
@@ -29,6 +35,7 @@ type ticketStore struct {
 	mu sync.Mutex
 	// Guarded by mu:
 	byHash map[[sha256.Size]byte]ticket
+	held   map[string]int // unused tickets by client
 }
 
 type ticket struct {
@@ -36,9 +43,10 @@ type ticket struct {
 	expires time.Time
 }
 
-// issue creates a ticket for client valid for ttl. At most max unused
-// tickets are kept; expired ones are dropped to make room first.
-func (ts *ticketStore) issue(client string, ttl time.Duration, max int, now time.Time) (string, time.Time, error) {
+// issue creates a ticket for client valid for ttl. At most limit unused
+// tickets are kept, and a client holds at most its share of them; expired
+// ones are dropped to make room first.
+func (ts *ticketStore) issue(client string, ttl time.Duration, limit int, now time.Time) (string, time.Time, error) {
 	var raw [ticketBytes]byte
 	rand.Read(raw[:]) // never fails (crypto/rand panics on a broken source)
 	tok := ticketPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
@@ -48,14 +56,17 @@ func (ts *ticketStore) issue(client string, ttl time.Duration, max int, now time
 	defer ts.mu.Unlock()
 	if ts.byHash == nil {
 		ts.byHash = make(map[[sha256.Size]byte]ticket)
+		ts.held = make(map[string]int)
 	}
-	if len(ts.byHash) >= max {
+	share := max(1, limit/ticketShare)
+	if len(ts.byHash) >= limit || ts.held[client] >= share {
 		ts.purgeLocked(now)
-		if len(ts.byHash) >= max {
+		if len(ts.byHash) >= limit || ts.held[client] >= share {
 			return "", time.Time{}, errTooManyTickets
 		}
 	}
 	ts.byHash[sha256.Sum256([]byte(tok))] = ticket{client: client, expires: exp}
+	ts.held[client]++
 	return tok, exp, nil
 }
 
@@ -73,7 +84,7 @@ func (ts *ticketStore) redeem(tok string, now time.Time) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	delete(ts.byHash, h)
+	ts.dropLocked(h, t)
 	if !now.Before(t.expires) {
 		return "", false
 	}
@@ -83,8 +94,15 @@ func (ts *ticketStore) redeem(tok string, now time.Time) (string, bool) {
 func (ts *ticketStore) purgeLocked(now time.Time) {
 	for h, t := range ts.byHash {
 		if !now.Before(t.expires) {
-			delete(ts.byHash, h)
+			ts.dropLocked(h, t)
 		}
+	}
+}
+
+func (ts *ticketStore) dropLocked(h [sha256.Size]byte, t ticket) {
+	delete(ts.byHash, h)
+	if ts.held[t.client]--; ts.held[t.client] <= 0 {
+		delete(ts.held, t.client)
 	}
 }
 
@@ -103,7 +121,7 @@ func (s *Server) handleTicket(w http.ResponseWriter, r *http.Request) {
 	tok, exp, err := s.tickets.issue(name, s.cfg.TicketTTL, s.cfg.MaxTickets, time.Now())
 	if err != nil {
 		w.Header().Set("Retry-After", "5")
-		writeError(w, http.StatusTooManyRequests, codeTooMany, "too many unused tickets; try again shortly")
+		writeError(w, http.StatusTooManyRequests, codeTooMany, "too many unused tickets (of all clients, or of this one); try again shortly")
 		return
 	}
 	writeJSON(w, http.StatusCreated, ticketAnswer{Ticket: tok, Expires: exp.UTC(), ExpiresIn: s.cfg.TicketTTL.Milliseconds()})

@@ -294,7 +294,14 @@
 
   function route() {
     const m = location.hash.match(/^#\/device\/(.+)$/);
-    const id = m ? decodeURIComponent(m[1]) : null;
+    let id = null;
+    if (m) {
+      try {
+        id = decodeURIComponent(m[1]);
+      } catch {
+        id = m[1]; // a malformed escape in a pasted link: shown as it is
+      }
+    }
     const changed = id !== state.selected;
     state.selected = id;
     renderDevices();
