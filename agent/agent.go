@@ -251,7 +251,15 @@ func (a *Agent) Emit(name string, data json.RawMessage) error {
 	err := a.durable(pos)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.out.markEventDurable(ev.Seq)
+	if err != nil {
+		// Not sent: the caller is told it failed. Sent, the relay would
+		// store its seq, and the next start, which takes its seqs from
+		// the journal, could number a later event the same, which the
+		// relay would then drop as one it has.
+		a.out.dropEvent(ev.Seq)
+	} else {
+		a.out.markEventDurable(ev.Seq)
+	}
 	a.sendEventsLocked()
 	a.maybeCompactLocked()
 	a.notifyLocked()

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"slices"
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
@@ -158,6 +159,11 @@ func (o *outbox) markEventDurable(seq uint64) (*pendingEvent, bool) {
 		}
 	}
 	return nil, false
+}
+
+// dropEvent removes event seq, which will not be sent.
+func (o *outbox) dropEvent(seq uint64) {
+	o.events = slices.DeleteFunc(o.events, func(pe pendingEvent) bool { return pe.ev.Seq == seq })
 }
 
 // frame returns the event as sent now, with its age filled in.

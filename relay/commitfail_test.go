@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -329,5 +330,37 @@ func TestFailedStartLeavesStoreClean(t *testing.T) {
 	st, body := e.do("DELETE", "/v1/requests/"+rec.ID, nil)
 	if got := decode[protocol.Record](t, body); st != http.StatusOK || got.State != protocol.StateCanceled {
 		t.Fatalf("cancel of a request never delivered: %d %s", st, got.State)
+	}
+}
+
+// A submission whose commit failed in a way that leaves its record in the
+// request log (the failed records could not be cut off: here the log file
+// is closed) may come back at the next start. The relay therefore keeps
+// it, tells the client its id with the 500, and runs it when its device
+// is back, instead of forgetting it and letting the client submit it a
+// second time.
+func TestSubmitThatMayBeStoredIsKept(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.SweepInterval = time.Hour })
+	restore := breakCommits(t, e.srv.st)
+	st, body := e.do("POST", "/v1/devices/dev1/requests", protocol.Submit{Method: "m"})
+	answer := decode[struct {
+		Error   protocol.Failure
+		Request protocol.Record
+	}](t, body)
+	if st != http.StatusInternalServerError || answer.Request.ID == "" {
+		t.Fatalf("submit whose commit may be stored: %d %s, want 500 naming the request", st, body)
+	}
+	if !strings.Contains(answer.Error.Message, "may") {
+		t.Errorf("message %q does not say the request may run", answer.Error.Message)
+	}
+	restore()
+	a := dialAgent(e, e.token)
+	a.send(&protocol.Pull{N: 1})
+	if req := nextAs[*protocol.Request](a); req.ID != answer.Request.ID {
+		t.Fatalf("delivered %s, want %s", req.ID, answer.Request.ID)
+	}
+	a.succeed(answer.Request.ID, `"ran"`)
+	if got := e.record(answer.Request.ID, waitLimit.String()); got.State != protocol.StateSucceeded {
+		t.Fatalf("%s: %s", answer.Request.ID, got.State)
 	}
 }

@@ -26,21 +26,22 @@ var (
 	ErrClosed = errors.New("relay: server closed")
 )
 
-// UnstoredError is a submission whose commit failed after its request had
-// reached the device's agent: delivery overlaps the commit, so the
-// request may run, and its result is recorded once the store works
-// again. Request is its record; a client told the id can follow it
-// instead of submitting it again, which could run it twice.
+// UnstoredError is a submission whose commit failed while its request may
+// still run: it had reached the device's agent (delivery overlaps the
+// commit), or its record could not be cut off the request log, which a
+// restart would replay. The relay keeps it, and records its result once
+// the store works again. Request is its record; a client told the id can
+// follow it instead of submitting it again, which could run it twice.
 type UnstoredError struct {
 	Request protocol.Record
 	Err     error
 }
 
 func (e *UnstoredError) Error() string {
-	return "relay: storage failed after request " + e.Request.ID + " reached its device: " + e.Err.Error()
+	return "relay: storage failed for request " + e.Request.ID + ", which may still run: " + e.Err.Error()
 }
 
 func (e *UnstoredError) Unwrap() error { return e.Err }
 
 // unstoredMessage is what a client is told of an UnstoredError.
-const unstoredMessage = "relay storage failed after the request reached the device, which may run it: follow it by its id rather than submitting it again"
+const unstoredMessage = "relay storage failed, but the request may still run (it reached the device, or the relay may find it again after a restart): follow it by its id rather than submitting it again"

@@ -3,6 +3,7 @@ package relay
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime"
@@ -263,13 +264,15 @@ func (h *hub) store(d *device, e *entry, rec storedRequest) (protocol.Record, er
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if err != nil {
-		if e.rec.State == protocol.StateQueued && d.removeLocked(e) {
-			// Never delivered: it is as if it was never submitted.
+		if e.rec.State == protocol.StateQueued && !errors.Is(err, errMaybeStored) && d.removeLocked(e) {
+			// Never delivered, and never to come back: it is as if it
+			// was never submitted.
 			delete(h.live, e.rec.ID)
 		}
-		// Otherwise an agent has it: its result commits the whole record
-		// if the store recovers. The client is told the submit failed,
-		// and the id to follow.
+		// Otherwise an agent has it, or a restart may replay it: it
+		// stays, and its result commits the whole record if the store
+		// recovers. The client is told the submit failed, and the id to
+		// follow.
 		if h.live[e.rec.ID] == e {
 			h.met.requestSubmitted(e.rec.Method)
 			return protocol.Record{}, &UnstoredError{Request: e.rec, Err: err}

@@ -441,10 +441,19 @@ func (w *wal) run(group []*commitCall[walOp]) {
 	}
 }
 
+// errMaybeStored marks a failed commit whose records could not be cut off
+// the request log: a restart may replay them, so what they record may yet
+// happen.
+var errMaybeStored = errors.New("the failed records could not be cut off the request log, and a restart may bring them back")
+
 // append writes b after f's committed records and makes it durable.
 // After a failure, what f holds past its committed records is unknown,
 // so f is marked sick: nothing more is written to it, and the
-// checkpointer replaces it at once.
+// checkpointer replaces it at once. Records that reached the file anyway
+// would be replayed after a crash, bringing back changes whose callers
+// were told they failed (a submission the client then makes again), so
+// the failure is made definite by zeroing the header at off, where the
+// replay then stops; if that fails too, the error wraps errMaybeStored.
 func (w *wal) append(f *os.File, b []byte) error {
 	w.mu.Lock()
 	off := w.size
@@ -458,6 +467,13 @@ func (w *wal) append(f *os.File, b []byte) error {
 		w.sick = err
 		w.mu.Unlock()
 		w.wake()
+		_, cerr := f.WriteAt(make([]byte, walHeader), off)
+		if cerr == nil {
+			cerr = datasync(f)
+		}
+		if cerr != nil {
+			err = fmt.Errorf("%w; %w: %v", err, errMaybeStored, cerr)
+		}
 	}
 	return err
 }
