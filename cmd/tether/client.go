@@ -193,13 +193,25 @@ func (c *client) call(ctx context.Context, args []string) error {
 	// The submit asks for no wait, so its answer comes at once with the
 	// request's id: whatever happens while the request runs (an
 	// interrupt, a lost connection), the user is told the id to follow.
+	// An interrupt during the submit waits for its answer (for a while):
+	// the relay may have stored the request, and the user must learn its
+	// id rather than call again.
+	subCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), submitGrace)
+	defer cancel()
 	var rec protocol.Record
-	if _, err := c.do(ctx, "POST", "/v1/devices/"+url.PathEscape(pos[0])+"/requests", sub, &rec); err != nil {
+	if _, err := c.do(subCtx, "POST", "/v1/devices/"+url.PathEscape(pos[0])+"/requests", sub, &rec); err != nil {
 		if ur, ok := unstoredRequest(err); ok {
-			return &exitError{2, fmt.Errorf("relay storage failed after request %s reached device %s, which may run it: "+
+			return &exitError{2, fmt.Errorf("relay storage failed, but request %s for device %s may still run: "+
 				"follow it with `tether get %s` rather than calling again", ur.ID, pos[0], ur.ID)}
 		}
+		if ctx.Err() != nil {
+			return &exitError{2, errors.New("interrupted while submitting; the relay did not say whether it took the request")}
+		}
 		return err
+	}
+	if ctx.Err() != nil {
+		return &exitError{2, fmt.Errorf("interrupted; request %s was submitted and may run: follow it with `tether get %s`, or stop it with `tether cancel %s`",
+			rec.ID, rec.ID, rec.ID)}
 	}
 	if *async {
 		if *asJSON {
@@ -224,6 +236,10 @@ func (c *client) call(ctx context.Context, args []string) error {
 // maxWait is the longest ?wait= the relay honours by default; a longer
 // wait is made of several long-polls.
 const maxWait = 60 * time.Second
+
+// submitGrace bounds how long an interrupted call still waits for the
+// answer to its submission.
+const submitGrace = 15 * time.Second
 
 // unstoredRequest returns the request that came with err, a relay's 500
 // telling that its storage failed after the request had reached the
@@ -251,11 +267,14 @@ func (c *client) report(rec protocol.Record, asJSON bool) error {
 		}
 	} else if rec.State == protocol.StateSucceeded {
 		if len(rec.Result) > 0 {
-			var v any
-			if json.Unmarshal(rec.Result, &v) == nil {
-				b, _ := json.MarshalIndent(v, "", "  ")
-				fmt.Fprintln(c.out, string(b))
+			// Indented, but otherwise as the device sent it: a number
+			// keeps all its digits, a string its characters.
+			var b bytes.Buffer
+			if json.Indent(&b, rec.Result, "", "  ") != nil {
+				b.Reset()
+				b.Write(rec.Result)
 			}
+			fmt.Fprintln(c.out, b.String())
 		}
 	} else if !protocol.Terminal(rec.State) {
 		fmt.Fprintf(c.out, "%s %s\n", rec.ID, rec.State)

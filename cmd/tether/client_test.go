@@ -60,7 +60,9 @@ func startFakeRelay(t *testing.T, f *fakeRelay) *fakeRelay {
 func answer(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // as the relay writes records
+	enc.Encode(v)
 }
 
 func record(id, state string, result string) protocol.Record {
@@ -161,7 +163,7 @@ func TestCallNamesRequestWhenStoppedEarly(t *testing.T) {
 }
 
 // A submit answered 500 with its request (the relay's storage failed
-// after the request reached the device) names the request to follow.
+// while the request may still run) names the request to follow.
 func TestCallUnstoredNamesRequest(t *testing.T) {
 	f := startFakeRelay(t, &fakeRelay{
 		submit: func(w http.ResponseWriter, r *http.Request) {
@@ -176,7 +178,7 @@ func TestCallUnstoredNamesRequest(t *testing.T) {
 	})
 	for _, args := range [][]string{{"call", "pi-1", "gpio.write", "pin=GPIO17", "level=high"}, {"call", "--async", "pi-1", "sys.ping"}} {
 		code, out, errOut := runCLI(append([]string{"--relay", f.srv.URL}, args...)...)
-		if code != 2 || out != "" || !strings.Contains(errOut, "request r9 reached device pi-1, which may run it") ||
+		if code != 2 || out != "" || !strings.Contains(errOut, "request r9 for device pi-1 may still run") ||
 			!strings.Contains(errOut, "`tether get r9`") {
 			t.Errorf("%q: exit %d, stdout %q, stderr %q", args, code, out, errOut)
 		}

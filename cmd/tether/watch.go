@@ -34,6 +34,12 @@ const (
 // errUnknownDevice ends watch: no reconnect will fix it.
 var errUnknownDevice = errors.New("unknown device")
 
+// refusedError is the relay refusing the subscription for good (the key
+// may not use the device): watch ends, as on a 401 or 403.
+type refusedError struct{ code, message string }
+
+func (e *refusedError) Error() string { return e.code + ": " + e.message }
+
 // watchState survives reconnects, so a new session resumes where the old
 // one stopped and only reports real presence changes.
 type watchState struct {
@@ -65,6 +71,10 @@ func (c *client) watch(ctx context.Context, args []string) error {
 		}
 		if errors.Is(err, errUnknownDevice) {
 			return &exitError{2, fmt.Errorf("watch: %w %q", err, st.device)}
+		}
+		var re *refusedError
+		if errors.As(err, &re) {
+			return &exitError{2, fmt.Errorf("watch %q: %w", st.device, err)}
 		}
 		var he *httpError
 		if !connected && !up || errors.As(err, &he) && (he.status == http.StatusUnauthorized || he.status == http.StatusForbidden) {
@@ -197,8 +207,16 @@ func (c *client) watchSession(ctx context.Context, st *watchState) (up bool, err
 				fmt.Fprintf(c.out, "%s event %s #%d %s %s\n", m.Time.Local().Format(time.TimeOnly), m.Device, m.Seq, m.Name, m.Data)
 			}
 		case *protocol.ClientError:
-			if m.Code == protocol.CodeNotFound {
+			switch {
+			case m.Code == protocol.CodeNotFound:
 				return up, errUnknownDevice
+			case m.Code == "forbidden" || m.Code == "unauthorized":
+				return up, &refusedError{m.Code, m.Message}
+			case m.Ref == "watch":
+				// The subscription ended some other way (too many, an
+				// internal error): a new connection subscribes again
+				// from the last event seen.
+				return up, fmt.Errorf("relay error %s: %s", m.Code, m.Message)
 			}
 			fmt.Fprintf(c.errOut, "tether: watch: relay error %s: %s\n", m.Code, m.Message)
 		}
