@@ -131,7 +131,7 @@ FUZZTIME ?= 30s
 # reports 0 execs/s meanwhile; that is not a hang in the code under test.
 FUZZ_TARGETS := FuzzDecode:./protocol/ FuzzSubmit:./protocol/ FuzzClientFrame:./protocol/ \
 	FuzzFastDecode:./protocol/ FuzzJournalRecords:./agent/ FuzzParseConfig:./hw/ \
-	FuzzParseFile:./cmd/tether-agent/ FuzzWALDecode:./relay/
+	FuzzParseFile:./cmd/tether-agent/ FuzzWALDecode:./relay/ FuzzExecute:./hw/mock/
 FUZZMINIMIZE ?= 10s
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
