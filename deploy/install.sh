@@ -157,7 +157,11 @@ case $INIT in sysv | both)
 esac
 
 if [ -n "$R" ]; then
-	say "installed below $ROOT: no user created, nothing enabled or started"
+	say "installed below $ROOT: no user created, nothing enabled or started."
+	say "In the image (its chroot, or at first boot), as root: create the system user tether"
+	say "(groups gpio, i2c, spi), then: chown tether:tether /var/lib/tether /etc/tether/token;"
+	say "chmod 0750 /var/lib/tether; chgrp tether /etc/tether; chmod 1775 /etc/tether"
+	say "(the agent must own its token to rotate it), and enable $NAME."
 	exit 0
 fi
 
