@@ -251,6 +251,9 @@ func (b *Board) gpioPulse(ctx context.Context, raw json.RawMessage) (any, error)
 	if err := l.drive(prev); err != nil {
 		return nil, fmt.Errorf("hw: gpio %s restore after pulse: %w", l.cfg.Name, err)
 	}
+	if h, err := l.haltedAfter(halted); h {
+		return nil, haltedDuring(l, "pulse", err) // Halt came as it restored
+	}
 	if waitErr != nil {
 		return nil, waitErr
 	}

@@ -63,6 +63,8 @@ func TestOpenWithoutHardware(t *testing.T) {
 // own check compares names only.
 func TestOpenRefusesOnePinTwice(t *testing.T) {
 	pin := &gpiotest.Pin{N: "TEST_GPIO_OPEN_ALIAS", Num: 1018}
+	gpioreg.Unregister("TEST_P1_OPEN_ALIAS") // from an earlier run (-count)
+	gpioreg.Unregister(pin.Name())
 	if err := gpioreg.Register(pin); err != nil {
 		t.Fatal(err)
 	}

@@ -262,3 +262,65 @@ func TestShortPulseReportsBothEdges(t *testing.T) {
 		t.Fatalf("events %+v, want %+v (debounce 0: report every edge)", got, want)
 	}
 }
+
+// nthOutPin blocks its n-th Out (counting from 1, the board's setup) until
+// released, so a test can land a Halt between a pulse's wait ending and
+// its restore reaching the pin.
+type nthOutPin struct {
+	gpiotest.Pin
+	n       int32
+	calls   atomic.Int32
+	driving chan struct{}
+	release chan struct{}
+}
+
+func (p *nthOutPin) Out(l gpio.Level) error {
+	if p.calls.Add(1) == p.n {
+		close(p.driving)
+		<-p.release
+	}
+	return p.Pin.Out(l)
+}
+
+// A Halt that lands after a pulse's wait ended but before its restore
+// reached the pin wins: the pin is left at its safe level (low), not the
+// pre-pulse level (high), and the pulse reports that it was halted.
+func TestHaltDuringPulseRestoreWins(t *testing.T) {
+	pin := &nthOutPin{
+		Pin:     gpiotest.Pin{N: "GPIO17", Num: 17},
+		n:       4, // 1 setup, 2 write high, 3 pulse low, 4 restore high
+		driving: make(chan struct{}),
+		release: make(chan struct{}),
+	}
+	cfg := Config{GPIO: []GPIOConfig{{Name: "led", Pin: "GPIO17", Direction: "out", Initial: "low", Safe: "low"}}}
+	b, err := NewBoard("t", cfg, Resources{Pins: map[string]gpio.PinIO{"GPIO17": pin}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := execOn(b, context.Background(), "gpio.write", `{"pin":"led","level":"high"}`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := execOn(b, context.Background(), "gpio.pulse", `{"pin":"led","level":"low","duration":5}`)
+		done <- err
+	}()
+	<-pin.driving // the pulse's wait is over; its restore is on its way to the pin
+	if err := b.Halt(); err != nil {
+		t.Fatal(err)
+	}
+	close(pin.release)
+	var perr error
+	select {
+	case perr = <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("pulse did not end")
+	}
+	if pin.Pin.Read() != gpio.Low {
+		t.Errorf("Halt returned, then the pulse's restore drove the pin high again (pulse returned %v): the pin is not at its safe level", perr)
+	}
+	if perr == nil {
+		t.Error("the pulse overtaken by Halt reported success")
+	}
+}

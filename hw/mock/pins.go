@@ -13,13 +13,19 @@ import (
 // inputPin updates the level at once and only signals the edge.
 type inputPin struct {
 	*gpiotest.Pin
-	edges chan struct{} // one pending "level changed" notice
+	// edges holds one notice per level change not yet waited for, as the
+	// kernel's GPIO character device queues one event per edge (and, like
+	// its buffer, drops changes past its size).
+	edges chan struct{}
 }
+
+// edgeQueue is how many edges an input keeps for its watcher.
+const edgeQueue = 64
 
 func newInputPin(name string, num int) *inputPin {
 	return &inputPin{
 		Pin:   &gpiotest.Pin{N: name, Num: num, Fn: "GPIO"},
-		edges: make(chan struct{}, 1),
+		edges: make(chan struct{}, edgeQueue),
 	}
 }
 
@@ -56,7 +62,7 @@ func (p *inputPin) drive(l gpio.Level) {
 	if changed {
 		select {
 		case p.edges <- struct{}{}:
-		default: // a notice is already pending; the watcher reads the level
+		default: // the queue is full; the watcher reads the level
 		}
 	}
 }
