@@ -10,8 +10,11 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
@@ -193,25 +196,9 @@ func (c *client) call(ctx context.Context, args []string) error {
 	// The submit asks for no wait, so its answer comes at once with the
 	// request's id: whatever happens while the request runs (an
 	// interrupt, a lost connection), the user is told the id to follow.
-	// An interrupt during the submit waits for its answer (for a while):
-	// the relay may have stored the request, and the user must learn its
-	// id rather than call again.
-	subCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), submitGrace)
-	defer cancel()
-	var rec protocol.Record
-	if _, err := c.do(subCtx, "POST", "/v1/devices/"+url.PathEscape(pos[0])+"/requests", sub, &rec); err != nil {
-		if ur, ok := unstoredRequest(err); ok {
-			return &exitError{2, fmt.Errorf("relay storage failed, but request %s for device %s may still run: "+
-				"follow it with `tether get %s` rather than calling again", ur.ID, pos[0], ur.ID)}
-		}
-		if ctx.Err() != nil {
-			return &exitError{2, errors.New("interrupted while submitting; the relay did not say whether it took the request")}
-		}
+	rec, err := c.submit(ctx, pos[0], sub)
+	if err != nil {
 		return err
-	}
-	if ctx.Err() != nil {
-		return &exitError{2, fmt.Errorf("interrupted; request %s was submitted and may run: follow it with `tether get %s`, or stop it with `tether cancel %s`",
-			rec.ID, rec.ID, rec.ID)}
 	}
 	if *async {
 		if *asJSON {
@@ -233,13 +220,60 @@ func (c *client) call(ctx context.Context, args []string) error {
 	return c.report(rec, *asJSON)
 }
 
+// submit submits sub to device dev without a wait. An interrupt (ctx)
+// during the submission waits, for submitGrace or until a second
+// interrupt, for the relay's answer: the relay may have stored the
+// request, and the user must learn its id rather than call again.
+func (c *client) submit(ctx context.Context, dev string, sub protocol.Submit) (protocol.Record, error) {
+	subCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	told := make(chan struct{}) // closed once the interrupt is handled
+	stop := context.AfterFunc(ctx, func() {
+		defer close(told)
+		fmt.Fprintf(c.errOut, "tether: interrupted; waiting up to %v for the relay to answer the submission, to name the request (interrupt again to leave now)\n", submitGrace)
+		again := make(chan os.Signal, 1)
+		signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+		t := time.AfterFunc(submitGrace, cancel)
+		go func() {
+			defer signal.Stop(again)
+			defer t.Stop()
+			select {
+			case <-again:
+				cancel()
+			case <-subCtx.Done():
+			}
+		}()
+	})
+	defer func() {
+		if !stop() {
+			<-told // its message goes out before the caller's
+		}
+	}()
+	var rec protocol.Record
+	if _, err := c.do(subCtx, "POST", "/v1/devices/"+url.PathEscape(dev)+"/requests", sub, &rec); err != nil {
+		if ur, ok := unstoredRequest(err); ok {
+			return rec, &exitError{2, fmt.Errorf("relay storage failed, but request %s for device %s may still run: "+
+				"follow it with `tether get %s` rather than calling again", ur.ID, dev, ur.ID)}
+		}
+		if ctx.Err() != nil {
+			return rec, &exitError{2, errors.New("interrupted while submitting; the relay did not say whether it took the request")}
+		}
+		return rec, err
+	}
+	if ctx.Err() != nil {
+		return rec, &exitError{2, fmt.Errorf("interrupted; request %s was submitted and may run: follow it with `tether get %s`, or stop it with `tether cancel %s`",
+			rec.ID, rec.ID, rec.ID)}
+	}
+	return rec, nil
+}
+
 // maxWait is the longest ?wait= the relay honours by default; a longer
 // wait is made of several long-polls.
 const maxWait = 60 * time.Second
 
-// submitGrace bounds how long an interrupted call still waits for the
-// answer to its submission.
-const submitGrace = 15 * time.Second
+// submitGrace bounds how long a call interrupted during its submission
+// still waits for the answer, counted from the interrupt.
+var submitGrace = 15 * time.Second // a variable for tests
 
 // unstoredRequest returns the request that came with err, a relay's 500
 // telling that its storage failed after the request had reached the

@@ -109,3 +109,24 @@ func TestCallInterruptedDuringSubmitNamesRequest(t *testing.T) {
 		t.Fatalf("exit %d, stdout %q, stderr %q: request r1 was stored and will run, but the user is not told its id", code, out, errOut)
 	}
 }
+
+// The grace an interrupted submission gets counts from the interrupt: a
+// call nobody interrupts waits for its submit's answer however long it
+// takes (a relay stalled in its commit, a slow proxy).
+func TestSlowSubmitNotCutShort(t *testing.T) {
+	defer func(g time.Duration) { submitGrace = g }(submitGrace)
+	submitGrace = 100 * time.Millisecond
+	f := startFakeRelay(t, &fakeRelay{
+		submit: func(w http.ResponseWriter, r *http.Request) {
+			pause(r, 4*submitGrace)
+			answer(w, http.StatusAccepted, record("r1", protocol.StateQueued, ""))
+		},
+		get: func(w http.ResponseWriter, r *http.Request, wait time.Duration, n int) {
+			answer(w, http.StatusOK, record("r1", protocol.StateSucceeded, `{"ok":true}`))
+		},
+	})
+	code, out, errOut := runCLI("--relay", f.srv.URL, "call", "pi-1", "sys.ping")
+	if code != 0 {
+		t.Fatalf("call never interrupted: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+}
