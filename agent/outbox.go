@@ -56,24 +56,8 @@ func newOutbox(maxDone int, window time.Duration) *outbox {
 		doneWindow: window,
 		unacked:    make(map[string]bool),
 		done:       make(map[string]doneEntry),
-		nextSeq:    firstSeq(time.Now()),
+		nextSeq:    1,
 	}
-}
-
-// firstSeq is the seq of the first event of an agent whose state holds no
-// event numbering: a new or lost state directory, or none at all. The
-// relay ignores an event at or below the last seq it stored from the
-// device, so numbering again from 1 would lose every event until the seq
-// caught up. Microseconds since 1970 are above any seq the same device
-// had before, provided the clock has moved forward since (a board
-// without a real-time clock that boots in 1970 starts from 1, as before),
-// and stay below 2^53, where JavaScript clients still count exactly,
-// until the 23rd century.
-func firstSeq(now time.Time) uint64 {
-	if now.Before(time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)) {
-		return 1
-	}
-	return uint64(now.UnixMicro())
 }
 
 // size is the number of entries waiting for an ack.

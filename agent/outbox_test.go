@@ -69,7 +69,6 @@ func TestOutboxEvictsInOrder(t *testing.T) {
 
 func TestOutboxEvents(t *testing.T) {
 	o := newOutbox(10, time.Hour)
-	o.nextSeq = 1
 	for i := 0; i < 4; i++ {
 		ev := o.addEvent("gpio.edge", nil, time.Now())
 		if ev.Seq != uint64(i+1) {
@@ -115,44 +114,5 @@ func TestOutboxForgetsAckedPureResults(t *testing.T) {
 	}
 	if len(o.done) != 1 || len(o.finishedOrder()) != 1 || len(o.results) != 0 {
 		t.Fatalf("after 1,000 acked pings: %d remembered, %d in order, %d owed", len(o.done), len(o.finishedOrder()), len(o.results))
-	}
-}
-
-// An agent whose state holds no event numbering (none at all, or a new or
-// lost state directory) numbers its events from the clock, above what it
-// sent before a restart; with a clock in 1970 it starts from 1. A journal
-// that has numbered events goes on from them.
-func TestFirstEventSeq(t *testing.T) {
-	if got := firstSeq(time.Unix(100, 0)); got != 1 {
-		t.Errorf("clock in 1970: first seq %d, want 1", got)
-	}
-	at := time.Date(2026, 11, 26, 8, 0, 0, 0, time.UTC)
-	if got := firstSeq(at); got != uint64(at.UnixMicro()) || got >= 1<<53 {
-		t.Errorf("first seq %d, want %d (below 2^53)", got, at.UnixMicro())
-	}
-
-	for _, dir := range []string{"", t.TempDir()} {
-		a, _ := attachedAgent(t, dir, &countingExec{})
-		if err := a.Emit("e", nil); err != nil {
-			t.Fatal(err)
-		}
-		a.mu.Lock()
-		before := a.out.nextSeq - 1
-		a.mu.Unlock()
-		a.Close()
-		b, _ := attachedAgent(t, dir, &countingExec{})
-		if err := b.Emit("e", nil); err != nil {
-			t.Fatal(err)
-		}
-		b.mu.Lock()
-		after := b.out.nextSeq - 1
-		b.mu.Unlock()
-		b.Close()
-		switch {
-		case after <= before:
-			t.Errorf("state %q: event seq %d after a restart, not above %d before it", dir, after, before)
-		case dir != "" && after != before+1:
-			t.Errorf("journal: event seq %d after a restart, want %d", after, before+1)
-		}
 	}
 }

@@ -89,9 +89,7 @@ func (a *Agent) openJournal() error {
 	for _, s := range seqs {
 		a.out.events = append(a.out.events, pendingEvent{ev: *events[s], at: now, durable: true})
 	}
-	if maxSeq > 0 || evAcked > 0 {
-		a.out.nextSeq = max(maxSeq, evAcked) + 1
-	} // else the journal has never numbered an event: newOutbox's firstSeq stands
+	a.out.nextSeq = max(maxSeq, evAcked) + 1
 	if interrupted > 0 {
 		a.log.Warn("requests interrupted by the last shutdown will be reported failed", "count", interrupted)
 	}
