@@ -85,6 +85,9 @@ type Agent struct {
 	running     map[string]*job
 	out         *outbox
 	draining    bool
+	// numbered is set by the first welcome: from then on the event
+	// numbering stands (see attach).
+	numbered bool
 	// compactAt is the journal size that triggers the next compaction.
 	compactAt int64
 
@@ -350,10 +353,18 @@ func (a *Agent) hello() *protocol.Hello {
 }
 
 // attach makes s the live session: it resends everything unacknowledged
-// and announces the free worker slots.
-func (a *Agent) attach(s *session) {
+// and announces the free worker slots. lastEvent is the last event seq the
+// relay has stored from this device.
+func (a *Agent) attach(s *session, lastEvent uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.j == nil && !a.numbered {
+		// Without a journal, this process numbered its events from 1,
+		// and none has been sent yet: they go on above what the relay
+		// has from before the restart, or it would ignore them.
+		a.out.renumberEvents(lastEvent + 1)
+	}
+	a.numbered = true
 	a.sess = s
 	a.outstanding = 0
 	for _, r := range a.out.results {

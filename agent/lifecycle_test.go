@@ -267,6 +267,15 @@ func TestInstantRequestRunsOnReader(t *testing.T) {
 // taken from the session's queue. The agent is closed when t ends.
 func attachedAgent(t *testing.T, stateDir string, exec Executor) (*Agent, *session) {
 	t.Helper()
+	a, s := detachedAgent(t, stateDir, exec)
+	a.attach(s, 0)
+	<-s.out // the pull
+	return a, s
+}
+
+// detachedAgent is attachedAgent before the attach.
+func detachedAgent(t *testing.T, stateDir string, exec Executor) (*Agent, *session) {
+	t.Helper()
 	a, err := New(Config{
 		Relay:    "ws://127.0.0.1:1",
 		Token:    "t",
@@ -277,8 +286,18 @@ func attachedAgent(t *testing.T, stateDir string, exec Executor) (*Agent, *sessi
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close() })
-	s := &session{out: make(chan []byte, 64), done: make(chan struct{}), failed: make(chan struct{})}
-	a.attach(s)
-	<-s.out // the pull
-	return a, s
+	return a, &session{out: make(chan []byte, 64), done: make(chan struct{}), failed: make(chan struct{})}
+}
+
+// sentEventSeqs takes every frame s holds and returns the seqs of the
+// events among them.
+func sentEventSeqs(t *testing.T, s *session) []uint64 {
+	t.Helper()
+	var seqs []uint64
+	for len(s.out) > 0 {
+		if ev, ok := decodeSent(t, <-s.out).(*protocol.Event); ok {
+			seqs = append(seqs, ev.Seq)
+		}
+	}
+	return seqs
 }

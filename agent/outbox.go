@@ -166,6 +166,23 @@ func (o *outbox) dropEvent(seq uint64) {
 	o.events = slices.DeleteFunc(o.events, func(pe pendingEvent) bool { return pe.ev.Seq == seq })
 }
 
+// renumberEvents moves the events, none of them sent yet, and the next
+// seq, so that they start at from or above.
+func (o *outbox) renumberEvents(from uint64) {
+	first := o.nextSeq
+	if len(o.events) > 0 {
+		first = o.events[0].ev.Seq
+	}
+	if first >= from {
+		return
+	}
+	shift := from - first
+	for i := range o.events {
+		o.events[i].ev.Seq += shift
+	}
+	o.nextSeq += shift
+}
+
 // frame returns the event as sent now, with its age filled in.
 func (pe *pendingEvent) frame(now time.Time) *protocol.Event {
 	ev := pe.ev

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -114,5 +115,38 @@ func TestOutboxForgetsAckedPureResults(t *testing.T) {
 	}
 	if len(o.done) != 1 || len(o.finishedOrder()) != 1 || len(o.results) != 0 {
 		t.Fatalf("after 1,000 acked pings: %d remembered, %d in order, %d owed", len(o.done), len(o.finishedOrder()), len(o.results))
+	}
+}
+
+// An agent without a journal numbers its events from 1 at every start;
+// at its first welcome it moves them, none sent yet, above the last seq
+// the relay has from the device, which would ignore them otherwise. An
+// agent with a journal keeps its own numbering, and a later welcome of
+// the same process moves nothing.
+func TestEventsNumberedAboveTheRelaysAfterARestart(t *testing.T) {
+	a, s := detachedAgent(t, "", &countingExec{})
+	if err := a.Emit("before", nil); err != nil {
+		t.Fatal(err)
+	}
+	a.attach(s, 41)
+	if err := a.Emit("after", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := sentEventSeqs(t, s); !slices.Equal(got, []uint64{42, 43}) {
+		t.Fatalf("without a journal, after a welcome with last_event 41: sent %v, want [42 43]", got)
+	}
+	a.detach(s)
+	a.attach(s, 100) // a later session of the same process
+	if got := sentEventSeqs(t, s); !slices.Equal(got, []uint64{42, 43}) {
+		t.Fatalf("a second welcome renumbered: resent %v, want [42 43]", got)
+	}
+
+	j, sj := detachedAgent(t, t.TempDir(), &countingExec{})
+	if err := j.Emit("journaled", nil); err != nil {
+		t.Fatal(err)
+	}
+	j.attach(sj, 41)
+	if got := sentEventSeqs(t, sj); !slices.Equal(got, []uint64{1}) {
+		t.Fatalf("with a journal: sent %v, want [1]", got)
 	}
 }

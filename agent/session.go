@@ -150,7 +150,7 @@ func (a *Agent) runSession(ctx context.Context) (lasted time.Duration, err error
 		defer wg.Done()
 		a.writer(ctx, s)
 	}()
-	a.attach(s)
+	a.attach(s, welcome.LastEvent)
 	err = a.reader(s)
 	a.detach(s)
 	close(s.done)

@@ -51,6 +51,11 @@ type Welcome struct {
 	Relay    string `json:"relay"`     // relay version
 	MaxFrame int    `json:"max_frame"` // largest frame the relay accepts
 	PingMs   int64  `json:"ping_ms"`   // relay's ping period; agents should match it
+	// LastEvent is the seq of the last event the relay stored from this
+	// device (0: none). An agent with no numbering of its own to go on
+	// from (one without a journal, after a restart) numbers its events
+	// above it, since the relay ignores an event at or below it.
+	LastEvent uint64 `json:"last_event,omitempty"`
 }
 
 // Pull grants the relay N more credits: the relay may send N more requests.

@@ -682,3 +682,23 @@ func TestCancelWaitingOnTheDeviceSurvivesARestart(t *testing.T) {
 		})
 	}
 }
+
+// The welcome names the last event seq the relay stored from the device,
+// also across a restart of the relay, so that an agent with no numbering
+// of its own goes on above it.
+func TestWelcomeNamesLastEvent(t *testing.T) {
+	e := newEnv(t)
+	a := connect(e, e.token)
+	a.send(&protocol.Hello{Agent: "test/1", Board: "mock"})
+	if w := nextAs[*protocol.Welcome](a); w.LastEvent != 0 {
+		t.Fatalf("welcome of a device without events: last_event %d", w.LastEvent)
+	}
+	sendEventsUpTo(t, a, 1, 3)
+	a.close()
+	e.restart()
+	b := connect(e, e.token)
+	b.send(&protocol.Hello{Agent: "test/1", Board: "mock"})
+	if w := nextAs[*protocol.Welcome](b); w.LastEvent != 3 {
+		t.Fatalf("welcome after events 1-3 and a restart: last_event %d, want 3", w.LastEvent)
+	}
+}

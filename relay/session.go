@@ -648,11 +648,12 @@ func (s *session) greet(m protocol.Message) bool {
 	s.extend() // from the hello timeout to the liveness deadline
 	s.log().Info("agent connected", "agent", hello.Agent, "board", hello.Board, "running", len(hello.Running))
 	s.enqueue(&protocol.Welcome{
-		Session:  s.id,
-		Device:   s.device,
-		Relay:    s.cfg.Version,
-		MaxFrame: s.cfg.MaxFrame,
-		PingMs:   s.cfg.PingPeriod.Milliseconds(),
+		Session:   s.id,
+		Device:    s.device,
+		Relay:     s.cfg.Version,
+		MaxFrame:  s.cfg.MaxFrame,
+		PingMs:    s.cfg.PingPeriod.Milliseconds(),
+		LastEvent: s.hub.lastEventSeq(s.device),
 	})
 	s.auth.welcomed()
 	// Re-leased requests may have cancels pending.
