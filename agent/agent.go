@@ -229,6 +229,8 @@ func (a *Agent) notifyLocked() {
 // Emit queues a device event. It is sent now if connected, otherwise after
 // the next connect, and kept until acknowledged. It fails with
 // ErrOutboxFull at the outbox's bound, and for data too large for a frame.
+// If the journal cannot record it, Emit says so, but the event is still
+// sent; only a restart before its ack loses it.
 func (a *Agent) Emit(name string, data json.RawMessage) error {
 	if !protocol.ValidID(name) {
 		return fmt.Errorf("agent: bad event name %q", name)
@@ -254,15 +256,10 @@ func (a *Agent) Emit(name string, data json.RawMessage) error {
 	err := a.durable(pos)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err != nil {
-		// Not sent: the caller is told it failed. Sent, the relay would
-		// store its seq, and the next start, which takes its seqs from
-		// the journal, could number a later event the same, which the
-		// relay would then drop as one it has.
-		a.out.dropEvent(ev.Seq)
-	} else {
-		a.out.markEventDurable(ev.Seq)
-	}
+	// Sent even if the journal failed, as a result is: the event
+	// happened. After a restart the journal's numbering may then lag the
+	// relay's, which the relay's welcome and acks put right.
+	a.out.markEventDurable(ev.Seq)
 	a.sendEventsLocked()
 	a.maybeCompactLocked()
 	a.notifyLocked()
@@ -358,10 +355,11 @@ func (a *Agent) hello() *protocol.Hello {
 func (a *Agent) attach(s *session, lastEvent uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.j == nil && !a.numbered {
-		// Without a journal, this process numbered its events from 1,
-		// and none has been sent yet: they go on above what the relay
-		// has from before the restart, or it would ignore them.
+	// The relay ignores events at or below lastEvent. Numbering goes on
+	// above it when nothing is owed (a journal that lost its last records,
+	// or none at all), and, without a journal, at the first welcome, whose
+	// events none has been sent yet: the process numbered them from 1.
+	if len(a.out.events) == 0 || a.j == nil && !a.numbered {
 		a.out.renumberEvents(lastEvent + 1)
 	}
 	a.numbered = true

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"slices"
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
@@ -161,13 +160,9 @@ func (o *outbox) markEventDurable(seq uint64) (*pendingEvent, bool) {
 	return nil, false
 }
 
-// dropEvent removes event seq, which will not be sent.
-func (o *outbox) dropEvent(seq uint64) {
-	o.events = slices.DeleteFunc(o.events, func(pe pendingEvent) bool { return pe.ev.Seq == seq })
-}
-
 // renumberEvents moves the events, none of them sent yet, and the next
-// seq, so that they start at from or above.
+// seq, so that they start at from or above; with no events it moves only
+// the next seq.
 func (o *outbox) renumberEvents(from uint64) {
 	first := o.nextSeq
 	if len(o.events) > 0 {
@@ -210,6 +205,10 @@ func (o *outbox) ack(ids []string, seq uint64) {
 		o.results = kept
 	}
 	if seq > 0 {
+		// The relay has, or ignores, every seq up to seq: numbering goes
+		// on above it, also when it is ahead of this outbox's (a journal
+		// that lost its last records).
+		o.nextSeq = max(o.nextSeq, seq+1)
 		n := 0
 		for n < len(o.events) && o.events[n].ev.Seq <= seq {
 			n++

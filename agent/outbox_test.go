@@ -150,3 +150,18 @@ func TestEventsNumberedAboveTheRelaysAfterARestart(t *testing.T) {
 		t.Fatalf("with a journal: sent %v, want [1]", got)
 	}
 }
+
+// An ack from a relay whose numbering is ahead (the journal lost records
+// it had acked) moves the next seq above it.
+func TestAckAheadMovesNumbering(t *testing.T) {
+	o := newOutbox(10, time.Hour)
+	o.addEvent("e", nil, time.Now()) // seq 1
+	o.ack(nil, 9)
+	if len(o.events) != 0 || o.nextSeq != 10 {
+		t.Fatalf("after ack 9: events %+v, next seq %d, want none and 10", o.events, o.nextSeq)
+	}
+	o.ack(nil, 3) // an older ack moves nothing back
+	if o.nextSeq != 10 {
+		t.Fatalf("after ack 3: next seq %d", o.nextSeq)
+	}
+}

@@ -702,3 +702,16 @@ func TestWelcomeNamesLastEvent(t *testing.T) {
 		t.Fatalf("welcome after events 1-3 and a restart: last_event %d, want 3", w.LastEvent)
 	}
 }
+
+// An event the relay ignores (its seq is at or below the last one stored)
+// is acked with that last seq, so that an agent whose numbering fell
+// behind goes on above it.
+func TestIgnoredEventAckedWithLastSeq(t *testing.T) {
+	e := newEnv(t)
+	a := dialAgent(e, e.token)
+	sendEventsUpTo(t, a, 1, 5)
+	a.send(&protocol.Event{Seq: 2, Name: "e"})
+	if ack := nextAs[*protocol.Ack](a); ack.Events != 5 {
+		t.Fatalf("ack of an event below the last stored: events %d, want 5", ack.Events)
+	}
+}

@@ -712,8 +712,9 @@ func (h *hub) result(s *session, res *protocol.Result) resultCommit {
 	return resultCommit{behind: &c}
 }
 
-// event stores ev for s's device unless its seq was seen before.
-func (h *hub) event(s *session, ev *protocol.Event) error {
+// event stores ev for s's device unless its seq was seen before, and
+// returns the last seq stored from the device, which the agent is acked.
+func (h *hub) event(s *session, ev *protocol.Event) (uint64, error) {
 	now := time.Now()
 	h.mu.Lock()
 	d := h.deviceLocked(s.device)
@@ -723,9 +724,9 @@ func (h *hub) event(s *session, ev *protocol.Event) error {
 	d.evMu.Lock()
 	defer d.evMu.Unlock()
 	h.mu.Lock()
-	if ev.Seq <= d.lastSeq {
+	if last := d.lastSeq; ev.Seq <= last {
 		h.mu.Unlock()
-		return nil
+		return last, nil
 	}
 	h.mu.Unlock()
 
@@ -738,13 +739,13 @@ func (h *hub) event(s *session, ev *protocol.Event) error {
 	err := h.st.putEvent(s.device, rec, h.cfg.EventsKept)
 
 	if err != nil {
-		return err
+		return 0, err
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	d.lastSeq = max(d.lastSeq, ev.Seq)
 	d.notifyLocked()
-	return nil
+	return d.lastSeq, nil
 }
 
 // sweep expires queued requests past their deadline and deletes finished

@@ -702,11 +702,15 @@ func (s *session) handle(m protocol.Message) bool {
 			s.loop.work.run(func() { done(rc.wait()) })
 		}
 	case *protocol.Event:
-		if err := s.hub.event(s, m); err != nil {
+		// The ack names the last seq stored, which an event the relay
+		// ignores lies below: an agent whose numbering fell behind (a
+		// journal that lost its last records) goes on above it.
+		last, err := s.hub.event(s, m)
+		if err != nil {
 			s.fail(protocol.Errorf(protocol.CodeInternal, "relay storage failed"), websocket.CloseInternalServerErr)
 			return false
 		}
-		return s.enqueue(&protocol.Ack{Events: m.Seq})
+		return s.enqueue(&protocol.Ack{Events: last})
 	case *protocol.Rotated:
 		return s.auth.rotated(s)
 	case *protocol.Error:
