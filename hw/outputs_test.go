@@ -136,75 +136,50 @@ func (p *blockingOutPin) Out(l gpio.Level) error {
 	return p.Pin.Out(l)
 }
 
-// A Halt that overtakes a pulse (it drives the safe level before the pulse
-// drives its own) still leaves the pin at its safe level: the pulse drives
-// it again and reports that it was halted.
-func TestHaltOvertakingAPulseWins(t *testing.T) {
-	pin := &blockingOutPin{
-		Pin:     gpiotest.Pin{N: "GPIO17", Num: 17},
-		driving: make(chan struct{}),
-		release: make(chan struct{}),
-	}
-	cfg := Config{GPIO: []GPIOConfig{{Name: "led", Pin: "GPIO17", Direction: "out", Initial: "low", Safe: "low"}}}
-	b, err := NewBoard("t", cfg, Resources{Pins: map[string]gpio.PinIO{"GPIO17": pin}}, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	pin.armed.Store(true)
-	done := make(chan error, 1)
-	go func() {
-		_, err := execOn(b, context.Background(), "gpio.pulse", `{"pin":"led","level":"high","duration":"10s"}`)
-		done <- err
-	}()
-	<-pin.driving // the pulse holds the pin lock and its halt signal
-	if err := b.Halt(); err != nil {
-		t.Fatal(err)
-	}
-	close(pin.release)
-	select {
-	case err := <-done:
-		var f *protocol.Failure
-		if !errors.As(err, &f) || f.Code != protocol.CodeHWError || !strings.Contains(f.Message, "halted") {
-			t.Errorf("pulse overtaken by Halt returned %v, want hw_error naming the halt", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("pulse did not end after Halt")
-	}
-	if pin.Pin.Read() != gpio.Low {
-		t.Error("after Halt the pin is at the pulse level (high), not its safe level (low)")
-	}
-}
-
-// The same holds for a write that Halt overtakes.
-func TestHaltOvertakingAWriteWins(t *testing.T) {
-	pin := &blockingOutPin{
-		Pin:     gpiotest.Pin{N: "GPIO17", Num: 17},
-		driving: make(chan struct{}),
-		release: make(chan struct{}),
-	}
-	cfg := Config{GPIO: []GPIOConfig{{Name: "led", Pin: "GPIO17", Direction: "out", Initial: "low", Safe: "low"}}}
-	b, err := NewBoard("t", cfg, Resources{Pins: map[string]gpio.PinIO{"GPIO17": pin}}, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	pin.armed.Store(true)
-	done := make(chan error, 1)
-	go func() {
-		_, err := execOn(b, context.Background(), "gpio.write", `{"pin":"led","level":"high"}`)
-		done <- err
-	}()
-	<-pin.driving
-	if err := b.Halt(); err != nil {
-		t.Fatal(err)
-	}
-	close(pin.release)
-	if err := <-done; err == nil || !strings.Contains(err.Error(), "halted") {
-		t.Errorf("write overtaken by Halt returned %v, want an error naming the halt", err)
-	}
-	if pin.Pin.Read() != gpio.Low {
-		t.Error("after Halt the pin is at the written level (high), not its safe level (low)")
+// A Halt that overtakes a pulse or a write (it drives the safe level
+// before the request drives its own) still leaves the pin at its safe
+// level: the request drives it again and reports that it was halted.
+func TestHaltOvertakingWins(t *testing.T) {
+	for method, params := range map[string]string{
+		"gpio.pulse": `{"pin":"led","level":"high","duration":"10s"}`,
+		"gpio.write": `{"pin":"led","level":"high"}`,
+	} {
+		t.Run(method, func(t *testing.T) {
+			pin := &blockingOutPin{
+				Pin:     gpiotest.Pin{N: "GPIO17", Num: 17},
+				driving: make(chan struct{}),
+				release: make(chan struct{}),
+			}
+			cfg := Config{GPIO: []GPIOConfig{{Name: "led", Pin: "GPIO17", Direction: "out", Initial: "low", Safe: "low"}}}
+			b, err := NewBoard("t", cfg, Resources{Pins: map[string]gpio.PinIO{"GPIO17": pin}}, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			pin.armed.Store(true)
+			done := make(chan error, 1)
+			go func() {
+				_, err := execOn(b, context.Background(), method, params)
+				done <- err
+			}()
+			<-pin.driving // the request holds the pin lock and its halt signal
+			if err := b.Halt(); err != nil {
+				t.Fatal(err)
+			}
+			close(pin.release)
+			select {
+			case err := <-done:
+				var f *protocol.Failure
+				if !errors.As(err, &f) || f.Code != protocol.CodeHWError || !strings.Contains(f.Message, "halted") {
+					t.Errorf("%s overtaken by Halt returned %v, want hw_error naming the halt", method, err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s did not end after Halt", method)
+			}
+			if pin.Pin.Read() != gpio.Low {
+				t.Errorf("after Halt the pin is at the level of %s (high), not its safe level (low)", method)
+			}
+		})
 	}
 }
 
