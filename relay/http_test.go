@@ -2,7 +2,6 @@ package relay
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -52,15 +51,12 @@ func TestIdleAndStalledConnectionsAreDropped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Close()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
+		srv.Close()
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, ln) }()
-	defer func() { cancel(); <-served }()
+	defer serveOn(srv, ln)()
 	addr := ln.Addr().String()
 
 	// Idle keep-alive: one complete request, then silence.
