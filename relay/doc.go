@@ -25,7 +25,8 @@
 //   - a delivery (state delivered, attempt count) is written behind the
 //     request frame: after a crash the agent's journal stops a second run,
 //     and every request recovered from a store that was not closed cleanly
-//     counts as possibly run (never expired);
+//     counts as possibly run (never expired), which is stored with it
+//     (maybe_ran) at that start, for later restarts to know;
 //   - a result is passed to waiting clients as soon as it arrives and
 //     committed behind that: the agent keeps it (journaled, for anything
 //     that touches hardware) until the ack, and the ack follows the commit.

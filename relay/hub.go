@@ -105,17 +105,27 @@ func newHub(cfg Config, st *store) (*hub, error) {
 		}
 		return cmp.Compare(a.Seq, b.Seq)
 	})
+	var marked []storedRequest
 	for _, r := range pending {
 		r.State = protocol.StateQueued
 		e := newEntry(r.Record, r.Seq, r.Rev, r.Deadline)
 		// Deliveries are committed behind the frame that carries them
 		// (takeWork); after a crash, one may not have been saved.
-		e.maybeRan = st.unclean
+		e.maybeRan = st.unclean || r.MaybeRan
+		if e.maybeRan && !r.MaybeRan {
+			// Stored now: a clean restart later finds the store clean,
+			// and must still know.
+			e.rev++
+			marked = append(marked, e.storedLocked())
+		}
 		// A cancel asked before the restart still waits on the device.
 		e.cancelAsked = r.CancelAsked
 		h.live[r.ID] = e
 		d := h.deviceLocked(r.Device)
 		d.queue = append(d.queue, e)
+	}
+	if err := st.putRequests(marked); err != nil {
+		return nil, fmt.Errorf("relay: mark requests recovered after a crash: %w", err)
 	}
 	return h, nil
 }

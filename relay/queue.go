@@ -58,7 +58,7 @@ func (e *entry) endLocked() {
 func (e *entry) mayHaveRun() bool { return e.rec.Attempts > 0 || e.maybeRan }
 
 func (e *entry) storedLocked() storedRequest {
-	return storedRequest{Record: e.rec, Seq: e.seq, Deadline: e.deadline, Rev: e.rev, CancelAsked: e.cancelAsked}
+	return storedRequest{Record: e.rec, Seq: e.seq, Deadline: e.deadline, Rev: e.rev, CancelAsked: e.cancelAsked, MaybeRan: e.maybeRan}
 }
 
 // device is the relay's state for one device. Its fields are guarded by

@@ -122,3 +122,42 @@ func TestUncleanRestartNeverExpiresWhatMayHaveRun(t *testing.T) {
 		}
 	}
 }
+
+// After a crash every recovered request counts as possibly run
+// (entry.maybeRan): its delivery may have been lost with the crash. That
+// is stored with it, so that a clean restart after the crash, which finds
+// the store clean, still does not expire the request ("deadline passed
+// while queued") although its agent may have run it.
+func TestCleanRestartAfterCrashExpiresWhatMayHaveRun(t *testing.T) {
+	e := newEnv(t)
+	rec := e.submit(protocol.Submit{Method: "m", Timeout: protocol.Duration(300 * time.Millisecond)})
+	// The relay crashes; say the request's delivery was lost with it.
+	e.stop()
+	markUnclean(t, e.cfg.DataDir)
+	e.start()
+	if got := e.record(rec.ID, ""); got.State != protocol.StateQueued {
+		t.Fatalf("after the crash: %s", got.State)
+	}
+	// A clean restart (a deploy), while the device is still away.
+	e.restart()
+	time.Sleep(600 * time.Millisecond) // past the deadline, well within the redelivery grace
+	if got := e.record(rec.ID, ""); got.State == protocol.StateExpired {
+		t.Fatalf("a request recovered from a crash, so possibly run, was reported %s (%v) after a clean restart", got.State, got.Error)
+	}
+}
+
+// Nor does it cancel such a request at once, with its device away, as
+// "canceled by a client before delivery": a cancel of a request that may
+// have run waits for the device's next session (SPEC §6, Cancellation).
+func TestCleanRestartAfterCrashCancelsWhatMayHaveRun(t *testing.T) {
+	e := newEnv(t)
+	rec := e.submit(protocol.Submit{Method: "m", Timeout: protocol.Duration(5 * time.Second)})
+	e.stop()
+	markUnclean(t, e.cfg.DataDir)
+	e.start()
+	e.restart()
+	st, body := e.do("DELETE", "/v1/requests/"+rec.ID, nil)
+	if got := decode[protocol.Record](t, body); st == 200 && got.State == protocol.StateCanceled {
+		t.Fatalf("a request recovered from a crash, so possibly run, was canceled at once with its device away: %v", got.Error)
+	}
+}

@@ -48,6 +48,11 @@ type storedRequest struct {
 	// cancelAsked): kept, so that a restart does not deliver the request
 	// again as if nobody had asked.
 	CancelAsked bool `json:"cancel_asked,omitempty"`
+	// MaybeRan marks a request recovered after a crash, whose delivery
+	// may not have been saved (entry's maybeRan): kept, so that a later
+	// clean restart, which finds the store clean, still never expires it
+	// or cancels it as if it had never been sent.
+	MaybeRan bool `json:"maybe_ran,omitempty"`
 }
 
 // deviceMeta is what the relay remembers about a device between sessions.
@@ -170,6 +175,9 @@ func encodeRequest(r *storedRequest) []byte {
 	b = protocol.AppendJSONTime(b, r.Deadline)
 	if r.CancelAsked {
 		b = append(b, `,"cancel_asked":true`...)
+	}
+	if r.MaybeRan {
+		b = append(b, `,"maybe_ran":true`...)
 	}
 	b = append(b, '}')
 	v := bytes.Clone(b)
