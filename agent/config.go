@@ -20,8 +20,10 @@ type Config struct {
 	// Token is the device token sent as a Bearer credential. It may be
 	// empty when TLS carries a client certificate (mutual TLS).
 	Token string
-	// TokenFile is where a token received by in-band rotation is stored
-	// (atomically). Empty means the rotated token is kept in memory only.
+	// TokenFile is the file Token was read from, where a token received by
+	// in-band rotation is stored (atomically). Empty: the token came from
+	// elsewhere, and rotations are refused (never confirmed), since a new
+	// token would not survive a restart.
 	TokenFile string
 	// Insecure allows plain ws:// to a non-loopback relay.
 	Insecure bool

@@ -30,20 +30,33 @@ func (t *tokenBox) set(v string) {
 
 // onRotate stores the relay's new token and confirms it. The confirmation
 // is only sent once the token is durable: until then the relay keeps the
-// old one valid, so a crash in between cannot lock the device out. Without
-// a token file the token lives in memory only, and the next restart falls
-// back to the old one, which stops working after the grace period.
+// old one valid, so a crash in between cannot lock the device out. An
+// agent whose token does not come from its token file (none is set, or
+// the command line or the environment gives the token) cannot store one
+// that a restart would use: it never confirms, and keeps the old token,
+// which the relay then keeps valid; a confirmed rotation would lock the
+// device out once the old token's grace ended.
 func (a *Agent) onRotate(s *session, m *protocol.Rotate) {
-	if a.cfg.TokenFile != "" {
-		if err := writeFileAtomic(a.cfg.TokenFile, []byte(m.Token+"\n"), 0o600); err != nil {
-			a.log.Error("new device token not stored; keeping the old one", "file", a.cfg.TokenFile, "err", err)
+	if a.cfg.TokenFile == "" {
+		a.log.Error("device token rotation refused: this agent's token does not come from a token file, so a new one would not survive a restart; " +
+			"set token_file (and no TETHER_TOKEN or --token) to let the relay rotate it")
+		return
+	}
+	renamed, err := writeFileAtomic(a.cfg.TokenFile, []byte(m.Token+"\n"), 0o600)
+	if err != nil {
+		if renamed {
+			// The file holds the new token, perhaps not yet durably:
+			// the agent uses it too, so that file and memory agree. It
+			// confirms nothing; the relay takes the next connection
+			// with the new token as the confirmation.
+			a.token.set(m.Token)
+			a.log.Error("new device token written but not synced; using it without confirming", "file", a.cfg.TokenFile, "err", err)
 			return
 		}
-		a.log.Info("device token rotated", "file", a.cfg.TokenFile)
-	} else {
-		a.log.Warn("device token rotated in memory only: it will not survive a restart, and the old token stops working after the grace period; use a token file",
-			"grace_ms", m.GraceMs)
+		a.log.Error("new device token not stored; keeping the old one", "file", a.cfg.TokenFile, "err", err)
+		return
 	}
+	a.log.Info("device token rotated", "file", a.cfg.TokenFile)
 	a.token.set(m.Token)
 	s.send(&protocol.Rotated{})
 }
@@ -51,11 +64,12 @@ func (a *Agent) onRotate(s *session, m *protocol.Rotate) {
 // writeFileAtomic replaces path with data so that after a crash the file
 // holds either the old or the new content, never a mix: write a temporary
 // file beside it, fsync it, rename it over path, fsync the directory.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+// renamed reports whether path holds data (for an error after the rename).
+func writeFileAtomic(path string, data []byte, perm os.FileMode) (renamed bool, err error) {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
-		return fmt.Errorf("agent: %w", err)
+		return false, fmt.Errorf("agent: %w", err)
 	}
 	defer os.Remove(tmp.Name()) // no-op after the rename
 	_, err = tmp.Write(data)
@@ -69,18 +83,18 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("agent: write %s: %w", tmp.Name(), err)
+		return false, fmt.Errorf("agent: write %s: %w", tmp.Name(), err)
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("agent: %w", err)
+		return false, fmt.Errorf("agent: %w", err)
 	}
 	d, err := os.Open(dir)
 	if err != nil {
-		return fmt.Errorf("agent: sync %s: %w", dir, err)
+		return true, fmt.Errorf("agent: sync %s: %w", dir, err)
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("agent: sync %s: %w", dir, err)
+		return true, fmt.Errorf("agent: sync %s: %w", dir, err)
 	}
-	return nil
+	return true, nil
 }

@@ -156,6 +156,8 @@ func TestRotationStoresTokenWithoutReconnect(t *testing.T) {
 	if n := r.dials.Load(); n != 1 || !a.Status().Connected {
 		t.Fatalf("agent reconnected for the rotation (%d dials)", n)
 	}
+	// The file is written (and synced) before the agent switches to it.
+	waitUntil(t, "agent to use the stored token", func() bool { return a.token.get() == stored })
 	if a.token.get() != stored {
 		t.Fatal("agent does not use the stored token")
 	}
@@ -166,15 +168,20 @@ func TestRotationStoresTokenWithoutReconnect(t *testing.T) {
 	waitUntil(t, "restarted agent to connect with the rotated token", func() bool { return b.Status().Connected })
 }
 
-func TestRotationInMemoryWarns(t *testing.T) {
+// An agent whose token does not come from a token file cannot store a
+// new one for its next start: it refuses the rotation, says why, and
+// keeps its token.
+func TestRotationWithoutTokenFileRefused(t *testing.T) {
 	r := startRotationRelay(t)
 	a, logs, _ := runTestAgent(t, Config{Relay: r.url(), Token: r.token})
 	waitUntil(t, "connect", func() bool { return a.Status().Connected })
 	if err := r.srv.RotateDevice("dev1", time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "in-memory rotation", func() bool { return a.token.get() != r.token })
-	waitUntil(t, "warning", func() bool { return strings.Contains(logs.String(), "will not survive a restart") })
+	waitUntil(t, "refusal", func() bool { return strings.Contains(logs.String(), "rotation refused") })
+	if a.token.get() != r.token {
+		t.Fatal("agent switched to a token it cannot present after a restart")
+	}
 	if r.dials.Load() != 1 {
 		t.Fatal("agent reconnected for the rotation")
 	}

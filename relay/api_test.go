@@ -316,13 +316,16 @@ func TestConfigRefusesNonPositive(t *testing.T) {
 		func(c *Config) { c.AdmitRate = -1 },
 		func(c *Config) { c.RotateGrace = -5 * time.Minute },
 		func(c *Config) { c.ClientRate = -1 },
+		// Agents refuse a rotate frame with a grace over 30 days: the
+		// rotation would be sent and refused at every session.
+		func(c *Config) { c.RotateGrace = 31 * 24 * time.Hour },
 	} {
 		cfg := testConfig(t.TempDir())
 		tweak(&cfg)
 		if srv, err := New(cfg); err == nil {
 			srv.Close()
 			t.Errorf("New took %+v", cfg)
-		} else if !strings.Contains(err.Error(), "must be positive") {
+		} else if !strings.Contains(err.Error(), "must be positive") && !strings.Contains(err.Error(), "at most") {
 			t.Errorf("error %v", err)
 		}
 	}

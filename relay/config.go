@@ -250,6 +250,11 @@ func (c Config) check() error {
 			return fmt.Errorf("relay: %s must be positive, got %v", f.name, f.v)
 		}
 	}
+	// Agents refuse a rotate frame with a longer grace, and a rotation
+	// would then be sent and refused at every session.
+	if maxGrace := protocol.MaxGraceMs * time.Millisecond; c.RotateGrace > maxGrace {
+		return fmt.Errorf("relay: RotateGrace must be at most %v, got %v", maxGrace, c.RotateGrace)
+	}
 	return nil
 }
 
