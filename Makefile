@@ -17,7 +17,7 @@ ARMV6_MAX := 6291456
 .PHONY: help build test test-go race32 demo cross lint fuzz e2e-arm clean
 
 help:
-	@echo "make build    build tether-relay, tether-agent and tether into $(BIN)/"
+	@echo "make build    build tether-relay, tether-agent, tether, tether-bench and tether-chaos into $(BIN)/"
 	@echo "make demo     run a relay and a simulated agent on 127.0.0.1 and print how to call them"
 	@echo "make test     lint, unit and end-to-end tests with -race (and emulated ARM when qemu is present)"
 	@echo "make cross    build the agent for linux $(ARCHES) into $(DIST)/"
@@ -26,6 +26,7 @@ help:
 	@echo "make fuzz     run every fuzz target for FUZZTIME (default 30s)"
 	@echo "make lint     gofmt and go vet"
 	@echo "make chaos    1,000 requests through 120 random faults (kill -9, resets, half-open links, slow links); must lose nothing"
+	@echo "make bench    the benchmark suite beside NATS and raw TCP (BENCHMARKS.md); results in $(DIST)/bench.json"
 
 build:
 	@mkdir -p $(BIN)

@@ -20,16 +20,27 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
+# fail NAME LOG: the demo did not come up; say why and stop.
+fail() {
+  echo "tether demo: $1; the end of $2:" >&2
+  tail -n 5 "$2" >&2
+  exit 1
+}
+
 "$BIN/tether-relay" serve --listen "$ADDR" --data "$DATA" 2>"$DATA/relay.log" &
 pids+=($!)
-for _ in $(seq 50); do curl -fs "http://$ADDR/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+up=
+for _ in $(seq 50); do curl -fs "http://$ADDR/healthz" >/dev/null 2>&1 && up=1 && break; sleep 0.1; done
+[ -n "$up" ] || fail "the relay did not start on $ADDR (if the port is taken: TETHER_DEMO_ADDR=127.0.0.1:PORT make demo)" "$DATA/relay.log"
 "$BIN/tether-agent" --relay "ws://$ADDR" --token-file "$DATA/demo.token" --board mock \
   --state "$DATA/agent" 2>"$DATA/agent.log" &
 pids+=($!)
+up=
 for _ in $(seq 50); do
-  curl -fs -H "Authorization: Bearer $KEY" "http://$ADDR/v1/devices/$DEVICE" | grep -q '"online":true' && break
+  curl -fs -H "Authorization: Bearer $KEY" "http://$ADDR/v1/devices/$DEVICE" | grep -q '"online":true' && up=1 && break
   sleep 0.1
 done
+[ -n "$up" ] || fail "the simulated agent did not connect" "$DATA/agent.log"
 
 cat <<MSG
 

@@ -23,8 +23,11 @@ func TestCheckAgreesWithAgentStart(t *testing.T) {
 		{name: "ws remote from env", env: map[string]string{"TETHER_RELAY": "ws://10.0.0.1:8080"}, want: "plain ws://"},
 		{name: "http", args: []string{"--relay", "http://127.0.0.1:9"}, want: "scheme must be ws or wss"},
 		{name: "https from env", env: map[string]string{"TETHER_RELAY": "https://relay.example.com"}, want: "scheme must be ws or wss"},
-		{name: "credits from env", args: []string{"--relay", "ws://127.0.0.1:9"}, env: map[string]string{"TETHER_CREDITS": "2000"}, want: "credits must be 1..1024"},
-		{name: "credits flag", args: []string{"--relay", "ws://127.0.0.1:9", "--credits", "-1"}, want: "credits must be 1..1024"},
+		{name: "credits from env", args: []string{"--relay", "ws://127.0.0.1:9"}, env: map[string]string{"TETHER_CREDITS": "2000"}, want: "credits: want 1 to 1024"},
+		{name: "credits flag", args: []string{"--relay", "ws://127.0.0.1:9", "--credits", "-1"}, want: "credits: want 1 to 1024"},
+		{name: "credits flag zero", args: []string{"--relay", "ws://127.0.0.1:9", "--credits", "0"}, want: "credits: want 1 to 1024"},
+		{name: "log level flag", args: []string{"--relay", "ws://127.0.0.1:9", "--log-level", "loud"}, want: "log level: want debug, info, warn or error"},
+		{name: "log format flag", args: []string{"--relay", "ws://127.0.0.1:9", "--log-format", "yaml"}, want: "log format: want text or json"},
 		{name: "credits max", args: []string{"--relay", "ws://127.0.0.1:9", "--credits", "1024"}},
 		{name: "missing CA", args: []string{"--relay", "wss://relay.example.com", "--ca", "/nonexistent/ca.pem"}, want: "CA file"},
 	} {

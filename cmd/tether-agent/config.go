@@ -5,12 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tetherhq/tether/hw"
+	"github.com/tetherhq/tether/protocol"
 )
 
 // config is the agent's configuration: the file (if any), then environment
@@ -160,6 +162,21 @@ func readConfig(name string, args []string, getenv func(string) string) (*config
 	cfg.caFile, cfg.certFile, cfg.keyFile, cfg.insecure = f.caFile, f.certFile, f.keyFile, f.insecure
 	cfg.tokenFlag = set["token"]
 	cfg.tokenFileFlag = set["token-file"]
+	// What a flag or the environment set is held to the file's rules.
+	switch {
+	case (set["credits"] || getenv("TETHER_CREDITS") != "") && (cfg.Credits < 1 || cfg.Credits > protocol.MaxPull):
+		return nil, fmt.Errorf("credits: want 1 to %d, got %d", protocol.MaxPull, cfg.Credits)
+	case cfg.LogFormat != "" && cfg.LogFormat != "text" && cfg.LogFormat != "json":
+		return nil, fmt.Errorf("log format: want text or json, got %q", cfg.LogFormat)
+	case cfg.Board != "" && cfg.Board != "periph" && cfg.Board != "mock":
+		return nil, fmt.Errorf("board: want periph or mock, got %q", cfg.Board)
+	}
+	if cfg.LogLevel != "" {
+		var lv slog.Level
+		if lv.UnmarshalText([]byte(cfg.LogLevel)) != nil {
+			return nil, fmt.Errorf("log level: want debug, info, warn or error, got %q", cfg.LogLevel)
+		}
+	}
 	return &cfg, nil
 }
 

@@ -165,6 +165,9 @@ func (cfg *config) agentConfig(log *slog.Logger) (agent.Config, error) {
 func openBoard(cfg *config, log *slog.Logger) (board, error) {
 	switch cfg.Board {
 	case "mock":
+		if h := cfg.Hardware; len(h.GPIO)+len(h.I2C)+len(h.SPI)+len(h.PWM) > 0 {
+			log.Warn("--board mock offers the whole simulated header under its own names (GPIO2-GPIO27, i2c bus 1, SPI0.0); the config's gpio, i2c, spi and pwm entries are ignored")
+		}
 		return mock.New(mock.Options{Version: version, ExecLog: cfg.ExecLog, Delay: cfg.MockDelay})
 	case "periph":
 		return hw.Open(cfg.Hardware, hw.Options{Version: version, Logger: log})
