@@ -59,6 +59,7 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !websocket.IsWebSocketUpgrade(r) {
+		noteRefusal(r, refusedNotWebSocket)
 		writeError(w, http.StatusBadRequest, codeBadRequest, "WebSocket upgrade required")
 		return
 	}

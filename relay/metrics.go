@@ -313,7 +313,7 @@ func (c *credCache) deviceCount() int {
 // handleMetrics serves GET /metrics to the networks in MetricsAllow.
 func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	if !s.metricsAllowed(r) {
-		writeError(w, http.StatusForbidden, codeForbidden, "metrics are served only to the networks in --metrics-allow")
+		writeError(w, http.StatusForbidden, codeForbidden, "metrics are served only to the networks in --metrics-allow (loopback by default; none: to nobody)")
 		return
 	}
 	s.met.handler.ServeHTTP(w, r)

@@ -203,6 +203,12 @@ func admin(kind, verb string, args []string, stdout, stderr io.Writer) error {
 			add, what = func(dir, name string) (string, error) { return relay.AddClientScoped(dir, name, sc) }, "API key for client"
 		}
 		secret, err := add(*dir, pos[0])
+		if errors.Is(err, relay.ErrExists) {
+			if kind == "device" {
+				return fmt.Errorf("%w (for a new token: tether-relay device rotate %s while its agent is connected, or device revoke %s and add it again)", err, pos[0], pos[0])
+			}
+			return fmt.Errorf("%w (tether-relay client revoke %s first to replace its key)", err, pos[0])
+		}
 		if err != nil {
 			return err
 		}
