@@ -250,6 +250,15 @@ func (a *Agent) Emit(name string, data json.RawMessage) error {
 		return ErrOutboxFull
 	}
 	ev := a.out.addEvent(name, data, time.Now())
+	if a.j == nil {
+		// Nothing to wait for; marked ready now, in the same hold of
+		// the lock, since a first welcome (attach) may renumber it.
+		a.out.markEventDurable(ev.Seq)
+		a.sendEventsLocked()
+		a.notifyLocked()
+		a.mu.Unlock()
+		return nil
+	}
 	pos := a.recordLocked(record{Op: opEvent, Event: &ev})
 	a.mu.Unlock()
 

@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -163,5 +164,44 @@ func TestAckAheadMovesNumbering(t *testing.T) {
 	o.ack(nil, 3) // an older ack moves nothing back
 	if o.nextSeq != 10 {
 		t.Fatalf("after ack 3: next seq %d", o.nextSeq)
+	}
+}
+
+// Without a journal, the first welcome renumbers the events the process
+// holds. An Emit running meanwhile marks its event ready in the same hold
+// of the lock that adds it, so a renumbering cannot leave it unmarked
+// (which would hold back every later event for good).
+func TestEmitDuringFirstAttachWithoutJournal(t *testing.T) {
+	for i := 0; i < 2000; i++ {
+		a, s := detachedAgent(t, "", echoExec{})
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for range 4 {
+				if err := a.Emit("e", nil); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			a.attach(s, 1000)
+		}()
+		wg.Wait()
+		a.mu.Lock()
+		stuck := -1
+		for k, pe := range a.out.events {
+			if !pe.durable || !pe.sent {
+				stuck = k
+				break
+			}
+		}
+		evs := append([]pendingEvent(nil), a.out.events...)
+		a.mu.Unlock()
+		if stuck >= 0 {
+			t.Fatalf("iteration %d: event %d of %d never sent (durable %v); all after it are held: %+v", i, stuck, len(evs), evs[stuck].durable, evs)
+		}
+		a.Close()
 	}
 }

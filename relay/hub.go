@@ -112,14 +112,14 @@ func newHub(cfg Config, st *store) (*hub, error) {
 		// Deliveries are committed behind the frame that carries them
 		// (takeWork); after a crash, one may not have been saved.
 		e.maybeRan = st.unclean || r.MaybeRan
+		// A cancel asked before the restart still waits on the device.
+		e.cancelAsked = r.CancelAsked
 		if e.maybeRan && !r.MaybeRan {
 			// Stored now: a clean restart later finds the store clean,
 			// and must still know.
 			e.rev++
 			marked = append(marked, e.storedLocked())
 		}
-		// A cancel asked before the restart still waits on the device.
-		e.cancelAsked = r.CancelAsked
 		h.live[r.ID] = e
 		d := h.deviceLocked(r.Device)
 		d.queue = append(d.queue, e)

@@ -161,3 +161,33 @@ func TestCleanRestartAfterCrashCancelsWhatMayHaveRun(t *testing.T) {
 		t.Fatalf("a request recovered from a crash, so possibly run, was canceled at once with its device away: %v", got.Error)
 	}
 }
+
+// A cancel asked for a request that may have run (delivered once, its
+// device now away) is stored with the request (cancel_asked). After a
+// crash, newHub rewrites every recovered request to mark it maybe_ran; the
+// rewrite keeps cancel_asked, so a later restart does not deliver the
+// request again as if nobody had asked (SPEC §6, Cancellation).
+func TestCrashMarkKeepsCancelAsked(t *testing.T) {
+	e := newEnv(t)
+	a, rec := deliveredRequest(e)
+	a.close()
+	waitFor(t, "requeue", func() bool { return e.record(rec.ID, "").State == protocol.StateQueued })
+	// The device is away and the request may have run: the cancel waits.
+	if st, body := e.do("DELETE", "/v1/requests/"+rec.ID, nil); st != 200 && st != 202 {
+		t.Fatalf("cancel: %d %s", st, body)
+	}
+	if got := e.record(rec.ID, ""); got.State != protocol.StateQueued {
+		t.Fatalf("after the cancel: %s, want queued until the device says", got.State)
+	}
+	e.crash()   // unclean start: newHub marks and rewrites the request
+	e.restart() // a clean restart later
+	b := dialAgent(e, e.token)
+	b.send(&protocol.Pull{N: 1})
+	waitFor(t, "the cancel resolved or the request delivered", func() bool {
+		return e.record(rec.ID, "").State != protocol.StateQueued
+	})
+	if got := e.record(rec.ID, ""); got.State != protocol.StateCanceled {
+		t.Fatalf("request canceled by its client before the crash is %s (attempt %d) after a crash and a clean restart: delivered again as if nobody had asked", got.State, got.Attempts)
+	}
+	b.quiet(100 * time.Millisecond)
+}
