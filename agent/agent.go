@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -249,11 +250,10 @@ func (a *Agent) Emit(name string, data json.RawMessage) error {
 		a.mu.Unlock()
 		return ErrOutboxFull
 	}
-	ev := a.out.addEvent(name, data, time.Now())
+	ev, key := a.out.addEvent(name, data, time.Now(), !a.numbered)
 	if a.j == nil {
-		// Nothing to wait for; marked ready now, in the same hold of
-		// the lock, since a first welcome (attach) may renumber it.
-		a.out.markEventDurable(ev.Seq)
+		// Nothing to wait for.
+		a.out.markEventDurable(key)
 		a.sendEventsLocked()
 		a.notifyLocked()
 		a.mu.Unlock()
@@ -267,8 +267,9 @@ func (a *Agent) Emit(name string, data json.RawMessage) error {
 	defer a.mu.Unlock()
 	// Sent even if the journal failed, as a result is: the event
 	// happened. After a restart the journal's numbering may then lag the
-	// relay's, which the relay's welcome and acks put right.
-	a.out.markEventDurable(ev.Seq)
+	// relay's, which the relay's welcome and acks put right. (By key: the
+	// first welcome may have renumbered it meanwhile.)
+	a.out.markEventDurable(key)
 	a.sendEventsLocked()
 	a.maybeCompactLocked()
 	a.notifyLocked()
@@ -286,7 +287,7 @@ func (a *Agent) sendEventsLocked() {
 	now := time.Now()
 	for i := range a.out.events {
 		pe := &a.out.events[i]
-		if !pe.durable {
+		if !pe.durable || pe.held {
 			return
 		}
 		if !pe.sent {
@@ -364,14 +365,18 @@ func (a *Agent) hello() *protocol.Hello {
 func (a *Agent) attach(s *session, lastEvent uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	// The relay ignores events at or below lastEvent. Numbering goes on
-	// above it when nothing is owed (a journal that lost its last records,
-	// or none at all), and, without a journal, at the first welcome, whose
-	// events none has been sent yet: the process numbered them from 1.
-	if len(a.out.events) == 0 || a.j == nil && !a.numbered {
-		a.out.renumberEvents(lastEvent + 1)
+	// The relay ignores events at or below lastEvent. At the first
+	// welcome, the events this process made (none sent yet) move above it:
+	// without a journal the process numbered them from 1, and a journal
+	// may lag the relay (an event sent but not journaled before a
+	// restart). Owing nothing, the next seq moves above it at any welcome.
+	if !a.numbered {
+		a.renumberFreshLocked(lastEvent)
+		a.numbered = true
 	}
-	a.numbered = true
+	if len(a.out.events) == 0 {
+		a.out.nextSeq = max(a.out.nextSeq, lastEvent+1)
+	}
 	a.sess = s
 	a.outstanding = 0
 	for _, r := range a.out.results {
@@ -385,6 +390,40 @@ func (a *Agent) attach(s *session, lastEvent uint64) {
 	a.sendEventsLocked()
 	a.topUpLocked()
 	a.notifyLocked()
+}
+
+// renumberFreshLocked moves the events made before the first welcome above
+// lastEvent. With a journal, their records under the new seqs (and a floor
+// at lastEvent, so that the old ones are not recovered beside them) must
+// be on disk before they are sent: until then they are held.
+func (a *Agent) renumberFreshLocked(lastEvent uint64) {
+	moved := a.out.renumberFresh(lastEvent + 1)
+	if len(moved) == 0 || a.j == nil {
+		return
+	}
+	recs := []record{{Op: opEventAck, Seq: lastEvent}}
+	keys := make([]uint64, len(moved))
+	for i, pe := range moved {
+		ev := pe.ev
+		recs = append(recs, record{Op: opEvent, Event: &ev})
+		keys[i] = pe.key
+		pe.held = true
+	}
+	pos := a.recordLocked(recs...)
+	a.compactions.Go(func() {
+		if err := a.durable(pos); err != nil {
+			a.log.Error("renumbered events not journaled; sending them anyway", "err", err)
+		}
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		for i := range a.out.events {
+			if slices.Contains(keys, a.out.events[i].key) {
+				a.out.events[i].held = false
+			}
+		}
+		a.sendEventsLocked()
+		a.notifyLocked()
+	})
 }
 
 func (a *Agent) detach(s *session) {

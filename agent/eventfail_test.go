@@ -57,3 +57,38 @@ func TestEventSeqNotReusedAfterFailedJournalWrite(t *testing.T) {
 		t.Fatalf("event sent with seqs %v after a restart; the relay already stored seq %d and ignores it", got, relayLast)
 	}
 }
+
+// The same, for an event the board makes before the agent reconnects: it
+// is journaled under the seq the relay already has, and the first welcome
+// moves it above the relay's last seq before it is sent.
+func TestEventEmittedBeforeReconnectAfterFailedJournalWrite(t *testing.T) {
+	dir := t.TempDir()
+	a, s := attachedAgent(t, dir, echoExec{})
+	real := breakJournal(t, a.j)
+	defer real.Close()
+	if err := a.Emit("edge", nil); err == nil {
+		t.Fatal("Emit succeeded though the journal could not be written")
+	}
+	sent := sentEventSeqs(t, s)
+	if len(sent) != 1 {
+		t.Fatalf("sent %v", sent)
+	}
+	relayLast := sent[0] // stored by the relay
+	a.onAck(&protocol.Ack{Events: relayLast})
+	a.Close()
+
+	// Restart; the board emits before the relay is reachable again.
+	b, s2 := detachedAgent(t, dir, echoExec{})
+	if err := b.Emit("edge-after-restart", nil); err != nil {
+		t.Fatal(err)
+	}
+	b.attach(s2, relayLast)
+	var got []uint64
+	waitUntil(t, "the event", func() bool {
+		got = append(got, sentEventSeqs(t, s2)...)
+		return len(got) > 0
+	})
+	if len(got) != 1 || got[0] <= relayLast {
+		t.Fatalf("event emitted after the restart sent with seqs %v; the relay stored seq %d already and would ignore it", got, relayLast)
+	}
+}

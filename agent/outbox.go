@@ -19,6 +19,7 @@ type outbox struct {
 
 	events  []pendingEvent // unacknowledged, in seq order
 	nextSeq uint64
+	keys    uint64 // the last pendingEvent.key given
 
 	done map[string]doneEntry // finished requests, acked or not
 	// doneOrder holds the ids of done in finishing order, for eviction,
@@ -37,10 +38,17 @@ type pendingResult struct {
 }
 
 type pendingEvent struct {
-	ev      protocol.Event
-	at      time.Time // when it happened, on the monotonic clock
+	ev  protocol.Event
+	at  time.Time // when it happened, on the monotonic clock
+	key uint64    // the outbox's own name for it, which a renumbering keeps
+	// fresh marks an event made before this process's first welcome,
+	// which no session has had: the first welcome may renumber it.
+	fresh   bool
 	durable bool
-	sent    bool // to the current session (see Agent.sendEventsLocked)
+	// held marks an event renumbered by the first welcome whose record
+	// under its new seq is not yet on disk: it is not sent until then.
+	held bool
+	sent bool // to the current session (see Agent.sendEventsLocked)
 }
 
 type doneEntry struct {
@@ -129,12 +137,14 @@ func (o *outbox) evict(now time.Time) {
 // first.
 func (o *outbox) finishedOrder() []string { return o.doneOrder[o.doneHead:] }
 
-// addEvent queues an event and returns it with its sequence number.
-func (o *outbox) addEvent(name string, data []byte, at time.Time) protocol.Event {
+// addEvent queues an event and returns it with its sequence number, and
+// the key that names it for markEventDurable. fresh: see pendingEvent.
+func (o *outbox) addEvent(name string, data []byte, at time.Time, fresh bool) (protocol.Event, uint64) {
 	ev := protocol.Event{Seq: o.nextSeq, Name: name, Data: data}
 	o.nextSeq++
-	o.events = append(o.events, pendingEvent{ev: ev, at: at})
-	return ev
+	o.keys++
+	o.events = append(o.events, pendingEvent{ev: ev, at: at, key: o.keys, fresh: fresh})
+	return ev, o.keys
 }
 
 // markResultDurable flags the result of id as safely on disk and returns
@@ -149,10 +159,11 @@ func (o *outbox) markResultDurable(id string) (*protocol.Result, bool) {
 	return nil, false
 }
 
-// markEventDurable flags event seq as on disk and returns it if still owed.
-func (o *outbox) markEventDurable(seq uint64) (*pendingEvent, bool) {
+// markEventDurable flags the event of key as on disk and returns it if
+// still owed.
+func (o *outbox) markEventDurable(key uint64) (*pendingEvent, bool) {
 	for i := range o.events {
-		if o.events[i].ev.Seq == seq {
+		if o.events[i].key == key {
 			o.events[i].durable = true
 			return &o.events[i], true
 		}
@@ -160,22 +171,34 @@ func (o *outbox) markEventDurable(seq uint64) (*pendingEvent, bool) {
 	return nil, false
 }
 
-// renumberEvents moves the events, none of them sent yet, and the next
-// seq, so that they start at from or above; with no events it moves only
-// the next seq.
-func (o *outbox) renumberEvents(from uint64) {
+// renumberFresh moves the fresh events (a tail of the queue: made after
+// everything recovered) and the next seq so that they start at from or
+// above, and returns the events it moved; with no fresh events it moves
+// only the next seq. Every event it moves is made fresh no more.
+func (o *outbox) renumberFresh(from uint64) []*pendingEvent {
+	i := len(o.events)
+	for i > 0 && o.events[i-1].fresh {
+		i--
+	}
+	fresh := o.events[i:]
 	first := o.nextSeq
-	if len(o.events) > 0 {
-		first = o.events[0].ev.Seq
+	if len(fresh) > 0 {
+		first = fresh[0].ev.Seq
+	}
+	for k := range fresh {
+		fresh[k].fresh = false
 	}
 	if first >= from {
-		return
+		return nil
 	}
 	shift := from - first
-	for i := range o.events {
-		o.events[i].ev.Seq += shift
+	moved := make([]*pendingEvent, len(fresh))
+	for k := range fresh {
+		fresh[k].ev.Seq += shift
+		moved[k] = &fresh[k]
 	}
 	o.nextSeq += shift
+	return moved
 }
 
 // frame returns the event as sent now, with its age filled in.

@@ -72,7 +72,7 @@ func TestOutboxEvictsInOrder(t *testing.T) {
 func TestOutboxEvents(t *testing.T) {
 	o := newOutbox(10, time.Hour)
 	for i := 0; i < 4; i++ {
-		ev := o.addEvent("gpio.edge", nil, time.Now())
+		ev, _ := o.addEvent("gpio.edge", nil, time.Now(), false)
 		if ev.Seq != uint64(i+1) {
 			t.Fatalf("seq %d, want %d", ev.Seq, i+1)
 		}
@@ -121,9 +121,11 @@ func TestOutboxForgetsAckedPureResults(t *testing.T) {
 
 // An agent without a journal numbers its events from 1 at every start;
 // at its first welcome it moves them, none sent yet, above the last seq
-// the relay has from the device, which would ignore them otherwise. An
-// agent with a journal keeps its own numbering, and a later welcome of
-// the same process moves nothing.
+// the relay has from the device, which would ignore them otherwise. So
+// does an agent whose journal lags the relay (here a new one: a lost state
+// directory), once the moved events' records are on disk; a restart then
+// recovers them under their new seqs only. A later welcome of the same
+// process moves nothing.
 func TestEventsNumberedAboveTheRelaysAfterARestart(t *testing.T) {
 	a, s := detachedAgent(t, "", &countingExec{})
 	if err := a.Emit("before", nil); err != nil {
@@ -142,13 +144,27 @@ func TestEventsNumberedAboveTheRelaysAfterARestart(t *testing.T) {
 		t.Fatalf("a second welcome renumbered: resent %v, want [42 43]", got)
 	}
 
-	j, sj := detachedAgent(t, t.TempDir(), &countingExec{})
-	if err := j.Emit("journaled", nil); err != nil {
-		t.Fatal(err)
+	dir := t.TempDir()
+	j, sj := detachedAgent(t, dir, &countingExec{})
+	for _, name := range []string{"first", "second"} {
+		if err := j.Emit(name, nil); err != nil {
+			t.Fatal(err)
+		}
 	}
 	j.attach(sj, 41)
-	if got := sentEventSeqs(t, sj); !slices.Equal(got, []uint64{1}) {
-		t.Fatalf("with a journal: sent %v, want [1]", got)
+	var got []uint64
+	waitUntil(t, "the moved events", func() bool {
+		got = append(got, sentEventSeqs(t, sj)...)
+		return len(got) >= 2
+	})
+	if !slices.Equal(got, []uint64{42, 43}) {
+		t.Fatalf("with a journal that lags the relay: sent %v, want [42 43]", got)
+	}
+	j.Close()
+	k, sk := detachedAgent(t, dir, &countingExec{})
+	k.attach(sk, 41) // the relay did not get them
+	if got := sentEventSeqs(t, sk); !slices.Equal(got, []uint64{42, 43}) {
+		t.Fatalf("after a restart: resent %v, want [42 43] (their old seqs not recovered)", got)
 	}
 }
 
@@ -156,7 +172,7 @@ func TestEventsNumberedAboveTheRelaysAfterARestart(t *testing.T) {
 // it had acked) moves the next seq above it.
 func TestAckAheadMovesNumbering(t *testing.T) {
 	o := newOutbox(10, time.Hour)
-	o.addEvent("e", nil, time.Now()) // seq 1
+	o.addEvent("e", nil, time.Now(), false) // seq 1
 	o.ack(nil, 9)
 	if len(o.events) != 0 || o.nextSeq != 10 {
 		t.Fatalf("after ack 9: events %+v, next seq %d, want none and 10", o.events, o.nextSeq)
@@ -167,13 +183,18 @@ func TestAckAheadMovesNumbering(t *testing.T) {
 	}
 }
 
-// Without a journal, the first welcome renumbers the events the process
-// holds. An Emit running meanwhile marks its event ready in the same hold
-// of the lock that adds it, so a renumbering cannot leave it unmarked
-// (which would hold back every later event for good).
-func TestEmitDuringFirstAttachWithoutJournal(t *testing.T) {
+// The first welcome renumbers the events the process made. An Emit
+// running meanwhile marks its event ready by a key the renumbering keeps
+// (without a journal, in the same hold of the lock that adds it), so a
+// renumbering cannot leave it unmarked, which would hold back every later
+// event for good.
+func TestEmitDuringFirstAttach(t *testing.T) {
 	for i := 0; i < 2000; i++ {
-		a, s := detachedAgent(t, "", echoExec{})
+		dir := ""
+		if i%20 == 0 { // with a journal too: its Emits sync, so fewer rounds
+			dir = t.TempDir()
+		}
+		a, s := detachedAgent(t, dir, echoExec{})
 		var wg sync.WaitGroup
 		wg.Add(2)
 		go func() {
@@ -189,6 +210,7 @@ func TestEmitDuringFirstAttachWithoutJournal(t *testing.T) {
 			a.attach(s, 1000)
 		}()
 		wg.Wait()
+		a.compactions.Wait() // the renumbered events' records, with a journal
 		a.mu.Lock()
 		stuck := -1
 		for k, pe := range a.out.events {
