@@ -27,8 +27,7 @@ type Rotate struct {
 }
 
 // Rotated confirms that the agent stored the token of the last Rotate
-// durably (or, without a token file, kept it in memory) and uses it from
-// now on.
+// durably in its token file and uses it from now on.
 type Rotated struct{}
 
 func (*Rotate) MsgType() string  { return TypeRotate }
