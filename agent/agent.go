@@ -369,14 +369,13 @@ func (a *Agent) attach(s *session, lastEvent uint64) {
 	// welcome, the events this process made (none sent yet) move above it:
 	// without a journal the process numbered them from 1, and a journal
 	// may lag the relay (an event sent but not journaled before a
-	// restart). Owing nothing, the next seq moves above it at any welcome.
+	// restart). At any welcome the next seq moves above it: events owed
+	// from before keep theirs, all below it, so seqs still only rise.
 	if !a.numbered {
 		a.renumberFreshLocked(lastEvent)
 		a.numbered = true
 	}
-	if len(a.out.events) == 0 {
-		a.out.nextSeq = max(a.out.nextSeq, lastEvent+1)
-	}
+	a.out.nextSeq = max(a.out.nextSeq, lastEvent+1)
 	a.sess = s
 	a.outstanding = 0
 	for _, r := range a.out.results {

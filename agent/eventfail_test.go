@@ -92,3 +92,28 @@ func TestEventEmittedBeforeReconnectAfterFailedJournalWrite(t *testing.T) {
 		t.Fatalf("event emitted after the restart sent with seqs %v; the relay stored seq %d already and would ignore it", got, relayLast)
 	}
 }
+
+// An event made after connecting, while events recovered from a journal
+// that lags the relay are still owed (their seqs at or below the welcome's
+// last_event, so the relay will ignore them), is numbered above
+// last_event, not right after them, at the first welcome and at any later
+// one: it is stored, not ignored.
+func TestEventAfterConnectAboveLastEventWhileOldOnesOwed(t *testing.T) {
+	dir := t.TempDir()
+	a, _ := detachedAgent(t, dir, echoExec{})
+	if err := a.Emit("before-restart", nil); err != nil { // journaled as seq 1
+		t.Fatal(err)
+	}
+	a.Close()
+	b, s := detachedAgent(t, dir, echoExec{}) // recovers it, owed
+	b.attach(s, 0)                            // a relay that has nothing yet
+	b.detach(s)
+	b.attach(s, 10) // it has 10 now (another agent on the token, a restored backup)
+	if err := b.Emit("after-connect", nil); err != nil {
+		t.Fatal(err)
+	}
+	got := sentEventSeqs(t, s)
+	if n := len(got); n < 2 || got[0] != 1 || got[n-1] <= 10 {
+		t.Fatalf("sent seqs %v, want the recovered 1 (resent at each welcome) and the new one above 10", got)
+	}
+}
