@@ -392,23 +392,21 @@ func (a *Agent) attach(s *session, lastEvent uint64) {
 }
 
 // renumberFreshLocked moves the events made before the first welcome above
-// lastEvent. With a journal, their records under the new seqs (and a floor
-// at lastEvent, so that the old ones are not recovered beside them) must
-// be on disk before they are sent: until then they are held.
+// lastEvent. With a journal, the move (one record: the events recorded so
+// far from the first moved one's old seq on go up by the shift, and every
+// seq up to lastEvent is done with) must be on disk before they are sent:
+// until then they are held.
 func (a *Agent) renumberFreshLocked(lastEvent uint64) {
-	moved := a.out.renumberFresh(lastEvent + 1)
+	moved, from, shift := a.out.renumberFresh(lastEvent + 1)
 	if len(moved) == 0 || a.j == nil {
 		return
 	}
-	recs := []record{{Op: opEventAck, Seq: lastEvent}}
 	keys := make([]uint64, len(moved))
 	for i, pe := range moved {
-		ev := pe.ev
-		recs = append(recs, record{Op: opEvent, Event: &ev})
 		keys[i] = pe.key
 		pe.held = true
 	}
-	pos := a.recordLocked(recs...)
+	pos := a.recordLocked(record{Op: opEventMove, Seq: lastEvent, From: from, Shift: shift})
 	a.compactions.Go(func() {
 		if err := a.durable(pos); err != nil {
 			a.log.Error("renumbered events not journaled; sending them anyway", "err", err)

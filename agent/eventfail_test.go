@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"encoding/binary"
+	"maps"
 	"os"
 	"path/filepath"
 	"testing"
@@ -115,5 +117,63 @@ func TestEventAfterConnectAboveLastEventWhileOldOnesOwed(t *testing.T) {
 	got := sentEventSeqs(t, s)
 	if n := len(got); n < 2 || got[0] != 1 || got[n-1] <= 10 {
 		t.Fatalf("sent seqs %v, want the recovered 1 (resent at each welcome) and the new one above 10", got)
+	}
+}
+
+// The first welcome's renumbering is one journal record, so a power cut
+// in its write leaves all of it or none: recovered events are either all
+// under their new seqs or all under their old ones, never some events
+// moved and another overwritten by seq.
+func TestRenumberingRecordAllOrNothing(t *testing.T) {
+	dir := t.TempDir()
+	a, s := detachedAgent(t, dir, echoExec{})
+	for _, name := range []string{"A", "B", "C"} { // journaled as 1, 2, 3
+		if err := a.Emit(name, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.attach(s, 1) // the relay has a 1 already: they move to 2, 3, 4
+	var sent []uint64
+	waitUntil(t, "the moved events", func() bool {
+		sent = append(sent, sentEventSeqs(t, s)...)
+		return len(sent) >= 3
+	})
+	data, err := os.ReadFile(filepath.Join(dir, journalFile)) // as after kill -9
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, _ := decodeRecords(data)
+	if n := len(recs); n == 0 || recs[n-1].Op != opEventMove {
+		t.Fatalf("journal does not end with the move: %+v", recs)
+	}
+	end := 0 // of the last event record, where the move starts
+	for off := 0; ; {
+		rs, _ := decodeRecords(data[off:])
+		if len(rs) == 0 || rs[0].Op == opEventMove {
+			end = off
+			break
+		}
+		off += recordHead + int(binary.LittleEndian.Uint32(data[off:]))
+	}
+	whole := map[uint64]string{2: "A", 3: "B", 4: "C"}
+	none := map[uint64]string{1: "A", 2: "B", 3: "C"}
+	// Cut before the move, inside its head, inside its body, one byte
+	// short, and whole (a checksum guards every byte alike).
+	for _, cut := range []int{end, end + recordHead/2, (end + len(data)) / 2, len(data) - 1, len(data)} {
+		d := t.TempDir()
+		if err := os.WriteFile(filepath.Join(d, journalFile), data[:cut], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := detachedAgent(t, d, echoExec{})
+		b.mu.Lock()
+		got := map[uint64]string{}
+		for _, pe := range b.out.events {
+			got[pe.ev.Seq] = pe.ev.Name
+		}
+		b.mu.Unlock()
+		b.Close()
+		if !maps.Equal(got, whole) && !maps.Equal(got, none) {
+			t.Fatalf("journal cut at %d of %d (the move starts at %d): recovered %v, want %v or %v", cut, len(data), end, got, whole, none)
+		}
 	}
 }

@@ -61,6 +61,11 @@ const (
 	opAck      = "ack"    // relay acknowledged the result of ID
 	opEvent    = "event"  // event owed to the relay
 	opEventAck = "evack"  // relay acknowledged events up to Seq
+	// opEventMove moves the events recorded before it with a seq of From
+	// or more up by Shift, and acknowledges events up to Seq: the first
+	// welcome's renumbering (Agent.renumberFreshLocked), in one record so
+	// that a torn write cannot leave half of it.
+	opEventMove = "evmove"
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
@@ -73,6 +78,8 @@ type record struct {
 	Result *protocol.Result `json:"result,omitempty"`
 	Event  *protocol.Event  `json:"event,omitempty"`
 	Seq    uint64           `json:"seq,omitempty"`
+	From   uint64           `json:"from,omitempty"`  // opEventMove
+	Shift  uint64           `json:"shift,omitempty"` // opEventMove
 	// Time is the wall clock in Unix milliseconds, used only for the dedupe
 	// window; a board without an RTC merely forgets early.
 	Time int64 `json:"t,omitempty"`

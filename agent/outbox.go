@@ -173,9 +173,10 @@ func (o *outbox) markEventDurable(key uint64) (*pendingEvent, bool) {
 
 // renumberFresh moves the fresh events (a tail of the queue: made after
 // everything recovered) and the next seq so that they start at from or
-// above, and returns the events it moved; with no fresh events it moves
-// only the next seq. Every event it moves is made fresh no more.
-func (o *outbox) renumberFresh(from uint64) []*pendingEvent {
+// above, and returns the events it moved, the first one's old seq and the
+// shift; with no fresh events it moves only the next seq. No event is
+// fresh afterwards.
+func (o *outbox) renumberFresh(from uint64) (moved []*pendingEvent, oldFirst, shift uint64) {
 	i := len(o.events)
 	for i > 0 && o.events[i-1].fresh {
 		i--
@@ -189,16 +190,16 @@ func (o *outbox) renumberFresh(from uint64) []*pendingEvent {
 		fresh[k].fresh = false
 	}
 	if first >= from {
-		return nil
+		return nil, 0, 0
 	}
-	shift := from - first
-	moved := make([]*pendingEvent, len(fresh))
+	shift = from - first
+	moved = make([]*pendingEvent, len(fresh))
 	for k := range fresh {
 		fresh[k].ev.Seq += shift
 		moved[k] = &fresh[k]
 	}
 	o.nextSeq += shift
-	return moved
+	return moved, first, shift
 }
 
 // frame returns the event as sent now, with its age filled in.

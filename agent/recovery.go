@@ -57,6 +57,21 @@ func (a *Agent) openJournal() error {
 			}
 		case opEventAck:
 			evAcked = max(evAcked, r.Seq)
+		case opEventMove:
+			moved := make(map[uint64]*protocol.Event, len(events))
+			for s, ev := range events {
+				if s >= r.From {
+					e := *ev
+					e.Seq = s + r.Shift
+					ev = &e
+				}
+				moved[ev.Seq] = ev
+			}
+			events = moved
+			if maxSeq >= r.From {
+				maxSeq += r.Shift
+			}
+			evAcked = max(evAcked, r.Seq)
 		}
 	}
 
