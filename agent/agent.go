@@ -391,22 +391,28 @@ func (a *Agent) attach(s *session, lastEvent uint64) {
 	a.notifyLocked()
 }
 
-// renumberFreshLocked moves the events made before the first welcome above
-// lastEvent. With a journal, the move (one record: the events recorded so
-// far from the first moved one's old seq on go up by the shift, and every
-// seq up to lastEvent is done with) must be on disk before they are sent:
-// until then they are held.
+// renumberFreshLocked moves the events never sent (made before this
+// process's first welcome, or recorded by a process that never had one)
+// above lastEvent. With a journal, the move (one record: the events
+// recorded so far from the first moved one's old seq on go up by the
+// shift, and every seq up to lastEvent is done with) also ends the span of
+// fresh events, and must be on disk before they are sent, moved or not:
+// until then they are held, or a crash would leave them fresh, to be moved
+// again, and stored twice.
 func (a *Agent) renumberFreshLocked(lastEvent uint64) {
-	moved, from, shift := a.out.renumberFresh(lastEvent + 1)
-	if len(moved) == 0 || a.j == nil {
+	fresh, from, shift := a.out.renumberFresh(lastEvent + 1)
+	if a.j == nil {
 		return
 	}
-	keys := make([]uint64, len(moved))
-	for i, pe := range moved {
+	pos := a.recordLocked(record{Op: opEventMove, Seq: lastEvent, From: from, Shift: shift})
+	if len(fresh) == 0 {
+		return
+	}
+	keys := make([]uint64, len(fresh))
+	for i, pe := range fresh {
 		keys[i] = pe.key
 		pe.held = true
 	}
-	pos := a.recordLocked(record{Op: opEventMove, Seq: lastEvent, From: from, Shift: shift})
 	a.compactions.Go(func() {
 		if err := a.durable(pos); err != nil {
 			a.log.Error("renumbered events not journaled; sending them anyway", "err", err)

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/tetherhq/tether/protocol"
@@ -102,8 +103,9 @@ func TestEventEmittedBeforeReconnectAfterFailedJournalWrite(t *testing.T) {
 // one: it is stored, not ignored.
 func TestEventAfterConnectAboveLastEventWhileOldOnesOwed(t *testing.T) {
 	dir := t.TempDir()
-	a, _ := detachedAgent(t, dir, echoExec{})
-	if err := a.Emit("before-restart", nil); err != nil { // journaled as seq 1
+	a, sa := detachedAgent(t, dir, echoExec{})
+	a.attach(sa, 0)
+	if err := a.Emit("before-restart", nil); err != nil { // journaled as seq 1, sent, not acked
 		t.Fatal(err)
 	}
 	a.Close()
@@ -175,5 +177,40 @@ func TestRenumberingRecordAllOrNothing(t *testing.T) {
 		if !maps.Equal(got, whole) && !maps.Equal(got, none) {
 			t.Fatalf("journal cut at %d of %d (the move starts at %d): recovered %v, want %v or %v", cut, len(data), end, got, whole, none)
 		}
+	}
+}
+
+// Events an agent made before its first welcome were never sent, even if
+// it stopped (or crashed) before having one: the journal says so (they
+// follow a boot record no welcome ended), and the next agent's first
+// welcome moves them above the relay's last seq like its own. Events an
+// agent made after a welcome may have been sent, and are not moved.
+func TestEventsOfAnAgentThatNeverConnectedAreMoved(t *testing.T) {
+	dir := t.TempDir()
+	a, _ := detachedAgent(t, dir, echoExec{})
+	for _, name := range []string{"A", "B"} { // 1, 2: a lost state directory's new journal
+		if err := a.Emit(name, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.Close() // it never connected
+	b, s := detachedAgent(t, dir, echoExec{})
+	b.attach(s, 10)
+	var got []uint64
+	waitUntil(t, "the moved events", func() bool {
+		got = append(got, sentEventSeqs(t, s)...)
+		return len(got) >= 2
+	})
+	if !slices.Equal(got, []uint64{11, 12}) {
+		t.Fatalf("events of an agent that never connected sent as %v, want [11 12]", got)
+	}
+	if err := b.Emit("C", nil); err != nil { // after the welcome: 13, sent
+		t.Fatal(err)
+	}
+	b.Close()
+	c, sc := detachedAgent(t, dir, echoExec{})
+	c.attach(sc, 20) // the relay has more now; nothing was acked
+	if got := sentEventSeqs(t, sc); !slices.Equal(got, []uint64{11, 12, 13}) {
+		t.Fatalf("after a restart, events that may have been sent were resent as %v, want [11 12 13] (not moved)", got)
 	}
 }

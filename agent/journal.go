@@ -64,8 +64,13 @@ const (
 	// opEventMove moves the events recorded before it with a seq of From
 	// or more up by Shift, and acknowledges events up to Seq: the first
 	// welcome's renumbering (Agent.renumberFreshLocked), in one record so
-	// that a torn write cannot leave half of it.
+	// that a torn write cannot leave half of it. It also ends the span an
+	// opBoot began.
 	opEventMove = "evmove"
+	// opBoot starts the span of a process that has not had a welcome yet:
+	// the events recorded in it were never sent (fresh), so the next first
+	// welcome may move them.
+	opBoot = "boot"
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)

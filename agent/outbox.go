@@ -172,34 +172,31 @@ func (o *outbox) markEventDurable(key uint64) (*pendingEvent, bool) {
 }
 
 // renumberFresh moves the fresh events (a tail of the queue: made after
-// everything recovered) and the next seq so that they start at from or
-// above, and returns the events it moved, the first one's old seq and the
-// shift; with no fresh events it moves only the next seq. No event is
-// fresh afterwards.
-func (o *outbox) renumberFresh(from uint64) (moved []*pendingEvent, oldFirst, shift uint64) {
+// everything else, never sent) and the next seq so that they start at from
+// or above, and returns the fresh events, the first one's old seq and the
+// shift (0: none moved); with no fresh events it moves only the next seq.
+// No event is fresh afterwards.
+func (o *outbox) renumberFresh(from uint64) (fresh []*pendingEvent, oldFirst, shift uint64) {
 	i := len(o.events)
 	for i > 0 && o.events[i-1].fresh {
 		i--
 	}
-	fresh := o.events[i:]
+	tail := o.events[i:]
 	first := o.nextSeq
-	if len(fresh) > 0 {
-		first = fresh[0].ev.Seq
+	if len(tail) > 0 {
+		first = tail[0].ev.Seq
 	}
-	for k := range fresh {
-		fresh[k].fresh = false
+	if first < from {
+		shift = from - first
 	}
-	if first >= from {
-		return nil, 0, 0
-	}
-	shift = from - first
-	moved = make([]*pendingEvent, len(fresh))
-	for k := range fresh {
-		fresh[k].ev.Seq += shift
-		moved[k] = &fresh[k]
+	fresh = make([]*pendingEvent, len(tail))
+	for k := range tail {
+		tail[k].fresh = false
+		tail[k].ev.Seq += shift
+		fresh[k] = &tail[k]
 	}
 	o.nextSeq += shift
-	return moved, first, shift
+	return fresh, first, shift
 }
 
 // frame returns the event as sent now, with its age filled in.

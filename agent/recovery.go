@@ -29,6 +29,8 @@ func (a *Agent) openJournal() error {
 	byID := make(map[string]*entry)
 	var order []string
 	events := make(map[uint64]*protocol.Event)
+	fresh := make(map[uint64]bool) // events recorded in a span no welcome ended
+	inSpan := false
 	var maxSeq, evAcked uint64
 	get := func(id string) *entry {
 		e := byID[id]
@@ -53,8 +55,11 @@ func (a *Agent) openJournal() error {
 		case opEvent:
 			if r.Event != nil {
 				events[r.Event.Seq] = r.Event
+				fresh[r.Event.Seq] = inSpan
 				maxSeq = max(maxSeq, r.Event.Seq)
 			}
+		case opBoot:
+			inSpan = true
 		case opEventAck:
 			evAcked = max(evAcked, r.Seq)
 		case opEventMove:
@@ -72,6 +77,8 @@ func (a *Agent) openJournal() error {
 				maxSeq += r.Shift
 			}
 			evAcked = max(evAcked, r.Seq)
+			clear(fresh) // a welcome numbered (and may have sent) them all
+			inSpan = false
 		}
 	}
 
@@ -102,7 +109,8 @@ func (a *Agent) openJournal() error {
 	}
 	slices.Sort(seqs)
 	for _, s := range seqs {
-		a.out.events = append(a.out.events, pendingEvent{ev: *events[s], at: now, durable: true})
+		a.out.keys++
+		a.out.events = append(a.out.events, pendingEvent{ev: *events[s], at: now, durable: true, key: a.out.keys, fresh: fresh[s]})
 	}
 	a.out.nextSeq = max(maxSeq, evAcked) + 1
 	if interrupted > 0 {
@@ -177,9 +185,19 @@ func (a *Agent) snapshotLocked() []record {
 		}
 	}
 	floor := a.out.nextSeq - 1
+	booted := a.numbered // a span is open until the first welcome
 	for _, pe := range a.out.events {
+		if pe.fresh && !booted {
+			recs = append(recs, record{Op: opBoot})
+			booted = true
+		}
 		ev := pe.ev
 		recs = append(recs, record{Op: opEvent, Event: &ev})
+	}
+	if !booted {
+		// Events this process makes before its first welcome are
+		// recorded after this, in the span it opens.
+		recs = append(recs, record{Op: opBoot})
 	}
 	if len(a.out.events) > 0 {
 		floor = a.out.events[0].ev.Seq - 1
