@@ -1,11 +1,8 @@
 package agent
 
 import (
-	"context"
 	"io"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,8 +11,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/tetherhq/tether/relay"
 )
 
 // runUnprivileged re-runs the calling test as uid/gid 65534 when the test
@@ -163,37 +158,8 @@ func (r *cuttableRelay) cutConnections() {
 
 func startCuttableRelay(t *testing.T) *cuttableRelay {
 	t.Helper()
-	dir := t.TempDir()
-	tok, err := relay.AddDevice(dir, "dev1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := relay.New(relay.Config{DataDir: dir, SweepInterval: 5 * time.Millisecond, PingPeriod: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &cuttableRelay{rotationRelay: &rotationRelay{srv: srv, token: tok}}
-	h := srv.Handler()
-	r.ts = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if req.URL.Path == "/v1/agent" {
-			r.dials.Add(1)
-		}
-		h.ServeHTTP(w, req)
-	}))
-	r.ts.Listener = trackingListener{Listener: r.ts.Listener, r: r}
-	r.ts.Start()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		r.cutConnections()
-		r.ts.Close()
-		srv.Close()
-	})
+	r := &cuttableRelay{rotationRelay: &rotationRelay{}}
+	serveRotationRelay(t, r.rotationRelay, func(l net.Listener) net.Listener { return trackingListener{Listener: l, r: r} })
+	t.Cleanup(r.cutConnections) // before the server closes (cleanups run last first)
 	return r
 }

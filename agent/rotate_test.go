@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -53,6 +54,13 @@ type rotationRelay struct {
 
 func startRotationRelay(t *testing.T) *rotationRelay {
 	t.Helper()
+	return serveRotationRelay(t, &rotationRelay{}, nil)
+}
+
+// serveRotationRelay starts r's relay and its server, whose listener wrap
+// wraps if set; they are stopped when t ends.
+func serveRotationRelay(t *testing.T, r *rotationRelay, wrap func(net.Listener) net.Listener) *rotationRelay {
+	t.Helper()
 	dir := t.TempDir()
 	tok, err := relay.AddDevice(dir, "dev1")
 	if err != nil {
@@ -62,14 +70,18 @@ func startRotationRelay(t *testing.T) *rotationRelay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &rotationRelay{srv: srv, token: tok}
+	r.srv, r.token = srv, tok
 	h := srv.Handler()
-	r.ts = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.ts = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.URL.Path == "/v1/agent" {
 			r.dials.Add(1)
 		}
 		h.ServeHTTP(w, req)
 	}))
+	if wrap != nil {
+		r.ts.Listener = wrap(r.ts.Listener)
+	}
+	r.ts.Start()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
