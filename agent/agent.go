@@ -251,14 +251,6 @@ func (a *Agent) Emit(name string, data json.RawMessage) error {
 		return ErrOutboxFull
 	}
 	ev, key := a.out.addEvent(name, data, time.Now(), !a.numbered)
-	if a.j == nil {
-		// Nothing to wait for.
-		a.out.markEventDurable(key)
-		a.sendEventsLocked()
-		a.notifyLocked()
-		a.mu.Unlock()
-		return nil
-	}
 	pos := a.recordLocked(record{Op: opEvent, Event: &ev})
 	a.mu.Unlock()
 

@@ -27,17 +27,15 @@ func breakJournal(t *testing.T, j *journal) *os.File {
 	return real
 }
 
-// An event whose journal write failed is still sent (the event happened),
-// and Emit says the journal failed. The journal never held it, so after a
-// restart the agent's numbering is behind the relay's; the relay's welcome
-// names its last seq, and the next event is numbered above it instead of
-// being ignored as one the relay has.
-func TestEventSeqNotReusedAfterFailedJournalWrite(t *testing.T) {
-	dir := t.TempDir()
+// sendUnjournaledEvent runs an agent on dir whose journal write fails: its
+// event is still sent, the relay stores and acks it (the ack is not
+// journaled either), and the agent stops. It returns the event's seq, the
+// relay's last.
+func sendUnjournaledEvent(t *testing.T, dir string) uint64 {
+	t.Helper()
 	a, s := attachedAgent(t, dir, echoExec{})
 	real := breakJournal(t, a.j)
 	defer real.Close()
-
 	if err := a.Emit("edge", nil); err == nil {
 		t.Fatal("Emit succeeded though the journal could not be written")
 	}
@@ -45,9 +43,19 @@ func TestEventSeqNotReusedAfterFailedJournalWrite(t *testing.T) {
 	if len(sent) != 1 {
 		t.Fatalf("events sent after a failed journal write: %v, want the one event", sent)
 	}
-	relayLast := sent[0]
-	a.onAck(&protocol.Ack{Events: relayLast}) // not journaled either
+	a.onAck(&protocol.Ack{Events: sent[0]})
 	a.Close()
+	return sent[0]
+}
+
+// An event whose journal write failed is still sent (the event happened),
+// and Emit says the journal failed. The journal never held it, so after a
+// restart the agent's numbering is behind the relay's; the relay's welcome
+// names its last seq, and the next event is numbered above it instead of
+// being ignored as one the relay has.
+func TestEventSeqNotReusedAfterFailedJournalWrite(t *testing.T) {
+	dir := t.TempDir()
+	relayLast := sendUnjournaledEvent(t, dir)
 
 	// Restart (the disk has room again); the relay welcomes it with the
 	// last seq it stored.
@@ -66,19 +74,7 @@ func TestEventSeqNotReusedAfterFailedJournalWrite(t *testing.T) {
 // moves it above the relay's last seq before it is sent.
 func TestEventEmittedBeforeReconnectAfterFailedJournalWrite(t *testing.T) {
 	dir := t.TempDir()
-	a, s := attachedAgent(t, dir, echoExec{})
-	real := breakJournal(t, a.j)
-	defer real.Close()
-	if err := a.Emit("edge", nil); err == nil {
-		t.Fatal("Emit succeeded though the journal could not be written")
-	}
-	sent := sentEventSeqs(t, s)
-	if len(sent) != 1 {
-		t.Fatalf("sent %v", sent)
-	}
-	relayLast := sent[0] // stored by the relay
-	a.onAck(&protocol.Ack{Events: relayLast})
-	a.Close()
+	relayLast := sendUnjournaledEvent(t, dir)
 
 	// Restart; the board emits before the relay is reachable again.
 	b, s2 := detachedAgent(t, dir, echoExec{})

@@ -184,10 +184,9 @@ func TestAckAheadMovesNumbering(t *testing.T) {
 }
 
 // The first welcome renumbers the events the process made. An Emit
-// running meanwhile marks its event ready by a key the renumbering keeps
-// (without a journal, in the same hold of the lock that adds it), so a
-// renumbering cannot leave it unmarked, which would hold back every later
-// event for good.
+// running meanwhile marks its event ready by a key the renumbering keeps,
+// so a renumbering cannot leave it unmarked, which would hold back every
+// later event for good.
 func TestEmitDuringFirstAttach(t *testing.T) {
 	for i := 0; i < 2000; i++ {
 		dir := ""

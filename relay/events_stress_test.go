@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -41,22 +40,7 @@ import (
 //
 // EVSTRESS_SEEDS, EVSTRESS_SEED and EVSTRESS_OPS tune the run.
 func TestEventsStress(t *testing.T) {
-	seeds, ops := 6, 60
-	if v, err := strconv.Atoi(os.Getenv("EVSTRESS_SEEDS")); err == nil {
-		seeds = v
-	}
-	if v, err := strconv.Atoi(os.Getenv("EVSTRESS_OPS")); err == nil {
-		ops = v
-	}
-	first := int64(1)
-	if v, err := strconv.ParseInt(os.Getenv("EVSTRESS_SEED"), 10, 64); err == nil {
-		first, seeds = v, 1
-	}
-	for seed := first; seed < first+int64(seeds); seed++ {
-		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
-			runEventsStress(t, seed, ops)
-		})
-	}
+	runSeeds(t, "EVSTRESS", 6, 60, runEventsStress)
 }
 
 // evProxy forwards connections to the relay's current address; cut drops

@@ -41,24 +41,29 @@ import (
 //
 // STRESS_SEEDS and STRESS_OPS make a longer run; STRESS_SEED runs one seed.
 func TestLifecycleStress(t *testing.T) {
-	seeds, ops := 4, 250
+	seeds := 4
 	if testing.Short() {
 		seeds = 2
 	}
-	if v, err := strconv.Atoi(os.Getenv("STRESS_SEEDS")); err == nil {
+	runSeeds(t, "STRESS", seeds, 250, runLifecycleStress)
+}
+
+// runSeeds runs a seeded stress test as one subtest per seed: seeds seeds
+// of ops operations each, from seed 1. The environment overrides them:
+// PREFIX_SEEDS and PREFIX_OPS, and PREFIX_SEED runs that one seed alone.
+func runSeeds(t *testing.T, prefix string, seeds, ops int, run func(t *testing.T, seed int64, ops int)) {
+	if v, err := strconv.Atoi(os.Getenv(prefix + "_SEEDS")); err == nil {
 		seeds = v
 	}
-	if v, err := strconv.Atoi(os.Getenv("STRESS_OPS")); err == nil {
+	if v, err := strconv.Atoi(os.Getenv(prefix + "_OPS")); err == nil {
 		ops = v
 	}
 	first := int64(1)
-	if v, err := strconv.ParseInt(os.Getenv("STRESS_SEED"), 10, 64); err == nil {
+	if v, err := strconv.ParseInt(os.Getenv(prefix+"_SEED"), 10, 64); err == nil {
 		first, seeds = v, 1
 	}
 	for seed := first; seed < first+int64(seeds); seed++ {
-		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
-			runLifecycleStress(t, seed, ops)
-		})
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { run(t, seed, ops) })
 	}
 }
 
