@@ -48,6 +48,12 @@ type Submit struct {
 	Params     json.RawMessage `json:"params,omitempty"`
 	Timeout    Duration        `json:"timeout,omitempty"` // 0 means the relay's default
 	Idempotent bool            `json:"idempotent,omitempty"`
+	// Key, when set, makes the submission safe to retry: the relay stores
+	// the request it creates under the key, and a later submission with
+	// the same key (by the same client) gets that request instead of a
+	// new one, for as long as the relay keeps it. REST clients may send
+	// it as the Idempotency-Key header.
+	Key string `json:"key,omitempty"`
 }
 
 // Validate checks a submission from a client.
@@ -60,6 +66,9 @@ func (s *Submit) Validate() error {
 	}
 	if len(s.Params) > 0 && !json.Valid(s.Params) {
 		return Errorf(CodeBadParams, "params is not valid JSON")
+	}
+	if s.Key != "" && !ValidID(s.Key) {
+		return Errorf(CodeBadParams, "key: want 1..%d printable characters, got %q", MaxIDLen, clip(s.Key))
 	}
 	return nil
 }

@@ -36,11 +36,12 @@ type ClientCall struct {
 	Params     json.RawMessage `json:"params,omitempty"`
 	Timeout    Duration        `json:"timeout,omitempty"`
 	Idempotent bool            `json:"idempotent,omitempty"`
+	Key        string          `json:"key,omitempty"` // see Submit.Key
 }
 
 // Submit returns the call as a REST submission.
 func (m *ClientCall) Submit() Submit {
-	return Submit{Method: m.Method, Params: m.Params, Timeout: m.Timeout, Idempotent: m.Idempotent}
+	return Submit{Method: m.Method, Params: m.Params, Timeout: m.Timeout, Idempotent: m.Idempotent, Key: m.Key}
 }
 
 // ClientGet attaches the connection to request ID: the relay answers with

@@ -465,7 +465,7 @@ func (m *Ack) decodeFast(frame []byte) bool {
 
 func (m *ClientCall) decodeFast(frame []byte) bool {
 	s := newScanner(frame)
-	for o := s.object(); s.member(&o, "type", "ref", "device", "method", "params", "timeout", "idempotent"); {
+	for o := s.object(); s.member(&o, "type", "ref", "device", "method", "params", "timeout", "idempotent", "key"); {
 		switch o.key {
 		case "type":
 			s.typ(TypeCall)
@@ -481,6 +481,8 @@ func (m *ClientCall) decodeFast(frame []byte) bool {
 			m.Timeout = s.duration()
 		case "idempotent":
 			m.Idempotent = s.bool()
+		case "key":
+			m.Key = s.str()
 		}
 	}
 	return s.end()
@@ -540,7 +542,7 @@ func DecodeSubmitFast(body []byte) (Submit, bool) {
 func (m *Submit) decodeFast(body []byte) bool {
 	s := newScanner(body)
 	s.typed = true // a submission names no type
-	for o := s.object(); s.member(&o, "method", "params", "timeout", "idempotent"); {
+	for o := s.object(); s.member(&o, "method", "params", "timeout", "idempotent", "key"); {
 		switch o.key {
 		case "method":
 			m.Method = s.str()
@@ -550,6 +552,8 @@ func (m *Submit) decodeFast(body []byte) bool {
 			m.Timeout = s.duration()
 		case "idempotent":
 			m.Idempotent = s.bool()
+		case "key":
+			m.Key = s.str()
 		}
 	}
 	return s.end()

@@ -17,17 +17,17 @@ import (
 // nothing in them is compacted or HTML-escaped; the value is the same.
 func (r *Record) AppendJSON(b []byte) []byte {
 	b = append(b, `{"id":`...)
-	b = appendJSONString(b, r.ID)
+	b = AppendJSONString(b, r.ID)
 	b = append(b, `,"device":`...)
-	b = appendJSONString(b, r.Device)
+	b = AppendJSONString(b, r.Device)
 	b = append(b, `,"method":`...)
-	b = appendJSONString(b, r.Method)
+	b = AppendJSONString(b, r.Method)
 	if len(r.Params) > 0 {
 		b = append(b, `,"params":`...)
 		b = append(b, r.Params...)
 	}
 	b = append(b, `,"state":`...)
-	b = appendJSONString(b, r.State)
+	b = AppendJSONString(b, r.State)
 	if len(r.Result) > 0 {
 		b = append(b, `,"result":`...)
 		b = append(b, r.Result...)
@@ -41,7 +41,7 @@ func (r *Record) AppendJSON(b []byte) []byte {
 		b = append(b, `,"idempotent":true`...)
 	}
 	b = append(b, `,"timeout":`...)
-	b = appendJSONString(b, time.Duration(r.Timeout).String())
+	b = AppendJSONString(b, time.Duration(r.Timeout).String())
 	b = append(b, `,"created":`...)
 	b = AppendJSONTime(b, r.Created)
 	if r.Finished != nil {
@@ -57,9 +57,9 @@ func (r *Record) AppendJSON(b []byte) []byte {
 
 func (m *Request) appendFrame(b []byte) []byte {
 	b = append(b, `{"type":"request","id":`...)
-	b = appendJSONString(b, m.ID)
+	b = AppendJSONString(b, m.ID)
 	b = append(b, `,"method":`...)
-	b = appendJSONString(b, m.Method)
+	b = AppendJSONString(b, m.Method)
 	if len(m.Params) > 0 {
 		b = append(b, `,"params":`...)
 		b = append(b, m.Params...)
@@ -76,9 +76,9 @@ func (m *Request) appendFrame(b []byte) []byte {
 
 func (m *Result) appendFrame(b []byte) []byte {
 	b = append(b, `{"type":"result","id":`...)
-	b = appendJSONString(b, m.ID)
+	b = AppendJSONString(b, m.ID)
 	b = append(b, `,"state":`...)
-	b = appendJSONString(b, m.State)
+	b = AppendJSONString(b, m.State)
 	if len(m.Value) > 0 {
 		b = append(b, `,"value":`...)
 		b = append(b, m.Value...)
@@ -105,7 +105,7 @@ func (m *Ack) appendFrame(b []byte) []byte {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = appendJSONString(b, id)
+			b = AppendJSONString(b, id)
 		}
 		b = append(b, ']')
 	}
@@ -120,22 +120,26 @@ func (m *ClientCall) appendFrame(b []byte) []byte {
 	b = append(b, `{"type":"call"`...)
 	if m.Ref != "" {
 		b = append(b, `,"ref":`...)
-		b = appendJSONString(b, m.Ref)
+		b = AppendJSONString(b, m.Ref)
 	}
 	b = append(b, `,"device":`...)
-	b = appendJSONString(b, m.Device)
+	b = AppendJSONString(b, m.Device)
 	b = append(b, `,"method":`...)
-	b = appendJSONString(b, m.Method)
+	b = AppendJSONString(b, m.Method)
 	if len(m.Params) > 0 {
 		b = append(b, `,"params":`...)
 		b = append(b, m.Params...)
 	}
 	if m.Timeout != 0 {
 		b = append(b, `,"timeout":`...)
-		b = appendJSONString(b, time.Duration(m.Timeout).String())
+		b = AppendJSONString(b, time.Duration(m.Timeout).String())
 	}
 	if m.Idempotent {
 		b = append(b, `,"idempotent":true`...)
+	}
+	if m.Key != "" {
+		b = append(b, `,"key":`...)
+		b = AppendJSONString(b, m.Key)
 	}
 	return append(b, '}')
 }
@@ -144,10 +148,10 @@ func (m *ClientAccepted) appendFrame(b []byte) []byte {
 	b = append(b, `{"type":"accepted"`...)
 	if m.Ref != "" {
 		b = append(b, `,"ref":`...)
-		b = appendJSONString(b, m.Ref)
+		b = AppendJSONString(b, m.Ref)
 	}
 	b = append(b, `,"id":`...)
-	b = appendJSONString(b, m.ID)
+	b = AppendJSONString(b, m.ID)
 	b = append(b, `,"request":`...)
 	b = m.Request.AppendJSON(b)
 	return append(b, '}')
@@ -155,13 +159,13 @@ func (m *ClientAccepted) appendFrame(b []byte) []byte {
 
 func (m *ClientResult) appendFrame(b []byte) []byte {
 	b = append(b, `{"type":"result","id":`...)
-	b = appendJSONString(b, m.ID)
+	b = AppendJSONString(b, m.ID)
 	if m.Ref != "" {
 		b = append(b, `,"ref":`...)
-		b = appendJSONString(b, m.Ref)
+		b = AppendJSONString(b, m.Ref)
 	}
 	b = append(b, `,"state":`...)
-	b = appendJSONString(b, m.State)
+	b = AppendJSONString(b, m.State)
 	if len(m.Result) > 0 {
 		b = append(b, `,"result":`...)
 		b = append(b, m.Result...)
@@ -176,9 +180,9 @@ func (m *ClientResult) appendFrame(b []byte) []byte {
 
 func appendFailure(b []byte, f *Failure) []byte {
 	b = append(b, `{"code":`...)
-	b = appendJSONString(b, f.Code)
+	b = AppendJSONString(b, f.Code)
 	b = append(b, `,"message":`...)
-	b = appendJSONString(b, f.Message)
+	b = AppendJSONString(b, f.Message)
 	return append(b, '}')
 }
 
@@ -198,9 +202,9 @@ func AppendJSONTime(b []byte, t time.Time) []byte {
 	return append(b, '"')
 }
 
-// appendJSONString appends s as a JSON string, byte for byte as
+// AppendJSONString appends s as a JSON string, byte for byte as
 // json.Marshal writes it.
-func appendJSONString(b []byte, s string) []byte {
+func AppendJSONString(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
 			enc, _ := json.Marshal(s) // a string always encodes

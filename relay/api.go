@@ -19,6 +19,9 @@ const (
 	codeBadRequest       = "bad_request"
 	codeMethodNotAllowed = "method_not_allowed"
 	codeUnavailable      = "unavailable"
+	// codeKeyReused refuses a submission whose idempotency key the client
+	// gave a different request (422).
+	codeKeyReused = "key_reused"
 )
 
 // defaultEventLimit is how many events one events call returns unless
@@ -148,6 +151,18 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		writeError(w, http.StatusBadRequest, codeBadRequest, err.Error())
 		return
+	}
+	if key := r.Header.Get("Idempotency-Key"); key != "" {
+		// The header's draft standard quotes the key (a structured
+		// field string); bare keys are common too.
+		if len(key) >= 2 && key[0] == '"' && key[len(key)-1] == '"' {
+			key = key[1 : len(key)-1]
+		}
+		if sub.Key != "" && sub.Key != key {
+			writeError(w, http.StatusBadRequest, codeBadRequest, "the Idempotency-Key header and the body's key differ")
+			return
+		}
+		sub.Key = key
 	}
 	rec, err := s.Submit(r.Context(), r.PathValue("id"), sub)
 	if err != nil {
@@ -340,8 +355,11 @@ func (s *Server) writeErr(w http.ResponseWriter, err error) {
 		}{protocol.Failure{Code: protocol.CodeInternal, Message: unstoredMessage}, ue.Request})
 	case errors.As(err, &f):
 		status := http.StatusBadRequest
-		if f.Code == protocol.CodeTooLarge {
+		switch f.Code {
+		case protocol.CodeTooLarge:
 			status = http.StatusRequestEntityTooLarge
+		case codeKeyReused:
+			status = http.StatusUnprocessableEntity
 		}
 		writeError(w, status, f.Code, f.Message)
 	case errors.Is(err, ErrUnknownDevice):

@@ -1,11 +1,14 @@
 package relay
 
 import (
+	"bytes"
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"runtime"
 	"slices"
 	"sync"
@@ -41,6 +44,9 @@ type hub struct {
 	devices  map[string]*device // by id, created on first use
 	retained []retainedRef      // settled requests, oldest first
 	nextSeq  uint64             // Seq of the next submit
+	// keys finds kept requests by their idempotency key
+	// (storedRequest.keyIndex → id).
+	keys map[string]string
 
 	// behind counts commits nobody waits for (see commitBehind); the
 	// store is closed only after them.
@@ -51,6 +57,7 @@ type hub struct {
 type retainedRef struct {
 	id       string
 	finished time.Time
+	key      string // keyIndex, or ""
 }
 
 // newHub rebuilds the in-memory state from st. No other goroutine can see
@@ -62,6 +69,7 @@ func newHub(cfg Config, st *store) (*hub, error) {
 		log:     cfg.Logger,
 		live:    make(map[string]*entry),
 		devices: make(map[string]*device),
+		keys:    make(map[string]string),
 		nextSeq: 1,
 	}
 	metas, seqs, err := st.loadDevices()
@@ -79,12 +87,16 @@ func newHub(cfg Config, st *store) (*hub, error) {
 	var pending []storedRequest
 	err = st.loadRequests(func(r storedRequest) {
 		h.nextSeq = max(h.nextSeq, r.Seq+1)
+		ik := r.keyIndex()
+		if ik != "" {
+			h.keys[ik] = r.ID
+		}
 		if protocol.Terminal(r.State) {
 			fin := r.Created
 			if r.Finished != nil {
 				fin = *r.Finished
 			}
-			h.retained = append(h.retained, retainedRef{id: r.ID, finished: fin})
+			h.retained = append(h.retained, retainedRef{id: r.ID, finished: fin, key: ik})
 			return
 		}
 		pending = append(pending, r)
@@ -114,6 +126,7 @@ func newHub(cfg Config, st *store) (*hub, error) {
 		e.maybeRan = st.unclean || r.MaybeRan
 		// A cancel asked before the restart still waits on the device.
 		e.cancelAsked = r.CancelAsked
+		e.key, e.owner = r.Key, r.Owner
 		if e.maybeRan && !r.MaybeRan {
 			// Stored now: a clean restart later finds the store clean,
 			// and must still know.
@@ -198,14 +211,14 @@ func (h *hub) settleLocked(e *entry) {
 	delete(h.live, e.rec.ID)
 	e.endLocked()
 	close(e.done)
-	h.retained = append(h.retained, retainedRef{id: e.rec.ID, finished: *e.rec.Finished})
+	h.retained = append(h.retained, retainedRef{id: e.rec.ID, finished: *e.rec.Finished, key: idemIndex(e.owner, e.key)})
 	// Every request ends here exactly once, whichever way it ended.
 	h.met.requestFinished(&e.rec)
 }
 
 // submit stores a new request for device and queues it.
 func (h *hub) submit(dev string, sub protocol.Submit) (protocol.Record, error) {
-	commit, err := h.enqueue(dev, sub)
+	commit, err := h.enqueue(dev, "", sub)
 	if err != nil {
 		return protocol.Record{}, err
 	}
@@ -216,15 +229,23 @@ func (h *hub) submit(dev string, sub protocol.Submit) (protocol.Record, error) {
 // stores it and returns its record: submit in two steps, so a client
 // connection can queue its calls in the order they came and let their
 // commits overlap.
-func (h *hub) enqueue(dev string, sub protocol.Submit) (commit func() (protocol.Record, error), err error) {
-	timeout := time.Duration(sub.Timeout)
-	if timeout <= 0 {
-		timeout = h.cfg.DefaultTimeout
-	}
-	timeout = min(timeout, h.cfg.MaxTimeout)
-
+//
+// A submission with a key (protocol.Submit.Key) that owner, the client,
+// gave a kept request before is not queued again: commit answers with
+// that request, once its own first commit has ended.
+func (h *hub) enqueue(dev, owner string, sub protocol.Submit) (commit func() (protocol.Record, error), err error) {
+	timeout := h.timeoutOf(sub)
 	now := time.Now()
+	ik := idemIndex(owner, sub.Key)
 	h.mu.Lock()
+	if id, ok := h.lookupKeyLocked(ik); ok {
+		var first chan struct{}
+		if e := h.live[id]; e != nil {
+			first = e.firstStored
+		}
+		h.mu.Unlock()
+		return func() (protocol.Record, error) { return h.replay(dev, owner, sub, id, first) }, nil
+	}
 	d := h.deviceLocked(dev)
 	if len(d.queue) >= h.cfg.QueueLimit {
 		h.mu.Unlock()
@@ -241,6 +262,11 @@ func (h *hub) enqueue(dev string, sub protocol.Submit) (commit func() (protocol.
 		Created:    now.UTC(),
 	}, h.nextSeq, 1, now.Add(timeout))
 	h.nextSeq++
+	if ik != "" {
+		e.key, e.owner = sub.Key, owner
+		e.firstStored = make(chan struct{})
+		h.keys[ik] = e.rec.ID
+	}
 	rec := e.storedLocked()
 	// The request is queued, and may be delivered, while its commit runs:
 	// the agent's trip overlaps the fsync. Nobody hears of it before the
@@ -273,11 +299,17 @@ func (h *hub) store(d *device, e *entry, rec storedRequest) (protocol.Record, er
 
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if e.firstStored != nil {
+		close(e.firstStored)
+	}
 	if err != nil {
 		if e.rec.State == protocol.StateQueued && !errors.Is(err, errMaybeStored) && d.removeLocked(e) {
 			// Never delivered, and never to come back: it is as if it
 			// was never submitted.
 			delete(h.live, e.rec.ID)
+			if ik := idemIndex(e.owner, e.key); ik != "" && h.keys[ik] == e.rec.ID {
+				delete(h.keys, ik)
+			}
 		}
 		// Otherwise an agent has it, or a restart may replay it: it
 		// stays, and its result commits the whole record if the store
@@ -291,6 +323,98 @@ func (h *hub) store(d *device, e *entry, rec storedRequest) (protocol.Record, er
 	}
 	h.met.requestSubmitted(e.rec.Method)
 	return e.rec, nil
+}
+
+// lookupKeyLocked returns the request kept under keyIndex ik, if any.
+func (h *hub) lookupKeyLocked(ik string) (string, bool) {
+	if ik == "" {
+		return "", false
+	}
+	id, ok := h.keys[ik]
+	return id, ok
+}
+
+// timeoutOf is the timeout the relay gives a request submitted as sub.
+func (h *hub) timeoutOf(sub protocol.Submit) time.Duration {
+	timeout := time.Duration(sub.Timeout)
+	if timeout <= 0 {
+		timeout = h.cfg.DefaultTimeout
+	}
+	return min(timeout, h.cfg.MaxTimeout)
+}
+
+// replay answers a submission whose idempotency key owner gave request
+// id before: with id's record, once the commit of id's submission
+// (first, if id was live) has ended. If that commit failed and the
+// request was dropped, or the request has since been deleted, the key is
+// free again and sub is submitted as new. A key given with a different
+// submission is refused (codeKeyReused): it is a client's mistake, and
+// running either request in the other's place would be wrong.
+func (h *hub) replay(dev, owner string, sub protocol.Submit, id string, first chan struct{}) (protocol.Record, error) {
+	if first != nil {
+		<-first
+	}
+	rec, err := h.get(id)
+	if errors.Is(err, ErrNotFound) {
+		h.mu.Lock()
+		if ik := idemIndex(owner, sub.Key); h.keys[ik] == id {
+			delete(h.keys, ik)
+		}
+		h.mu.Unlock()
+		commit, err := h.enqueue(dev, owner, sub)
+		if err != nil {
+			return protocol.Record{}, err
+		}
+		return commit()
+	}
+	if err != nil {
+		return protocol.Record{}, err
+	}
+	if diff := submissionDiff(&rec, dev, &sub, h.timeoutOf(sub)); diff != "" {
+		return protocol.Record{}, protocol.Errorf(codeKeyReused,
+			"key %q was given to request %s, whose %s differs from this submission's; use a new key for a new request", sub.Key, id, diff)
+	}
+	return rec, nil
+}
+
+// submissionDiff names the first part of a submission for dev that rec
+// was not submitted with, or returns "".
+func submissionDiff(rec *protocol.Record, dev string, sub *protocol.Submit, timeout time.Duration) string {
+	switch {
+	case rec.Device != dev:
+		return "device"
+	case rec.Method != sub.Method:
+		return "method"
+	case !sameJSON(rec.Params, sub.Params):
+		return "params"
+	case time.Duration(rec.Timeout) != timeout:
+		return "timeout"
+	case rec.Idempotent != sub.Idempotent:
+		return "idempotent flag"
+	}
+	return ""
+}
+
+// sameJSON reports whether a and b hold the same JSON value: objects with
+// the same members in any order, numbers written the same way.
+func sameJSON(a, b json.RawMessage) bool {
+	if bytes.Equal(a, b) {
+		return true
+	}
+	if len(a) == 0 || len(b) == 0 {
+		return false
+	}
+	va, oka := decodeNumbers(a)
+	vb, okb := decodeNumbers(b)
+	return oka && okb && reflect.DeepEqual(va, vb)
+}
+
+func decodeNumbers(raw json.RawMessage) (any, bool) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	err := dec.Decode(&v)
+	return v, err == nil
 }
 
 // get returns request id from memory or, once settled, from the store.
@@ -816,7 +940,16 @@ func (h *hub) sweep(now time.Time) {
 		h.mu.Lock()
 		h.retained = append(dropped, h.retained...)
 		h.mu.Unlock()
+		return
 	}
+	// Their keys are free again.
+	h.mu.Lock()
+	for _, r := range dropped {
+		if r.key != "" && h.keys[r.key] == r.id {
+			delete(h.keys, r.key)
+		}
+	}
+	h.mu.Unlock()
 }
 
 // deviceInfo describes device id.

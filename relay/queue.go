@@ -34,6 +34,12 @@ type entry struct {
 	// unsaved marks a terminal state whose commit failed: the entry stays
 	// live (and its waiters waiting) until a retry commits it.
 	unsaved bool
+	// key and owner are the submission's idempotency key and its client
+	// (storedRequest.Key). A keyed entry's firstStored is closed once its
+	// first commit has ended, either way: a retry with the same key waits
+	// for it before it answers.
+	key, owner  string
+	firstStored chan struct{}
 }
 
 func newEntry(rec protocol.Record, seq, rev uint64, deadline time.Time) *entry {
@@ -58,7 +64,8 @@ func (e *entry) endLocked() {
 func (e *entry) mayHaveRun() bool { return e.rec.Attempts > 0 || e.maybeRan }
 
 func (e *entry) storedLocked() storedRequest {
-	return storedRequest{Record: e.rec, Seq: e.seq, Deadline: e.deadline, Rev: e.rev, CancelAsked: e.cancelAsked, MaybeRan: e.maybeRan}
+	return storedRequest{Record: e.rec, Seq: e.seq, Deadline: e.deadline, Rev: e.rev, CancelAsked: e.cancelAsked, MaybeRan: e.maybeRan,
+		Key: e.key, Owner: e.owner}
 }
 
 // device is the relay's state for one device. Its fields are guarded by

@@ -106,7 +106,8 @@ func (s *Server) enqueue(ctx context.Context, device string, sub protocol.Submit
 		return nil, ErrClosed
 	default:
 	}
-	return s.hub.enqueue(device, sub)
+	owner, _ := ClientFrom(ctx)
+	return s.hub.enqueue(device, owner, sub)
 }
 
 // Request returns request id's current record.

@@ -53,6 +53,21 @@ type storedRequest struct {
 	// clean restart, which finds the store clean, still never expires it
 	// or cancels it as if it had never been sent.
 	MaybeRan bool `json:"maybe_ran,omitempty"`
+	// Key is the submission's idempotency key, and Owner the client that
+	// gave it: a submission by Owner with the same Key gets this request.
+	Key   string `json:"key,omitempty"`
+	Owner string `json:"owner,omitempty"`
+}
+
+// keyIndex is the key under which the hub finds r by its idempotency
+// key, or "" for a request submitted without one. Keys are per client.
+func (r *storedRequest) keyIndex() string { return idemIndex(r.Owner, r.Key) }
+
+func idemIndex(owner, key string) string {
+	if key == "" {
+		return ""
+	}
+	return owner + "\x00" + key
 }
 
 // deviceMeta is what the relay remembers about a device between sessions.
@@ -178,6 +193,12 @@ func encodeRequest(r *storedRequest) []byte {
 	}
 	if r.MaybeRan {
 		b = append(b, `,"maybe_ran":true`...)
+	}
+	if r.Key != "" {
+		b = append(b, `,"key":`...)
+		b = protocol.AppendJSONString(b, r.Key)
+		b = append(b, `,"owner":`...)
+		b = protocol.AppendJSONString(b, r.Owner)
 	}
 	b = append(b, '}')
 	v := bytes.Clone(b)

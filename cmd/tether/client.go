@@ -3,11 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -183,6 +186,7 @@ func (c *client) call(ctx context.Context, args []string) error {
 	async := fs.Bool("async", false, "print the id and return")
 	timeout := fs.Duration("timeout", 0, "request timeout")
 	idem := fs.Bool("idempotent", false, "allow a re-run after an agent crash")
+	key := fs.String("idempotency-key", "", "a call with a key the relay has seen gets that request instead of a new one (default: a new random key)")
 	rawParams := fs.String("params", "", "params as a JSON object; key=value words are merged into it")
 	pos, err := positional(fs, args, 2, false, "DEVICE METHOD [key=value…]")
 	if err != nil {
@@ -192,7 +196,12 @@ func (c *client) call(ctx context.Context, args []string) error {
 	if err != nil {
 		return usageErr("call: %v", err)
 	}
-	sub := protocol.Submit{Method: pos[1], Params: params, Timeout: protocol.Duration(*timeout), Idempotent: *idem}
+	if *key == "" {
+		*key = newCallKey()
+	} else if !protocol.ValidID(*key) {
+		return usageErr("call: --idempotency-key: want 1..%d printable characters", protocol.MaxIDLen)
+	}
+	sub := protocol.Submit{Method: pos[1], Params: params, Timeout: protocol.Duration(*timeout), Idempotent: *idem, Key: *key}
 	// The submit asks for no wait, so its answer comes at once with the
 	// request's id: whatever happens while the request runs (an
 	// interrupt, a lost connection), the user is told the id to follow.
@@ -209,12 +218,8 @@ func (c *client) call(ctx context.Context, args []string) error {
 	}
 	for !protocol.Terminal(rec.State) {
 		if _, err := c.do(ctx, "GET", "/v1/requests/"+url.PathEscape(rec.ID)+"?wait="+maxWait.String(), nil, &rec); err != nil {
-			var ee *exitError
-			if errors.As(err, &ee) {
-				err = ee.err
-			}
 			return &exitError{2, fmt.Errorf("%w; request %s may still run: follow it with `tether get %s`, or stop it with `tether cancel %s`",
-				err, rec.ID, rec.ID, rec.ID)}
+				unwrapExit(err), rec.ID, rec.ID, rec.ID)}
 		}
 	}
 	return c.report(rec, *asJSON)
@@ -250,21 +255,83 @@ func (c *client) submit(ctx context.Context, dev string, sub protocol.Submit) (p
 		}
 	}()
 	var rec protocol.Record
-	if _, err := c.do(subCtx, "POST", "/v1/devices/"+url.PathEscape(dev)+"/requests", sub, &rec); err != nil {
+	// Submissions carry a key, so one whose answer was lost can be sent
+	// again: the relay answers a repeat with the request it stored, if it
+	// stored one, and the device runs it once.
+	again := fmt.Sprintf("run the same call with --idempotency-key %s to submit it again without running it twice", sub.Key)
+	for attempt := 1; ; attempt++ {
+		_, err := c.do(subCtx, "POST", "/v1/devices/"+url.PathEscape(dev)+"/requests", sub, &rec)
+		if err == nil {
+			break
+		}
 		if ur, ok := unstoredRequest(err); ok {
 			return rec, &exitError{2, fmt.Errorf("relay storage failed, but request %s for device %s may still run: "+
 				"follow it with `tether get %s` rather than calling again", ur.ID, dev, ur.ID)}
 		}
 		if ctx.Err() != nil {
-			return rec, &exitError{2, errors.New("interrupted while submitting; the relay did not say whether it took the request")}
+			return rec, &exitError{2, fmt.Errorf("interrupted while submitting; the relay did not say whether it took the request: %s", again)}
 		}
-		return rec, err
+		if !retrySubmit(err) {
+			return rec, err
+		}
+		if attempt == len(submitBackoff)+1 {
+			return rec, &exitError{2, fmt.Errorf("%w; gave up after %d attempts: %s", err, attempt, again)}
+		}
+		d := submitBackoff[attempt-1]
+		fmt.Fprintf(c.errOut, "tether: %v; submitting again in %v (key %s)\n", unwrapExit(err), d, sub.Key)
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return rec, &exitError{2, fmt.Errorf("interrupted while submitting; the relay did not say whether it took the request: %s", again)}
+		}
 	}
 	if ctx.Err() != nil {
 		return rec, &exitError{2, fmt.Errorf("interrupted; request %s was submitted and may run: follow it with `tether get %s`, or stop it with `tether cancel %s`",
 			rec.ID, rec.ID, rec.ID)}
 	}
 	return rec, nil
+}
+
+// submitBackoff is how long a call waits before each new attempt at a
+// submission whose answer was lost or that the relay could not take for
+// now: about 4 s in all, the time a relay takes to restart.
+var submitBackoff = []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second} // a variable for tests
+
+// retrySubmit reports whether a submission that failed with err may be
+// sent again, with its key, in the hope of an answer: the relay's answer
+// was lost on the way (the connection broke or timed out once it was
+// made), or the relay (or a proxy before it) answered that it could not
+// take the request for now. A connection refused, an unknown host, a
+// failure of the relay's storage or a refusal that names the client's
+// mistake is told at once.
+func retrySubmit(err error) bool {
+	var he *httpError
+	if errors.As(err, &he) {
+		switch he.status {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return true
+		}
+		return false
+	}
+	var ne net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.As(err, &ne) && ne.Timeout()
+}
+
+// unwrapExit returns the error an exitError carries.
+func unwrapExit(err error) error {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.err
+	}
+	return err
+}
+
+// newCallKey returns a fresh idempotency key for a call.
+func newCallKey() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return "tether-" + hex.EncodeToString(b[:])
 }
 
 // maxWait is the longest ?wait= the relay honours by default; a longer

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/relay"
+)
+
+// startRelay runs a real relay with device pi-1 and returns its URL and a
+// client key.
+func startRelay(t *testing.T) (string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	key, err := relay.AddClient(dir, "cli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := relay.AddDevice(dir, "pi-1"); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := relay.New(relay.Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Run(ctx)
+	}()
+	ts := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		ts.Close()
+		srv.Close()
+	})
+	return ts.URL, key
+}
+
+// A call whose submission reached the relay but whose answer was lost (the
+// connection broke) submits again with the same key, and the relay gives
+// it the request it stored: one request, not two. Told the key, a user
+// who runs the same call again gets that request too.
+func TestCallSubmitsAgainAfterALostAnswer(t *testing.T) {
+	defer func(b []time.Duration) { submitBackoff = b }(submitBackoff)
+	submitBackoff = []time.Duration{10 * time.Millisecond, 10 * time.Millisecond}
+	base, key := startRelay(t)
+	target, _ := url.Parse(base)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var posts atomic.Int32
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "POST" && posts.Add(1) == 1 {
+			// The relay stores the request; its answer never comes back.
+			proxy.ServeHTTP(httptest.NewRecorder(), r)
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+
+	code, out, errOut := runCLI("--relay", front.URL, "--key", key, "call", "--async", "--idempotency-key", "blink-1", "pi-1", "gpio.write", "pin=GPIO17", "level=high")
+	if code != 0 || posts.Load() != 2 || !strings.Contains(errOut, "submitting again") {
+		t.Fatalf("exit %d after %d posts, stdout %q, stderr %q", code, posts.Load(), out, errOut)
+	}
+	id := strings.TrimSpace(out)
+	code, again, errOut := runCLI("--relay", base, "--key", key, "call", "--async", "--idempotency-key", "blink-1", "pi-1", "gpio.write", "pin=GPIO17", "level=high")
+	if code != 0 || strings.TrimSpace(again) != id {
+		t.Fatalf("the same call again: exit %d, id %q (want %s), stderr %q", code, again, id, errOut)
+	}
+	code, dev, _ := runCLI("--relay", base, "--key", key, "devices", "--json")
+	var list struct{ Devices []protocol.DeviceInfo }
+	if err := json.Unmarshal([]byte(dev), &list); code != 0 || err != nil || len(list.Devices) != 1 || list.Devices[0].Queued != 1 {
+		t.Fatalf("devices: exit %d, %s (%v); want pi-1 with 1 request queued", code, dev, err)
+	}
+
+	// The same key for another action is refused, and says why.
+	code, _, errOut = runCLI("--relay", base, "--key", key, "call", "--idempotency-key", "blink-1", "pi-1", "gpio.write", "pin=GPIO17", "level=low")
+	if code != 2 || !strings.Contains(errOut, "key_reused") {
+		t.Fatalf("key reused: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// A relay that cannot be reached at all is told at once, not retried: the
+// request cannot have been sent.
+func TestCallToAClosedPortNotRetried(t *testing.T) {
+	ts := httptest.NewServer(http.NotFoundHandler())
+	addr := ts.URL
+	ts.Close()
+	code, _, errOut := runCLI("--relay", addr, "call", "pi-1", "sys.ping")
+	if code != 2 || strings.Contains(errOut, "submitting again") {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+}
+
+// A relay restarting (503) is asked again with the same key, which the
+// call made up itself.
+func TestCallSubmitsAgainWhileRelayUnavailable(t *testing.T) {
+	defer func(b []time.Duration) { submitBackoff = b }(submitBackoff)
+	submitBackoff = []time.Duration{10 * time.Millisecond, 10 * time.Millisecond}
+	var keys []string
+	f := startFakeRelay(t, &fakeRelay{
+		submit: func(w http.ResponseWriter, r *http.Request) {
+			var sub protocol.Submit
+			json.NewDecoder(r.Body).Decode(&sub)
+			keys = append(keys, sub.Key)
+			if len(keys) < 3 {
+				w.Header().Set("Retry-After", "1")
+				answer(w, http.StatusServiceUnavailable, protocol.APIError{Error: protocol.Failure{Code: "unavailable", Message: "relay is shutting down"}})
+				return
+			}
+			answer(w, http.StatusAccepted, record("r1", protocol.StateQueued, ""))
+		},
+	})
+	code, out, errOut := runCLI("--relay", f.srv.URL, "call", "--async", "pi-1", "sys.ping")
+	if code != 0 || strings.TrimSpace(out) != "r1" || len(keys) != 3 || keys[0] == "" || keys[1] != keys[0] || keys[2] != keys[0] {
+		t.Fatalf("exit %d, stdout %q, stderr %q, keys %q", code, out, errOut, keys)
+	}
+	// Past the last attempt, the call gives up and names the key.
+	keys = nil
+	submitBackoff = submitBackoff[:1]
+	code, _, errOut = runCLI("--relay", f.srv.URL, "call", "pi-1", "sys.ping")
+	if code != 2 || !strings.Contains(errOut, "--idempotency-key "+keys[0]) {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+}
