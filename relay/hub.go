@@ -232,7 +232,13 @@ func (h *hub) submit(dev string, sub protocol.Submit) (protocol.Record, error) {
 //
 // A submission with a key (protocol.Submit.Key) that owner, the client,
 // gave a kept request before is not queued again: commit answers with
-// that request, once its own first commit has ended.
+// that request, once its own first commit has ended. A keyed request is
+// not delivered before its commit ends (entry.unstored), unlike others:
+// if the relay crashed in between, an agent could have run a request
+// whose client then submits it again with its key, in the belief that it
+// never ran; the relay would have no record of the first, and the action
+// would run twice. Requests queued after it wait behind it, so that a
+// device still runs requests in the order they came.
 func (h *hub) enqueue(dev, owner string, sub protocol.Submit) (commit func() (protocol.Record, error), err error) {
 	timeout := h.timeoutOf(sub)
 	now := time.Now()
@@ -265,6 +271,7 @@ func (h *hub) enqueue(dev, owner string, sub protocol.Submit) (commit func() (pr
 	if ik != "" {
 		e.key, e.owner = sub.Key, owner
 		e.firstStored = make(chan struct{})
+		e.unstored = true
 		h.keys[ik] = e.rec.ID
 	}
 	rec := e.storedLocked()
@@ -275,7 +282,7 @@ func (h *hub) enqueue(dev, owner string, sub protocol.Submit) (commit func() (pr
 	// acked as unknown.
 	h.live[e.rec.ID] = e
 	d.queue = append(d.queue, e)
-	poked := d.sess != nil
+	poked := d.sess != nil && !e.unstored
 	if poked {
 		d.sess.poke()
 	}
@@ -301,6 +308,10 @@ func (h *hub) store(d *device, e *entry, rec storedRequest) (protocol.Record, er
 	defer h.mu.Unlock()
 	if e.firstStored != nil {
 		close(e.firstStored)
+		e.unstored = false
+		if d.sess != nil {
+			d.sess.poke() // it may now be delivered, and what waits behind it
+		}
 	}
 	if err != nil {
 		if e.rec.State == protocol.StateQueued && !errors.Is(err, errMaybeStored) && d.removeLocked(e) {
@@ -626,7 +637,7 @@ func (h *hub) takeWork(s *session) (work, error) {
 		return out, nil
 	}
 	out.cancels, s.cancels = s.cancels, nil
-	for s.credits > 0 && len(d.queue) > 0 {
+	for s.credits > 0 && len(d.queue) > 0 && !d.queue[0].unstored {
 		e := d.popLocked()
 		switch {
 		case e.cancelAsked:

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -201,6 +202,8 @@ func TestKeyFreedWithItsRequest(t *testing.T) {
 func TestKeyedRetriesDuringTheFirstCommit(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.SweepInterval = time.Hour })
 	hold := make(chan struct{})
+	var release sync.Once
+	defer release.Do(func() { close(hold) }) // a failed test still stops
 	failing := true
 	restore := swapRequestCommits(e.srv.st, func(real func([]*commitCall[walOp]), group []*commitCall[walOp]) {
 		<-hold
@@ -233,7 +236,7 @@ func TestKeyedRetriesDuringTheFirstCommit(t *testing.T) {
 		return len(e.srv.hub.keys) == 1
 	})
 	time.Sleep(50 * time.Millisecond)
-	close(hold)
+	release.Do(func() { close(hold) })
 	// The first commit fails; the waiting retries find the key free and
 	// one of them makes the request again, which fails too until the
 	// store is mended.
@@ -255,6 +258,8 @@ func TestKeyedRetriesDuringTheFirstCommit(t *testing.T) {
 	// Now with commits that succeed but are slow: every retry gets the
 	// one request.
 	hold2 := make(chan struct{})
+	var release2 sync.Once
+	defer release2.Do(func() { close(hold2) })
 	restore = swapRequestCommits(e.srv.st, func(real func([]*commitCall[walOp]), group []*commitCall[walOp]) {
 		<-hold2
 		real(group)
@@ -272,7 +277,7 @@ func TestKeyedRetriesDuringTheFirstCommit(t *testing.T) {
 		return len(e.srv.hub.keys) == 2
 	})
 	time.Sleep(50 * time.Millisecond)
-	close(hold2)
+	release2.Do(func() { close(hold2) })
 	var id string
 	for range n {
 		a := <-answers
@@ -296,5 +301,40 @@ func TestKeyedRetryAtAFullQueue(t *testing.T) {
 	}
 	if st, rec, raw := e.submitKeyed(e.key, "k", `{"method":"m"}`); st != http.StatusAccepted || rec.ID != first.ID {
 		t.Fatalf("keyed retry at a full queue: %d %s", st, raw)
+	}
+}
+
+// A keyed request reaches its device only once it is stored, and what was
+// queued after it waits behind it: a relay that crashed before the commit
+// ended must not leave behind an action that ran although its client,
+// told nothing, submits it again with its key.
+func TestKeyedRequestDeliveredOnlyOnceStored(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.SweepInterval = time.Hour })
+	a := dialAgent(e, e.token)
+	a.send(&protocol.Pull{N: 4})
+	hold := make(chan struct{})
+	var release sync.Once
+	restore := swapRequestCommits(e.srv.st, func(real func([]*commitCall[walOp]), group []*commitCall[walOp]) {
+		<-hold
+		real(group)
+	})
+	defer restore()
+	defer release.Do(func() { close(hold) }) // a failed test still stops
+	keyed := make(chan protocol.Record, 1)
+	go func() {
+		_, rec, _ := e.submitKeyed(e.key, "k", `{"method":"first"}`)
+		keyed <- rec
+	}()
+	waitFor(t, "the keyed submission queued", func() bool { return e.device("dev1").Queued == 1 })
+	go e.submitKeyed(e.key, "", `{"method":"second"}`)
+	waitFor(t, "the second queued", func() bool { return e.device("dev1").Queued == 2 })
+	a.quiet(100 * time.Millisecond) // nothing delivered while the commit is held
+	release.Do(func() { close(hold) })
+	rec := <-keyed
+	if req := nextAs[*protocol.Request](a); req.ID != rec.ID || req.Method != "first" {
+		t.Fatalf("delivered %s %s first, want the keyed %s", req.ID, req.Method, rec.ID)
+	}
+	if req := nextAs[*protocol.Request](a); req.Method != "second" {
+		t.Fatalf("delivered %s second", req.Method)
 	}
 }

@@ -40,6 +40,9 @@ type entry struct {
 	// for it before it answers.
 	key, owner  string
 	firstStored chan struct{}
+	// unstored holds a keyed entry, and the queue behind it, back from
+	// delivery until its first commit has ended (see hub.enqueue).
+	unstored bool
 }
 
 func newEntry(rec protocol.Record, seq, rev uint64, deadline time.Time) *entry {

@@ -56,54 +56,62 @@ const (
 // errFatal marks an answer that means the driver itself is wrong.
 var errFatal = errors.New("chaos: relay refused a valid submit")
 
-// submit posts sub until the relay answers with an id, retrying only what
-// cannot have been stored. retries counts the retried attempts.
-func (c *client) submit(ctx context.Context, sub protocol.Submit) (id string, out submitOutcome, retries int, err error) {
+// submit posts sub until the relay answers with an id. A submit that
+// cannot have been stored is retried (counted in retries); one whose
+// answer was lost is sent again with its key (counted in resent), which
+// the relay answers with the request the key made, if it stored one. The
+// outcome stays unknown only if ctx ends first.
+func (c *client) submit(ctx context.Context, sub protocol.Submit) (id string, out submitOutcome, retries, resent int, err error) {
 	body, err := json.Marshal(sub)
 	if err != nil {
-		return "", unknown, 0, err
+		return "", unknown, 0, 0, err
 	}
 	for {
 		if err := ctx.Err(); err != nil {
-			return "", unknown, retries, err
+			return "", unknown, retries, resent, err
 		}
 		req, err := http.NewRequestWithContext(ctx, "POST", c.base+"/v1/devices/"+c.device+"/requests", bytes.NewReader(body))
 		if err != nil {
-			return "", unknown, retries, err
+			return "", unknown, retries, resent, err
 		}
 		req.Header.Set("Authorization", "Bearer "+c.key)
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := c.submitHC.Do(req)
 		if err != nil {
 			if ctx.Err() != nil {
-				return "", unknown, retries, ctx.Err()
+				return "", unknown, retries, resent, ctx.Err()
 			}
 			if isDialError(err) {
 				retries++
-				sleep(ctx, 50*time.Millisecond)
-				continue
+			} else {
+				resent++
 			}
-			return "", unknown, retries, nil
+			sleep(ctx, 50*time.Millisecond)
+			continue
 		}
 		data, rerr := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		switch {
 		case rerr != nil:
-			return "", unknown, retries, nil
+			resent++
+			sleep(ctx, 50*time.Millisecond)
 		case resp.StatusCode == http.StatusAccepted || resp.StatusCode == http.StatusOK:
 			var rec protocol.Record
 			if err := json.Unmarshal(data, &rec); err != nil || rec.ID == "" {
-				return "", unknown, retries, fmt.Errorf("chaos: submit answer %q: %v", data, err)
+				return "", unknown, retries, resent, fmt.Errorf("chaos: submit answer %q: %v", data, err)
 			}
-			return rec.ID, submitted, retries, nil
+			return rec.ID, submitted, retries, resent, nil
 		case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable:
 			// Refused before anything was stored: safe to try again.
 			retries++
 			sleep(ctx, 100*time.Millisecond)
 		case resp.StatusCode >= 500:
-			return "", unknown, retries, nil
+			// The relay's storage failed, or it died answering: the key
+			// finds what it stored, if anything.
+			resent++
+			sleep(ctx, 100*time.Millisecond)
 		default:
-			return "", unknown, retries, fmt.Errorf("%w: %d %s", errFatal, resp.StatusCode, data)
+			return "", unknown, retries, resent, fmt.Errorf("%w: %d %s", errFatal, resp.StatusCode, data)
 		}
 	}
 }

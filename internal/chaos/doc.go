@@ -30,17 +30,21 @@
 //
 // # Client submissions
 //
-// A submit whose connection could not be made (the relay is down) or that
-// was refused before being stored (429 queue_full, 503) is retried: it
-// cannot have been recorded. Any other failure after the request was sent
-// (the relay killed mid-answer) leaves the outcome unknown; it is never
-// resubmitted, since that would silently create a second request. Such a
-// submit is counted as submit_unknown in the detail, not as lost, and the
-// driver submits a new, different request in its place so the run still
-// has Requests acknowledged ones. Executions of ids the client never
-// learned are counted as exec_unknown; more of them than submit_unknown
-// would mean something ran that nobody submitted, which counts as
-// wrong_state.
+// Every submit carries an idempotency key of its own. A submit whose
+// connection could not be made (the relay is down) or that was refused
+// before being stored (429 queue_full, 503) is retried (retried in the
+// detail). One that failed after the request was sent (the relay killed
+// mid-answer, a 500) is sent again with the same key (resent): the relay
+// answers with the request the key made if it stored one, and makes it
+// otherwise. A keyed request reaches the agent only once it is stored, so
+// a request the relay lost in a crash never ran, and the key cannot make
+// an action run twice. Only a submit still without an answer when the
+// run ends is left unknown (submit_unknown, not counted as lost; the
+// driver submits a new, different request in its place). Executions of
+// ids the client never learned are counted as exec_unknown; more of them
+// than submit_unknown means something ran that no client knows of (a
+// first submission that ran, then a second one made by its key), which
+// counts as wrong_state.
 //
 // # What the execution log proves
 //

@@ -31,7 +31,8 @@ type Report struct {
 	FaultsByKind  map[string]int
 	States        map[string]int // "succeeded", "failed/interrupted", …
 	SubmitRetries int            // submits retried because nothing was stored
-	SubmitUnknown int            // submits whose answer was lost
+	SubmitResent  int            // submits sent again with their key after a lost answer
+	SubmitUnknown int            // submits whose answer never came
 	Redelivered   int            // requests delivered more than once
 	ExecLines     int            // lines in the execution log
 	ExecUnknown   int            // executed ids the client never learned
@@ -69,7 +70,7 @@ func (r *Report) WriteDetail(w io.Writer) {
 	fmt.Fprintf(w, "chaos detail: seed=%d elapsed=%v drain=%v\n", r.Seed, r.Elapsed.Round(time.Millisecond), r.DrainTime.Round(time.Millisecond))
 	fmt.Fprintf(w, "  faults:   %s\n", formatCounts(r.FaultsByKind))
 	fmt.Fprintf(w, "  states:   %s\n", formatCounts(r.States))
-	fmt.Fprintf(w, "  submits:  retried=%d submit_unknown=%d redelivered=%d\n", r.SubmitRetries, r.SubmitUnknown, r.Redelivered)
+	fmt.Fprintf(w, "  submits:  retried=%d resent=%d submit_unknown=%d redelivered=%d\n", r.SubmitRetries, r.SubmitResent, r.SubmitUnknown, r.Redelivered)
 	fmt.Fprintf(w, "  exec log: lines=%d exec_unknown=%d malformed=%d pure_reruns=%d\n", r.ExecLines, r.ExecUnknown, r.ExecMalformed, r.PureReruns)
 	if r.SlowRecoveries > 0 {
 		fmt.Fprintf(w, "  slow recoveries (not online 20s after a fault): %d\n", r.SlowRecoveries)

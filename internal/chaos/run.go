@@ -131,6 +131,7 @@ type world struct {
 	// Guarded by mu:
 	sent          []sent
 	submitRetries int
+	submitResent  int
 	submitUnknown int
 	payloadSeq    int
 }
@@ -215,7 +216,7 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	}
 	rep.ExecMalformed = malformed
 	w.mu.Lock()
-	rep.SubmitRetries, rep.SubmitUnknown = w.submitRetries, w.submitUnknown
+	rep.SubmitRetries, rep.SubmitResent, rep.SubmitUnknown = w.submitRetries, w.submitResent, w.submitUnknown
 	w.mu.Unlock()
 	check(&rep, w.sent, recs, gone, counts)
 	return rep, nil
@@ -371,8 +372,9 @@ func (w *world) storm(ctx context.Context, rep *Report) error {
 	return ctx.Err()
 }
 
-// submitOne gets one request acknowledged. A submit with an unknown
-// outcome is counted and replaced by a new, different request.
+// submitOne gets one request acknowledged. A submit whose outcome stayed
+// unknown (the run ended first) is counted and replaced by a new,
+// different request.
 func (w *world) submitOne(ctx context.Context) error {
 	for {
 		w.mu.Lock()
@@ -395,9 +397,11 @@ func (w *world) submitOne(ctx context.Context) error {
 			// expiry happens under faults too.
 			sub.Timeout = protocol.Duration(time.Duration(500+seq*37%2500) * time.Millisecond)
 		}
-		id, out, retries, err := w.cl.submit(ctx, sub)
+		sub.Key = fmt.Sprintf("chaos-%d", seq)
+		id, out, retries, resent, err := w.cl.submit(ctx, sub)
 		w.mu.Lock()
 		w.submitRetries += retries
+		w.submitResent += resent
 		switch {
 		case err != nil:
 		case out == submitted:
