@@ -183,6 +183,18 @@ func admin(kind, verb string, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Each flag belongs to one subcommand; anywhere else it would be
+	// ignored, and the operator would believe it applied.
+	only := map[string]string{"devices": "client add", "methods": "client add", "grace": "device rotate"}
+	var misplaced error
+	fs.Visit(func(f *flag.Flag) {
+		if want, ok := only[f.Name]; ok && want != kind+" "+verb && misplaced == nil {
+			misplaced = fmt.Errorf("%s %s: --%s applies to %s only", kind, verb, f.Name, want)
+		}
+	})
+	if misplaced != nil {
+		return misplaced
+	}
 	if *dir == "" {
 		return errors.New("--data or TETHER_DATA is required")
 	}
