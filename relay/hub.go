@@ -385,6 +385,7 @@ func (h *hub) replay(dev, owner string, sub protocol.Submit, id string, first ch
 		return protocol.Record{}, protocol.Errorf(codeKeyReused,
 			"key %q was given to request %s, whose %s differs from this submission's; use a new key for a new request", sub.Key, id, diff)
 	}
+	h.met.requestReplayed(rec.Method)
 	return rec, nil
 }
 

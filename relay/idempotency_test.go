@@ -85,6 +85,10 @@ func TestKeyedSubmitRetriedGetsSameRequest(t *testing.T) {
 	if q := e.device("dev1").Queued; q != 1 {
 		t.Fatalf("%d requests queued, want 1", q)
 	}
+	m := scrape(t, e)
+	if n, r := m[`tether_relay_requests_submitted_total{method="gpio.write"}`], m[`tether_relay_requests_replayed_total{method="gpio.write"}`]; n != 1 || r != 5 {
+		t.Fatalf("metrics: %v submitted, %v replayed; want 1 and 5", n, r)
+	}
 
 	a := dialAgent(e, e.token)
 	a.send(&protocol.Pull{N: 4})

@@ -101,6 +101,7 @@ type metrics struct {
 	handler http.Handler
 
 	submitted *prometheus.CounterVec   // method
+	replayed  *prometheus.CounterVec   // method
 	finished  *prometheus.CounterVec   // method, state, code
 	duration  *prometheus.HistogramVec // method
 	upgrades  *prometheus.CounterVec   // endpoint, result
@@ -117,6 +118,10 @@ func newMetrics(s *Server) *metrics {
 		submitted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_relay_requests_submitted_total",
 			Help: "Requests accepted into a device queue, by method.",
+		}, []string{"method"}),
+		replayed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_relay_requests_replayed_total",
+			Help: "Submissions repeated with an idempotency key, answered with the request the key had made, by method.",
 		}, []string{"method"}),
 		finished: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_relay_requests_finished_total",
@@ -140,7 +145,7 @@ func newMetrics(s *Server) *metrics {
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.submitted, m.finished, m.duration, m.upgrades, m.refusals,
+		m.submitted, m.replayed, m.finished, m.duration, m.upgrades, m.refusals,
 		newStateCollector(s, m),
 	)
 	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
@@ -157,6 +162,15 @@ func (m *metrics) requestSubmitted(method string) {
 		return
 	}
 	m.submitted.WithLabelValues(m.methods.label(method)).Inc()
+}
+
+// requestReplayed counts a submission answered with the request its key
+// had made.
+func (m *metrics) requestReplayed(method string) {
+	if m == nil {
+		return
+	}
+	m.replayed.WithLabelValues(m.methods.label(method)).Inc()
 }
 
 // requestFinished counts a request that reached its final state and
