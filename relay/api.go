@@ -158,6 +158,12 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		if len(key) >= 2 && key[0] == '"' && key[len(key)-1] == '"' {
 			key = key[1 : len(key)-1]
 		}
+		if key == "" {
+			// A client that sent the header counts on it: refused, not
+			// taken as no key.
+			writeError(w, http.StatusBadRequest, protocol.CodeBadParams, "Idempotency-Key: want 1.."+strconv.Itoa(protocol.MaxIDLen)+" printable characters, got none")
+			return
+		}
 		if sub.Key != "" && sub.Key != key {
 			writeError(w, http.StatusBadRequest, codeBadRequest, "the Idempotency-Key header and the body's key differ")
 			return

@@ -126,7 +126,7 @@ func newHub(cfg Config, st *store) (*hub, error) {
 		e.maybeRan = st.unclean || r.MaybeRan
 		// A cancel asked before the restart still waits on the device.
 		e.cancelAsked = r.CancelAsked
-		e.key, e.owner = r.Key, r.Owner
+		e.key, e.owner, e.askedTimeout = r.Key, r.Owner, r.AskedTimeout
 		if e.maybeRan && !r.MaybeRan {
 			// Stored now: a clean restart later finds the store clean,
 			// and must still know.
@@ -269,7 +269,7 @@ func (h *hub) enqueue(dev, owner string, sub protocol.Submit) (commit func() (pr
 	}, h.nextSeq, 1, now.Add(timeout))
 	h.nextSeq++
 	if ik != "" {
-		e.key, e.owner = sub.Key, owner
+		e.key, e.owner, e.askedTimeout = sub.Key, owner, sub.Timeout
 		e.firstStored = make(chan struct{})
 		e.unstored = true
 		h.keys[ik] = e.rec.ID
@@ -321,6 +321,12 @@ func (h *hub) store(d *device, e *entry, rec storedRequest) (protocol.Record, er
 			if ik := idemIndex(e.owner, e.key); ik != "" && h.keys[ik] == e.rec.ID {
 				delete(h.keys, ik)
 			}
+		} else if e.firstStored != nil && e.rec.State == protocol.StateQueued && h.live[e.rec.ID] == e {
+			// Keyed, and maybe stored: still held back, for the same
+			// reason as before its commit ended. A crash could yet lose
+			// the record, and its key would then make the request anew.
+			// A repeat or the sweep stores it again (storeHeld).
+			e.unstored, e.firstFailed = true, true
 		}
 		// Otherwise an agent has it, or a restart may replay it: it
 		// stays, and its result commits the whole record if the store
@@ -365,7 +371,10 @@ func (h *hub) replay(dev, owner string, sub protocol.Submit, id string, first ch
 	if first != nil {
 		<-first
 	}
-	rec, err := h.get(id)
+	if err := h.storeHeld(id); err != nil {
+		return protocol.Record{}, err
+	}
+	rec, asked, err := h.getAsked(id)
 	if errors.Is(err, ErrNotFound) {
 		h.mu.Lock()
 		if ik := idemIndex(owner, sub.Key); h.keys[ik] == id {
@@ -381,7 +390,7 @@ func (h *hub) replay(dev, owner string, sub protocol.Submit, id string, first ch
 	if err != nil {
 		return protocol.Record{}, err
 	}
-	if diff := submissionDiff(&rec, dev, &sub, h.timeoutOf(sub)); diff != "" {
+	if diff := submissionDiff(&rec, dev, &sub, h.timeoutOf(sub), asked); diff != "" {
 		return protocol.Record{}, protocol.Errorf(codeKeyReused,
 			"key %q was given to request %s, whose %s differs from this submission's; use a new key for a new request", sub.Key, id, diff)
 	}
@@ -389,9 +398,41 @@ func (h *hub) replay(dev, owner string, sub protocol.Submit, id string, first ch
 	return rec, nil
 }
 
+// storeHeld commits again the record of live request id if its first
+// commit failed while it may have stored it (entry.firstFailed), and
+// lets the request go to its device once that commit succeeds. While it
+// fails, it returns an UnstoredError naming the request: it is not known
+// to be stored, and the relay must not say it is.
+func (h *hub) storeHeld(id string) error {
+	h.mu.Lock()
+	e := h.live[id]
+	if e == nil || !e.firstFailed || protocol.Terminal(e.rec.State) {
+		h.mu.Unlock()
+		return nil
+	}
+	var c changes
+	c.touchLocked(e)
+	h.mu.Unlock()
+	err := h.st.putRequests(c.recs)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err != nil {
+		return &UnstoredError{Request: e.rec, Err: err}
+	}
+	if e.firstFailed {
+		e.firstFailed, e.unstored = false, false
+		if d := h.devices[e.rec.Device]; d != nil && d.sess != nil {
+			d.sess.poke()
+		}
+	}
+	return nil
+}
+
 // submissionDiff names the first part of a submission for dev that rec
-// was not submitted with, or returns "".
-func submissionDiff(rec *protocol.Record, dev string, sub *protocol.Submit, timeout time.Duration) string {
+// was not submitted with, or returns "". A timeout is the same if it is
+// the one the first submission gave (asked), or if the relay makes it
+// the same now (timeout).
+func submissionDiff(rec *protocol.Record, dev string, sub *protocol.Submit, timeout time.Duration, asked protocol.Duration) string {
 	switch {
 	case rec.Device != dev:
 		return "device"
@@ -399,7 +440,7 @@ func submissionDiff(rec *protocol.Record, dev string, sub *protocol.Submit, time
 		return "method"
 	case !sameJSON(rec.Params, sub.Params):
 		return "params"
-	case time.Duration(rec.Timeout) != timeout:
+	case time.Duration(rec.Timeout) != timeout && sub.Timeout != asked:
 		return "timeout"
 	case rec.Idempotent != sub.Idempotent:
 		return "idempotent flag"
@@ -431,16 +472,25 @@ func decodeNumbers(raw json.RawMessage) (any, bool) {
 
 // get returns request id from memory or, once settled, from the store.
 func (h *hub) get(id string) (protocol.Record, error) {
+	rec, _, err := h.getAsked(id)
+	return rec, err
+}
+
+// getAsked is get, with the timeout a keyed submission gave
+// (storedRequest.AskedTimeout).
+func (h *hub) getAsked(id string) (protocol.Record, protocol.Duration, error) {
 	h.mu.Lock()
 	if e := h.live[id]; e != nil {
-		return h.toldLocked(e)
+		asked := e.askedTimeout
+		rec, err := h.toldLocked(e)
+		return rec, asked, err
 	}
 	h.mu.Unlock()
 	r, err := h.st.getRequest(id)
 	if err != nil {
-		return protocol.Record{}, err
+		return protocol.Record{}, 0, err
 	}
-	return r.Record, nil
+	return r.Record, r.AskedTimeout, nil
 }
 
 // wait blocks until request id has ended (see entry.endLocked), ctx ends,
@@ -900,10 +950,14 @@ func (h *hub) sweep(now time.Time) {
 	var c changes
 	cutoff := now.Add(-h.cfg.ResultRetention)
 
+	var held []string
 	h.mu.Lock()
 	for _, e := range h.live {
 		if e.unsaved {
 			c.resaveLocked(e)
+		}
+		if e.firstFailed {
+			held = append(held, e.rec.ID)
 		}
 	}
 	for _, d := range h.devices {
@@ -938,6 +992,11 @@ func (h *hub) sweep(now time.Time) {
 
 	if err := h.commit(&c); err != nil {
 		h.log.Error("sweep: expire", "err", err)
+	}
+	for _, id := range held {
+		if err := h.storeHeld(id); err != nil {
+			h.log.Error("sweep: store a held request", "id", id, "err", err)
+		}
 	}
 	if len(dropped) == 0 {
 		return

@@ -38,11 +38,15 @@ type entry struct {
 	// (storedRequest.Key). A keyed entry's firstStored is closed once its
 	// first commit has ended, either way: a retry with the same key waits
 	// for it before it answers.
-	key, owner  string
-	firstStored chan struct{}
+	key, owner   string
+	askedTimeout protocol.Duration // storedRequest.AskedTimeout
+	firstStored  chan struct{}
 	// unstored holds a keyed entry, and the queue behind it, back from
-	// delivery until its first commit has ended (see hub.enqueue).
-	unstored bool
+	// delivery until its first commit has ended (see hub.enqueue), and,
+	// if that commit failed and may or may not have stored the record
+	// (firstFailed), until a later commit of it succeeds (hub.storeHeld).
+	unstored    bool
+	firstFailed bool
 }
 
 func newEntry(rec protocol.Record, seq, rev uint64, deadline time.Time) *entry {
@@ -68,7 +72,7 @@ func (e *entry) mayHaveRun() bool { return e.rec.Attempts > 0 || e.maybeRan }
 
 func (e *entry) storedLocked() storedRequest {
 	return storedRequest{Record: e.rec, Seq: e.seq, Deadline: e.deadline, Rev: e.rev, CancelAsked: e.cancelAsked, MaybeRan: e.maybeRan,
-		Key: e.key, Owner: e.owner}
+		Key: e.key, Owner: e.owner, AskedTimeout: e.askedTimeout}
 }
 
 // device is the relay's state for one device. Its fields are guarded by

@@ -57,6 +57,10 @@ type storedRequest struct {
 	// gave it: a submission by Owner with the same Key gets this request.
 	Key   string `json:"key,omitempty"`
 	Owner string `json:"owner,omitempty"`
+	// AskedTimeout is the timeout a keyed submission gave (0: the
+	// relay's default), which a repeat must give too: Timeout depends on
+	// the relay's configuration, which a restart may change.
+	AskedTimeout protocol.Duration `json:"asked_timeout,omitempty"`
 }
 
 // keyIndex is the key under which the hub finds r by its idempotency
@@ -197,8 +201,14 @@ func encodeRequest(r *storedRequest) []byte {
 	if r.Key != "" {
 		b = append(b, `,"key":`...)
 		b = protocol.AppendJSONString(b, r.Key)
+	}
+	if r.Owner != "" {
 		b = append(b, `,"owner":`...)
 		b = protocol.AppendJSONString(b, r.Owner)
+	}
+	if r.AskedTimeout != 0 {
+		b = append(b, `,"asked_timeout":`...)
+		b = protocol.AppendJSONString(b, time.Duration(r.AskedTimeout).String())
 	}
 	b = append(b, '}')
 	v := bytes.Clone(b)

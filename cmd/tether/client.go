@@ -259,6 +259,7 @@ func (c *client) submit(ctx context.Context, dev string, sub protocol.Submit) (p
 	// again: the relay answers a repeat with the request it stored, if it
 	// stored one, and the device runs it once.
 	again := fmt.Sprintf("run the same call with --idempotency-key %s to submit it again without running it twice", sub.Key)
+	mayHaveSent := false
 	for attempt := 1; ; attempt++ {
 		_, err := c.do(subCtx, "POST", "/v1/devices/"+url.PathEscape(dev)+"/requests", sub, &rec)
 		if err == nil {
@@ -271,9 +272,18 @@ func (c *client) submit(ctx context.Context, dev string, sub protocol.Submit) (p
 		if ctx.Err() != nil {
 			return rec, &exitError{2, fmt.Errorf("interrupted while submitting; the relay did not say whether it took the request: %s", again)}
 		}
-		if !retrySubmit(err) {
+		// Once an attempt may have reached the relay, its request may
+		// exist whatever comes next: a relay that cannot be reached now
+		// is asked again (it is restarting), and any other end names
+		// the key, so that the user does not run the call anew.
+		retry := retrySubmit(err) || mayHaveSent && isDial(err)
+		if !retry {
+			if mayHaveSent {
+				return rec, &exitError{2, fmt.Errorf("%w; an earlier attempt's answer was lost, and the relay may have taken the request: %s", unwrapExit(err), again)}
+			}
 			return rec, err
 		}
+		mayHaveSent = mayHaveSent || !isDial(err)
 		if attempt == len(submitBackoff)+1 {
 			return rec, &exitError{2, fmt.Errorf("%w; gave up after %d attempts: %s", err, attempt, again)}
 		}
@@ -316,6 +326,13 @@ func retrySubmit(err error) bool {
 	var ne net.Error
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
 		errors.Is(err, syscall.EPIPE) || errors.As(err, &ne) && ne.Timeout()
+}
+
+// isDial reports whether err is a failure to connect, before anything
+// was sent.
+func isDial(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // unwrapExit returns the error an exitError carries.
