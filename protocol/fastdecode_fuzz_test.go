@@ -163,6 +163,11 @@ var trickyFrames = []string{
 	`{"method":"m"}}`,
 	`{"method":"m","timeout":1500}`,
 	`{"method":"m","Method":"n"}`,
+	`{"method":"m","key":"order-42"}`,
+	`{"method":"m","key":"a\"b\u0041"}`,
+	`{"method":"m","key":null}`,
+	`{"method":"m","KEY":"k"}`,
+	`{"type":"call","ref":"r","device":"d","method":"m","key":"k-1"}`,
 }
 
 // FuzzFastDecode holds the fast decoders to encoding/json: a frame one of
