@@ -34,10 +34,11 @@ type client struct {
 
 // httpError is a non-2xx answer of the relay.
 type httpError struct {
-	status  int
-	code    string
-	message string
-	body    []byte
+	status     int
+	code       string
+	message    string
+	body       []byte
+	retryAfter time.Duration // its Retry-After, if whole seconds
 }
 
 func (e *httpError) Error() string {
@@ -104,6 +105,9 @@ func (c *client) do(ctx context.Context, method, path string, body, v any) (int,
 	}
 	if resp.StatusCode >= 300 {
 		he := &httpError{status: resp.StatusCode, body: data}
+		if n, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && n > 0 {
+			he.retryAfter = time.Duration(n) * time.Second
+		}
 		var ae protocol.APIError
 		if json.Unmarshal(data, &ae) == nil {
 			he.code, he.message = ae.Error.Code, ae.Error.Message
@@ -288,6 +292,11 @@ func (c *client) submit(ctx context.Context, dev string, sub protocol.Submit) (p
 			return rec, &exitError{2, fmt.Errorf("%w; gave up after %d attempts: %s", err, attempt, again)}
 		}
 		d := submitBackoff[attempt-1]
+		if he := (*httpError)(nil); errors.As(err, &he) {
+			// A relay that says when to come back is believed, within
+			// reason: a call is not left waiting for minutes.
+			d = max(d, min(he.retryAfter, maxRetryAfter))
+		}
 		fmt.Fprintf(c.errOut, "tether: %v; submitting again in %v (key %s)\n", unwrapExit(err), d, sub.Key)
 		select {
 		case <-time.After(d):
@@ -306,6 +315,9 @@ func (c *client) submit(ctx context.Context, dev string, sub protocol.Submit) (p
 // submission whose answer was lost or that the relay could not take for
 // now: about 4 s in all, the time a relay takes to restart.
 var submitBackoff = []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second} // a variable for tests
+
+// maxRetryAfter bounds the Retry-After a call's resubmission waits for.
+const maxRetryAfter = 10 * time.Second
 
 // retrySubmit reports whether a submission that failed with err may be
 // sent again, with its key, in the hope of an answer: the relay's answer

@@ -119,7 +119,9 @@ func TestCallSubmitsAgainWhileRelayUnavailable(t *testing.T) {
 			json.NewDecoder(r.Body).Decode(&sub)
 			keys = append(keys, sub.Key)
 			if len(keys) < 3 {
-				w.Header().Set("Retry-After", "1")
+				if len(keys) == 1 {
+					w.Header().Set("Retry-After", "1")
+				}
 				answer(w, http.StatusServiceUnavailable, protocol.APIError{Error: protocol.Failure{Code: "unavailable", Message: "relay is shutting down"}})
 				return
 			}
@@ -129,6 +131,9 @@ func TestCallSubmitsAgainWhileRelayUnavailable(t *testing.T) {
 	code, out, errOut := runCLI("--relay", f.srv.URL, "call", "--async", "pi-1", "sys.ping")
 	if code != 0 || strings.TrimSpace(out) != "r1" || len(keys) != 3 || keys[0] == "" || keys[1] != keys[0] || keys[2] != keys[0] {
 		t.Fatalf("exit %d, stdout %q, stderr %q, keys %q", code, out, errOut, keys)
+	}
+	if !strings.Contains(errOut, "submitting again in 1s") || !strings.Contains(errOut, "submitting again in 10ms") {
+		t.Errorf("stderr %q: want the relay's Retry-After (1s) heeded, then the call's own pause", errOut)
 	}
 	// Past the last attempt, the call gives up and names the key.
 	keys = nil

@@ -38,13 +38,14 @@
 // answers with the request the key made if it stored one, and makes it
 // otherwise. A keyed request reaches the agent only once it is stored, so
 // a request the relay lost in a crash never ran, and the key cannot make
-// an action run twice. Only a submit still without an answer when the
-// run ends is left unknown (submit_unknown, not counted as lost; the
-// driver submits a new, different request in its place). Executions of
-// ids the client never learned are counted as exec_unknown; more of them
-// than submit_unknown means something ran that no client knows of (a
-// first submission that ran, then a second one made by its key), which
-// counts as wrong_state.
+// an action run twice. A submit is sent until the relay answers with an
+// id (a relay that kept failing would hold the run up until its end);
+// only one still without an answer when the run ends stays unknown
+// (submit_unknown, not counted as lost). Executions of ids the client
+// never learned are counted as exec_unknown; more of them than
+// submit_unknown means something ran that no client knows of (a first
+// submission that ran, then a second one made by its key), which counts
+// as wrong_state.
 //
 // # What the execution log proves
 //

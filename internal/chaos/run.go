@@ -373,8 +373,7 @@ func (w *world) storm(ctx context.Context, rep *Report) error {
 }
 
 // submitOne gets one request acknowledged. A submit whose outcome stayed
-// unknown (the run ended first) is counted and replaced by a new,
-// different request.
+// unknown (the run ended while it was being sent again) is counted.
 func (w *world) submitOne(ctx context.Context) error {
 	for {
 		w.mu.Lock()
@@ -403,10 +402,9 @@ func (w *world) submitOne(ctx context.Context) error {
 		w.submitRetries += retries
 		w.submitResent += resent
 		switch {
-		case err != nil:
-		case out == submitted:
+		case err == nil && out == submitted:
 			w.sent = append(w.sent, sent{id: id, method: sub.Method, params: sub.Params})
-		default:
+		case out == unknown:
 			w.submitUnknown++
 		}
 		w.mu.Unlock()

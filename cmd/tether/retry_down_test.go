@@ -16,7 +16,7 @@ import (
 // refused) must not end as if nothing had been sent: the request may
 // exist, and a user who runs the call again without the key runs it
 // twice. It either keeps trying or names the key.
-func TestReviewLostAnswerThenRelayDown(t *testing.T) {
+func TestCallLostAnswerThenRelayDownNamesKey(t *testing.T) {
 	defer func(b []time.Duration) { submitBackoff = b }(submitBackoff)
 	submitBackoff = []time.Duration{10 * time.Millisecond, 10 * time.Millisecond}
 	base, key := startRelay(t)
