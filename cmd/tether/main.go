@@ -32,6 +32,9 @@ commands:
        --async       print the request id and return at once
        --timeout D   request timeout (default: the relay's)
        --idempotent  allow a re-run after an agent crash
+       --idempotency-key K  the call's key (default: a new one); the relay
+                     answers a call with a key it has seen with that request,
+                     so running the same call again does not run it twice
        --params JSON params as a JSON object (key=value words are merged in)
   get ID [--wait D] [--json]       print a request (its result once finished)
   cancel ID [--json]               cancel a request
