@@ -5,18 +5,22 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 	"github.com/gorilla/websocket"
+
+	"github.com/tetherhq/tether/internal/faultproxy"
 )
 
 // browser starts headless Chromium from PATH (CI installs the Debian
@@ -85,15 +89,15 @@ func text(t *testing.T, ctx context.Context, sel string) string {
 	return s
 }
 
-func TestDashboardInBrowser(t *testing.T) {
-	d := startLiveDevice(t)
-	ctx := browser(t)
-
+// openDevice signs in to the dashboard at base with key and opens pi-1,
+// online, with the live connection up.
+func openDevice(t *testing.T, ctx context.Context, base, key string) {
+	t.Helper()
 	step(t, ctx, "open the dashboard",
-		chromedp.Navigate(d.relay.url()+"/"),
+		chromedp.Navigate(base+"/"),
 		chromedp.WaitVisible(chromedp.CSS("#key")))
 	step(t, ctx, "sign in",
-		chromedp.SendKeys(chromedp.CSS("#key"), d.key),
+		chromedp.SendKeys(chromedp.CSS("#key"), key),
 		chromedp.Click(chromedp.CSS(`#signin button[type="submit"]`)),
 		chromedp.WaitVisible(chromedp.CSS("#app-view")))
 	step(t, ctx, "see pi-1 online and open it",
@@ -102,6 +106,21 @@ func TestDashboardInBrowser(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS(`#device-detail`)),
 		chromedp.WaitVisible(chromedp.CSS(`#methods button`)),
 		chromedp.WaitVisible(chromedp.CSS(`#conn[data-state="connected"]`)))
+}
+
+// callFromForm calls method with params through the dashboard's form.
+func callFromForm(t *testing.T, ctx context.Context, method, params string) {
+	t.Helper()
+	step(t, ctx, "call "+method,
+		chromedp.SetValue(chromedp.CSS("#method"), method),
+		chromedp.SetValue(chromedp.CSS("#params"), params),
+		chromedp.Click(chromedp.CSS(`#call button[type="submit"]`)))
+}
+
+func TestDashboardInBrowser(t *testing.T) {
+	d := startLiveDevice(t)
+	ctx := browser(t)
+	openDevice(t, ctx, d.relay.url(), d.key)
 	if s := text(t, ctx, `a[data-device="pi-2"] .badge`); s != "offline" {
 		t.Fatalf("pi-2 shows %q", s)
 	}
@@ -119,13 +138,7 @@ func TestDashboardInBrowser(t *testing.T) {
 
 	// Toggle GPIO17 through the call form; GPIO27 is wired to it and its
 	// edge must show up live.
-	call := func(method, params string) {
-		t.Helper()
-		step(t, ctx, "call "+method,
-			chromedp.SetValue(chromedp.CSS("#method"), method),
-			chromedp.SetValue(chromedp.CSS("#params"), params),
-			chromedp.Click(chromedp.CSS(`#call button[type="submit"]`)))
-	}
+	call := func(method, params string) { t.Helper(); callFromForm(t, ctx, method, params) }
 	call("gpio.write", `{"pin":"GPIO17","level":"high"}`)
 	step(t, ctx, "see gpio.write succeed",
 		chromedp.WaitVisible(chromedp.CSS(`#log tr[data-method="gpio.write"][data-state="succeeded"]`)))
@@ -269,4 +282,66 @@ func TestDashboardMalformedLinkStillConnects(t *testing.T) {
 		st, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("conn").dataset.state + " / " + document.getElementById("conn").textContent`))
 		t.Fatalf("dashboard never connected after signing in from a link with a malformed fragment: conn is %q (%v)", st, err)
 	}
+}
+
+// A call whose connection drops before the relay has named its request is
+// sent again, with its key, once the dashboard has reconnected: one that
+// never reached the relay is made then, and one whose answer was lost is
+// answered for the request it made, which runs once.
+func TestDashboardResendsACallLostWithItsConnection(t *testing.T) {
+	d := startLiveDevice(t)
+	p, err := faultproxy.Listen("127.0.0.1:0", d.relay.addr, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx := browser(t)
+	openDevice(t, ctx, "http://"+p.Addr(), d.key)
+
+	// The call goes into a connection that has gone silent.
+	p.BlackHole()
+	callFromForm(t, ctx, "sys.ping", `{"lost":"on the way"}`)
+	step(t, ctx, "see the call sending", chromedp.WaitVisible(chromedp.CSS(`#log tr[data-method="sys.ping"][data-state="sending"]`)))
+	time.Sleep(200 * time.Millisecond) // the frame is in the black hole
+	p.Reset()
+	step(t, ctx, "see the call made after the reconnect",
+		chromedp.WaitVisible(chromedp.CSS(`#log tr[data-method="sys.ping"][data-state="succeeded"]`)))
+
+	// The call reaches the relay and runs; its answers are lost.
+	p.MuteReplies()
+	callFromForm(t, ctx, "gpio.write", `{"pin":"GPIO17","level":"high"}`)
+	eventually(t, 10*time.Second, "the relay took the call", func() bool {
+		return relayMetric(t, d.relay, `tether_relay_requests_submitted_total{method="gpio.write"}`) == 1
+	})
+	p.Reset()
+	step(t, ctx, "see the call's result after the reconnect",
+		chromedp.WaitVisible(chromedp.CSS(`#log tr[data-method="gpio.write"][data-state="succeeded"]`)))
+	if n, r := relayMetric(t, d.relay, `tether_relay_requests_submitted_total{method="gpio.write"}`),
+		relayMetric(t, d.relay, `tether_relay_requests_replayed_total{method="gpio.write"}`); n != 1 || r != 1 {
+		t.Fatalf("gpio.write submitted %v times, answered by its key %v times; want once each", n, r)
+	}
+}
+
+// relayMetric reads one series from the relay's /metrics (0 if absent).
+func relayMetric(t *testing.T, r *testRelay, series string) float64 {
+	t.Helper()
+	resp, err := http.Get(r.url() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	return 0
 }

@@ -159,6 +159,16 @@ func (p *Proxy) BlackHole() int {
 	return n
 }
 
+// MuteReplies mutes the replies of every open link (Link.MuteReplies) and
+// returns how many there were. Links accepted afterwards forward normally.
+func (p *Proxy) MuteReplies() int {
+	ls := p.Links()
+	for _, l := range ls {
+		l.MuteReplies()
+	}
+	return len(ls)
+}
+
 // Refuse makes the proxy reset new connections at once (on) or forward
 // them again (off). Open links are not affected: together with BlackHole it
 // keeps a peer from reconnecting while the old link is half-open.
@@ -199,6 +209,7 @@ type Link struct {
 	toxics         atomic.Pointer[Toxics]
 	holed          chan struct{} // closed by BlackHole
 	holeOnce       sync.Once
+	muted          atomic.Bool // MuteReplies was called
 	resetOnce      sync.Once
 	done           chan struct{} // closed by Reset or when the link ends
 
@@ -251,6 +262,11 @@ func (l *Link) BlackHole() bool {
 	})
 	return hit
 }
+
+// MuteReplies drops, from now on, what the target sends, while what the
+// client sends still reaches it: a client whose request arrives but whose
+// answer is lost on the way back.
+func (l *Link) MuteReplies() { l.muted.Store(true) }
 
 // BlackHoled reports whether BlackHole was called.
 func (l *Link) BlackHoled() bool {
@@ -327,7 +343,7 @@ func (l *Link) pipe(dst, src net.Conn) error {
 	for {
 		buf := make([]byte, 32<<10)
 		n, err := src.Read(buf)
-		if n > 0 && !l.BlackHoled() {
+		if n > 0 && !l.BlackHoled() && !(src == l.server && l.muted.Load()) {
 			t := l.toxics.Load()
 			c := chunk{b: buf[:n]}
 			if t.Latency > 0 || t.Jitter > 0 {

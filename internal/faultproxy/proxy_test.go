@@ -332,3 +332,27 @@ func TestRefuse(t *testing.T) {
 	p.Refuse(false)
 	pair(t, p, tg)
 }
+
+// MuteReplies loses what the target sends while what the client sends
+// still arrives; links made afterwards forward both ways.
+func TestMuteReplies(t *testing.T) {
+	tg := newTarget(t)
+	p := newProxy(t, tg.ln.Addr().String())
+	c, s := pair(t, p, tg)
+	waitLinks(t, p, 1)
+	if n := p.MuteReplies(); n != 1 {
+		t.Fatalf("muted %d links", n)
+	}
+	c.Write([]byte("call"))
+	if got := readFull(t, s, 4, 2*time.Second); string(got) != "call" {
+		t.Fatalf("server got %q", got)
+	}
+	s.Write([]byte("answer"))
+	wantSilent(t, c, 200*time.Millisecond, "client of a muted link")
+
+	c2, s2 := pair(t, p, tg)
+	s2.Write([]byte("hello"))
+	if got := readFull(t, c2, 5, 2*time.Second); string(got) != "hello" {
+		t.Fatalf("client of a later link got %q", got)
+	}
+}

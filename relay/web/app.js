@@ -174,6 +174,12 @@
       for (const [id, entry] of state.byId) {
         if (!terminal(entry.state)) send({ type: "get", id });
       }
+      // Calls whose connection dropped before the relay named their
+      // request: sent again with their key, the relay answers for the
+      // request the first one made, or makes it if it never arrived.
+      for (const entry of state.byRef.values()) {
+        if (!entry.id && entry.state === "sending") send(entry.frame);
+      }
     });
     ws.addEventListener("message", (ev) => {
       if (state.ws !== ws) return; // a socket signed out or replaced
@@ -197,6 +203,13 @@
     setConn("reconnecting", `Disconnected${code ? " (" + code + ")" : ""}, retrying…`);
     clearTimeout(state.timer);
     state.timer = setTimeout(connect, delay);
+  }
+
+  // newKey returns a random idempotency key (crypto.randomUUID needs a
+  // secure context, which a relay on a LAN address over http is not).
+  function newKey() {
+    const b = crypto.getRandomValues(new Uint8Array(16));
+    return "dash-" + Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
   }
 
   function send(frame) {
@@ -399,7 +412,9 @@
       }
     }
     const ref = "r" + ++state.refN;
-    const frame = { type: "call", ref, device, method, params };
+    // The key lets the call be sent again after a lost connection without
+    // running it twice (see the socket's open handler).
+    const frame = { type: "call", ref, device, method, params, key: newKey() };
     const timeout = $("timeout").value.trim();
     if (timeout) frame.timeout = /^\d+$/.test(timeout) ? Number(timeout) : timeout;
     if ($("idempotent").checked) frame.idempotent = true;
@@ -407,7 +422,7 @@
       err.textContent = "Not connected to the relay; try again in a moment.";
       return;
     }
-    const entry = { ref, id: null, device, method, params, state: "sending", created: new Date().toISOString() };
+    const entry = { ref, id: null, device, method, params, state: "sending", created: new Date().toISOString(), frame };
     state.byRef.set(ref, entry);
     addRow(entry);
   }
