@@ -1,8 +1,11 @@
 package hw
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"runtime"
 	"strings"
 
@@ -107,12 +110,26 @@ func Open(cfg Config, opts Options) (*Board, error) {
 }
 
 // openError explains why a bus or port did not open, adding the device
-// node's permission problem when there is one.
+// node's permission problem when there is one. A node that does not exist
+// is told as such, with how to enable the interface on a Raspberry Pi:
+// periph's own words for it ("did you forget to call Init()?") speak to
+// programmers, not to whoever set up the board.
 func openError(kind, name, node string, err error) error {
+	if _, serr := os.Stat(node); errors.Is(serr, fs.ErrNotExist) {
+		return fmt.Errorf("hw: open %s %s: %s does not exist; %s", kind, name, node, enableHint(kind))
+	}
 	if hint := nodeAccessProblem(node); hint != "" {
 		return fmt.Errorf("hw: open %s %s: %s: %w", kind, name, hint, err)
 	}
 	return fmt.Errorf("hw: open %s %s: %w", kind, name, err)
+}
+
+// enableHint says how the kernel interface behind kind is turned on.
+func enableHint(kind string) string {
+	if strings.HasPrefix(kind, "spi") {
+		return "is SPI enabled? On a Raspberry Pi: sudo raspi-config nonint do_spi 0 (or dtparam=spi=on in /boot/firmware/config.txt) and reboot"
+	}
+	return "is I2C enabled, and is this the bus number? On a Raspberry Pi: sudo raspi-config nonint do_i2c 0 (or dtparam=i2c_arm=on in /boot/firmware/config.txt) and reboot; the header's bus is 1"
 }
 
 // spidevNode maps periph's "SPI0.1" to "/dev/spidev0.1".
