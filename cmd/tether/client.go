@@ -220,14 +220,42 @@ func (c *client) call(ctx context.Context, args []string) error {
 		fmt.Fprintln(c.out, rec.ID)
 		return nil
 	}
-	for !protocol.Terminal(rec.State) {
-		if _, err := c.do(ctx, "GET", "/v1/requests/"+url.PathEscape(rec.ID)+"?wait="+maxWait.String(), nil, &rec); err != nil {
-			return &exitError{2, fmt.Errorf("%w; request %s may still run: follow it with `tether get %s`, or stop it with `tether cancel %s`",
-				unwrapExit(err), rec.ID, rec.ID, rec.ID)}
+	var lost time.Time // when the relay stopped answering, if it has
+	for pause := followBackoff; !protocol.Terminal(rec.State); {
+		_, err := c.do(ctx, "GET", "/v1/requests/"+url.PathEscape(rec.ID)+"?wait="+maxWait.String(), nil, &rec)
+		if err == nil {
+			lost, pause = time.Time{}, followBackoff
+			continue
 		}
+		// A relay restarting, or a network that drops for a while, does
+		// not end the call: the request goes on, and a GET is safe to
+		// repeat.
+		if ctx.Err() == nil && (retrySubmit(err) || isDial(err)) {
+			if lost.IsZero() {
+				lost = time.Now()
+				fmt.Fprintf(c.errOut, "tether: %v; still following request %s\n", unwrapExit(err), rec.ID)
+			}
+			if time.Since(lost) < followPatience {
+				select {
+				case <-time.After(pause):
+				case <-ctx.Done():
+				}
+				pause = min(2*pause, 5*time.Second)
+				continue
+			}
+		}
+		return &exitError{2, fmt.Errorf("%w; request %s may still run: follow it with `tether get %s`, or stop it with `tether cancel %s`",
+			unwrapExit(err), rec.ID, rec.ID, rec.ID)}
 	}
 	return c.report(rec, *asJSON)
 }
+
+// followBackoff is the first pause of a call that lost the relay while
+// following its request, and followPatience how long it keeps trying.
+var (
+	followBackoff  = 500 * time.Millisecond // variables for tests
+	followPatience = time.Minute
+)
 
 // submit submits sub to device dev without a wait. An interrupt (ctx)
 // during the submission waits, for submitGrace or until a second

@@ -127,7 +127,7 @@ func TestCallNamesRequestWhenStoppedEarly(t *testing.T) {
 		want      string
 	}{
 		{"interrupted", true, "tether: interrupted; request r1 may still run"},
-		{"relay error", false, "tether: relay: 503 unavailable: relay is shutting down; request r1 may still run"},
+		{"relay error", false, "tether: relay: 500 internal: internal error; request r1 may still run"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			polling := make(chan struct{})
@@ -138,7 +138,7 @@ func TestCallNamesRequestWhenStoppedEarly(t *testing.T) {
 				},
 				get: func(w http.ResponseWriter, r *http.Request, wait time.Duration, n int) {
 					if !tc.interrupt {
-						answer(w, http.StatusServiceUnavailable, protocol.APIError{Error: protocol.Failure{Code: "unavailable", Message: "relay is shutting down"}})
+						answer(w, http.StatusInternalServerError, protocol.APIError{Error: protocol.Failure{Code: "internal", Message: "internal error"}})
 						return
 					}
 					once.Do(func() { close(polling) })

@@ -143,3 +143,43 @@ func TestCallSubmitsAgainWhileRelayUnavailable(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q", code, errOut)
 	}
 }
+
+// A call that loses the relay while it waits for the result (the relay
+// restarting, a network gap) keeps following its request, and ends as
+// the request does; only an outage longer than followPatience ends it,
+// naming the request.
+func TestCallKeepsFollowingThroughAnOutage(t *testing.T) {
+	defer func(b, p time.Duration) { followBackoff, followPatience = b, p }(followBackoff, followPatience)
+	followBackoff = 10 * time.Millisecond
+	down := true
+	f := startFakeRelay(t, &fakeRelay{
+		submit: func(w http.ResponseWriter, r *http.Request) {
+			answer(w, http.StatusAccepted, record("r1", protocol.StateQueued, ""))
+		},
+		get: func(w http.ResponseWriter, r *http.Request, wait time.Duration, n int) {
+			switch {
+			case down && n == 1:
+				answer(w, http.StatusServiceUnavailable, protocol.APIError{Error: protocol.Failure{Code: "unavailable", Message: "relay is shutting down"}})
+			case down && n == 2:
+				if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+					conn.Close() // the relay died answering
+				}
+			case down:
+				answer(w, http.StatusOK, record("r1", protocol.StateSucceeded, `{"ok":true}`))
+			default:
+				answer(w, http.StatusBadGateway, protocol.APIError{Error: protocol.Failure{Code: "bad_gateway", Message: "proxy"}})
+			}
+		},
+	})
+	code, out, errOut := runCLI("--relay", f.srv.URL, "call", "pi-1", "sys.ping")
+	if code != 0 || !strings.Contains(out, `"ok": true`) || strings.Count(errOut, "still following request r1") != 1 {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+
+	down = false
+	followPatience = 50 * time.Millisecond
+	code, _, errOut = runCLI("--relay", f.srv.URL, "call", "pi-1", "sys.ping")
+	if code != 2 || !strings.Contains(errOut, "request r1 may still run") {
+		t.Fatalf("an outage past the patience: exit %d, stderr %q", code, errOut)
+	}
+}
