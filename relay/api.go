@@ -103,8 +103,12 @@ func (s *Server) client(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// handleHealth answers that the relay serves, and what a client may
+// count on beyond the first version of the API: idempotency_keys says
+// that a submission repeated with its key is not run twice, which a
+// client must know before it repeats one whose answer was lost.
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+	writeJSON(w, http.StatusOK, map[string]bool{"ok": true, "idempotency_keys": true})
 }
 
 func (s *Server) handleDevices(w http.ResponseWriter, r *http.Request) {

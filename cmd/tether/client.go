@@ -291,11 +291,23 @@ func (c *client) submit(ctx context.Context, dev string, sub protocol.Submit) (p
 	// again: the relay answers a repeat with the request it stored, if it
 	// stored one, and the device runs it once.
 	again := fmt.Sprintf("run the same call with --idempotency-key %s to submit it again without running it twice", sub.Key)
-	mayHaveSent := false
+	mayHaveSent, keysHonoured := false, false
 	for attempt := 1; ; attempt++ {
-		_, err := c.do(subCtx, "POST", "/v1/devices/"+url.PathEscape(dev)+"/requests", sub, &rec)
+		var err error
+		if mayHaveSent && !keysHonoured {
+			// A relay older than idempotency keys drops the key, and
+			// would make the repeat a second request.
+			if keysHonoured, err = c.honoursKeys(subCtx); err == nil && !keysHonoured {
+				return rec, &exitError{2, fmt.Errorf("the relay's answer to the submission was lost, and this relay does not recognise idempotency keys "+
+					"(it predates them), so submitting again could run the action twice; it may have taken the request: "+
+					"see `tether devices` for %s's queue, and upgrade the relay", dev)}
+			}
+		}
 		if err == nil {
-			break
+			_, err = c.do(subCtx, "POST", "/v1/devices/"+url.PathEscape(dev)+"/requests", sub, &rec)
+			if err == nil {
+				break
+			}
 		}
 		if ur, ok := unstoredRequest(err); ok {
 			return rec, &exitError{2, fmt.Errorf("relay storage failed, but request %s for device %s may still run: "+
@@ -315,7 +327,7 @@ func (c *client) submit(ctx context.Context, dev string, sub protocol.Submit) (p
 			}
 			return rec, err
 		}
-		mayHaveSent = mayHaveSent || !isDial(err)
+		mayHaveSent = mayHaveSent || !isDial(err) && !refusedBeforeStoring(err)
 		if attempt == len(submitBackoff)+1 {
 			return rec, &exitError{2, fmt.Errorf("%w; gave up after %d attempts: %s", err, attempt, again)}
 		}
@@ -366,6 +378,25 @@ func retrySubmit(err error) bool {
 	var ne net.Error
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
 		errors.Is(err, syscall.EPIPE) || errors.As(err, &ne) && ne.Timeout()
+}
+
+// refusedBeforeStoring reports whether err is the relay's own answer that
+// it is shutting down, given before it stores anything.
+func refusedBeforeStoring(err error) bool {
+	var he *httpError
+	return errors.As(err, &he) && he.status == http.StatusServiceUnavailable && he.code == "unavailable"
+}
+
+// honoursKeys asks the relay (GET /healthz) whether it answers a repeated
+// submission by its idempotency key.
+func (c *client) honoursKeys(ctx context.Context) (bool, error) {
+	var health struct {
+		Keys bool `json:"idempotency_keys"`
+	}
+	if _, err := c.do(ctx, "GET", "/healthz", nil, &health); err != nil {
+		return false, err
+	}
+	return health.Keys, nil
 }
 
 // isDial reports whether err is a failure to connect, before anything

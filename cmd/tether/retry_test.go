@@ -183,3 +183,30 @@ func TestCallKeepsFollowingThroughAnOutage(t *testing.T) {
 		t.Fatalf("an outage past the patience: exit %d, stderr %q", code, errOut)
 	}
 }
+
+// A relay that predates idempotency keys drops them: a call whose answer
+// was lost does not submit again to it, which would run the action twice,
+// and says why.
+func TestCallDoesNotRepeatToARelayWithoutKeys(t *testing.T) {
+	defer func(b []time.Duration) { submitBackoff = b }(submitBackoff)
+	submitBackoff = []time.Duration{10 * time.Millisecond, 10 * time.Millisecond}
+	var posts atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == "GET" && r.URL.Path == "/healthz":
+			answer(w, http.StatusOK, map[string]bool{"ok": true}) // as relays before keys answer
+		case r.Method == "POST":
+			posts.Add(1)
+			if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+				conn.Close() // stored, but the answer is lost
+			}
+		default:
+			t.Errorf("unexpected %s %s", r.Method, r.URL)
+		}
+	}))
+	defer srv.Close()
+	code, _, errOut := runCLI("--relay", srv.URL, "call", "pi-1", "gpio.write", "pin=GPIO17", "level=high")
+	if code != 2 || posts.Load() != 1 || !strings.Contains(errOut, "does not recognise idempotency keys") {
+		t.Fatalf("exit %d after %d posts, stderr %q", code, posts.Load(), errOut)
+	}
+}
