@@ -250,8 +250,9 @@ func (a *Agent) Emit(name string, data json.RawMessage) error {
 		a.mu.Unlock()
 		return ErrOutboxFull
 	}
-	ev, key := a.out.addEvent(name, data, time.Now(), !a.numbered)
-	pos := a.recordLocked(record{Op: opEvent, Event: &ev})
+	now := time.Now()
+	ev, key := a.out.addEvent(name, data, now, !a.numbered)
+	pos := a.recordLocked(record{Op: opEvent, Event: &ev, Time: now.UnixMilli()})
 	a.mu.Unlock()
 
 	err := a.durable(pos)

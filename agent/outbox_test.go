@@ -226,3 +226,44 @@ func TestEmitDuringFirstAttach(t *testing.T) {
 		a.Close()
 	}
 }
+
+// An event still owed when the agent restarts keeps its age (the relay
+// stamps it receipt time less age): the journal records when it happened
+// on the wall clock. A time the clock cannot vouch for (in the future, or
+// older than trustedEventAge: a board without a real-time clock set by
+// NTP in between) counts as now.
+func TestEventAgeSurvivesARestart(t *testing.T) {
+	dir := t.TempDir()
+	a, _ := detachedAgent(t, dir, &countingExec{})
+	if err := a.Emit("door", nil); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	now := time.Now()
+	for _, tc := range []struct {
+		ms       int64
+		min, max time.Duration
+	}{
+		{now.Add(-5 * time.Second).UnixMilli(), 5 * time.Second, 6 * time.Second},
+		{now.Add(time.Hour).UnixMilli(), 0, time.Second},
+		{now.Add(-2 * trustedEventAge).UnixMilli(), 0, time.Second},
+		{0, 0, time.Second},
+	} {
+		if age := now.Sub(madeAt(now, tc.ms)); age < tc.min || age > tc.max {
+			t.Errorf("made at %d: age %v, want %v..%v", tc.ms, age, tc.min, tc.max)
+		}
+	}
+	time.Sleep(1100 * time.Millisecond) // a restart that takes a while
+	b, s := detachedAgent(t, dir, &countingExec{})
+	b.attach(s, 0)
+	var ev *protocol.Event
+	waitUntil(t, "the event sent", func() bool {
+		for len(s.out) > 0 && ev == nil {
+			ev, _ = decodeSent(t, <-s.out).(*protocol.Event)
+		}
+		return ev != nil
+	})
+	if ev.Name != "door" || ev.AgeMs < 1000 {
+		t.Fatalf("after a restart: sent %+v, want door with an age of at least 1 s", ev)
+	}
+}

@@ -29,6 +29,7 @@ func (a *Agent) openJournal() error {
 	byID := make(map[string]*entry)
 	var order []string
 	events := make(map[uint64]*protocol.Event)
+	made := make(map[uint64]int64) // when each happened: wall clock, Unix ms (0: not recorded)
 	fresh := make(map[uint64]bool) // events recorded in a span no welcome ended
 	inSpan := false
 	var maxSeq, evAcked uint64
@@ -55,6 +56,7 @@ func (a *Agent) openJournal() error {
 		case opEvent:
 			if r.Event != nil {
 				events[r.Event.Seq] = r.Event
+				made[r.Event.Seq] = r.Time
 				fresh[r.Event.Seq] = inSpan
 				maxSeq = max(maxSeq, r.Event.Seq)
 			}
@@ -64,6 +66,7 @@ func (a *Agent) openJournal() error {
 			evAcked = max(evAcked, r.Seq)
 		case opEventMove:
 			moved := make(map[uint64]*protocol.Event, len(events))
+			movedMade := make(map[uint64]int64, len(made))
 			for s, ev := range events {
 				if s >= r.From {
 					e := *ev
@@ -71,8 +74,9 @@ func (a *Agent) openJournal() error {
 					ev = &e
 				}
 				moved[ev.Seq] = ev
+				movedMade[ev.Seq] = made[s]
 			}
-			events = moved
+			events, made = moved, movedMade
 			if maxSeq >= r.From {
 				maxSeq += r.Shift
 			}
@@ -110,7 +114,7 @@ func (a *Agent) openJournal() error {
 	slices.Sort(seqs)
 	for _, s := range seqs {
 		a.out.keys++
-		a.out.events = append(a.out.events, pendingEvent{ev: *events[s], at: now, durable: true, key: a.out.keys, fresh: fresh[s]})
+		a.out.events = append(a.out.events, pendingEvent{ev: *events[s], at: madeAt(now, made[s]), durable: true, key: a.out.keys, fresh: fresh[s]})
 	}
 	a.out.nextSeq = max(maxSeq, evAcked) + 1
 	if interrupted > 0 {
@@ -121,6 +125,27 @@ func (a *Agent) openJournal() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.compactLocked()
+}
+
+// trustedEventAge bounds the age an event recovered from the journal is
+// given from the wall clock; see madeAt.
+const trustedEventAge = 30 * 24 * time.Hour
+
+// madeAt is when an event recovered from the journal happened, on this
+// process's clock: now less the wall-clock time since it was recorded
+// (ms, Unix). A board without a real-time clock may have booted since
+// with its clock in 1970, or had it set by NTP meanwhile: an age that
+// comes out negative or implausibly long is not believed, and the event
+// counts as happening now, as an event recorded without a time does.
+func madeAt(now time.Time, ms int64) time.Time {
+	if ms <= 0 {
+		return now
+	}
+	age := time.Duration(now.UnixMilli()-ms) * time.Millisecond
+	if age < 0 || age > trustedEventAge {
+		return now
+	}
+	return now.Add(-age)
 }
 
 // maybeCompactLocked rewrites the journal when it has grown past the
@@ -192,7 +217,7 @@ func (a *Agent) snapshotLocked() []record {
 			booted = true
 		}
 		ev := pe.ev
-		recs = append(recs, record{Op: opEvent, Event: &ev})
+		recs = append(recs, record{Op: opEvent, Event: &ev, Time: pe.at.UnixMilli()})
 	}
 	if !booted {
 		// Events this process makes before its first welcome are
