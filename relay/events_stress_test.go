@@ -423,6 +423,12 @@ func runEventsStress(t *testing.T, seed int64, ops int) {
 			logf("agent crash")
 			inc.emits.Wait()
 			old := inc
+			// Cut off before its state directory is copied, as a crash
+			// stops both at once: left connected, it could have its
+			// first welcome after the copy and send its fresh events
+			// moved, which the copy holds unmoved, so the next agent
+			// would move and send them again.
+			old.proxy.close()
 			nd := old.dir
 			lin := old.lin
 			if old.dir != "" {
