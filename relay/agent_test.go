@@ -715,3 +715,69 @@ func TestIgnoredEventAckedWithLastSeq(t *testing.T) {
 		t.Fatalf("ack of an event below the last stored: events %d, want 5", ack.Events)
 	}
 }
+
+// A session replaced by a newer one of its device stores no more events:
+// the newer one's welcome named the last seq stored, and its agent (one
+// on a new state directory, or without one) numbers its events from
+// there, so an event the old session stored afterwards would take a seq
+// of theirs, and the relay would ignore (and ack) the new agent's event.
+func TestReplacedSessionStoresNoEvents(t *testing.T) {
+	e := newEnv(t)
+	// A does not answer the relay's close frame at once, so the relay
+	// still reads what it sends after it is replaced.
+	a := connect(e, e.token, func(c *websocket.Conn) {
+		c.SetCloseHandler(func(int, string) error { return nil })
+	})
+	a.send(&protocol.Hello{Agent: "test/1", Board: "mock"})
+	nextAs[*protocol.Welcome](a)
+	b := connect(e, e.token)
+	b.send(&protocol.Hello{Agent: "test/1", Board: "mock"})
+	if w := nextAs[*protocol.Welcome](b); w.LastEvent != 0 {
+		t.Fatalf("welcome: last_event %d, want 0", w.LastEvent)
+	}
+	a.send(&protocol.Event{Seq: 1, Name: "old"})
+	// A answers the close now: its session ends after reading the event.
+	a.conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""))
+	waitFor(t, "A's session to end", func() bool { return e.srv.sessions.count() == 1 })
+
+	b.send(&protocol.Event{Seq: 1, Name: "new"})
+	if ack := nextAs[*protocol.Ack](b); ack.Events != 1 {
+		t.Fatalf("ack %+v, want events 1", ack)
+	}
+	evs, err := e.srv.Events("dev1", 0, 10)
+	if err != nil || len(evs) != 1 || evs[0].Name != "new" {
+		t.Fatalf("events %+v (err %v), want only B's event 1", evs, err)
+	}
+}
+
+// A welcome names an event another session of the device is still
+// committing: it waits for the commit, or the agent would number its
+// events from below that event's seq.
+func TestWelcomeWaitsForEventCommit(t *testing.T) {
+	e := newEnv(t)
+	a := dialAgent(e, e.token)
+	sendEventsUpTo(t, a, 1, 1)
+	h := e.srv.hub
+	h.mu.Lock()
+	d := h.devices["dev1"]
+	h.mu.Unlock()
+	// As A's reader does while it stores event 2.
+	d.evMu.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			d.evMu.Unlock()
+		}
+	}()
+	b := connect(e, e.token)
+	b.send(&protocol.Hello{Agent: "test/1", Board: "mock"})
+	b.quiet(100 * time.Millisecond) // no welcome while event 2 is being stored
+	h.mu.Lock()
+	d.lastSeq = 2
+	h.mu.Unlock()
+	d.evMu.Unlock()
+	locked = false
+	if w := nextAs[*protocol.Welcome](b); w.LastEvent != 2 {
+		t.Fatalf("welcome: last_event %d, want 2", w.LastEvent)
+	}
+}

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/tetherhq/tether/protocol"
@@ -92,18 +91,12 @@ func TestResultCommitFailureRetried(t *testing.T) {
 }
 
 // An event that one session is still committing is not acknowledged to
-// another session resending it (a replaced session, an outbox resend):
-// the second ack waits for the first commit.
+// another session resending it (the agent's next session, replacing the
+// first): the new session's welcome, which names it, and so the ack of
+// the resend, wait for the first commit.
 func TestEventNotAckedBeforeCommitAcrossSessions(t *testing.T) {
 	e := newEnv(t)
-	// Session A does not answer the relay's close frame, so the relay keeps
-	// reading it for its close grace after A is replaced.
-	a := connect(e, e.token, func(c *websocket.Conn) {
-		c.SetCloseHandler(func(int, string) error { return nil })
-	})
-	a.send(&protocol.Hello{Agent: "test/1", Board: "mock"})
-	nextAs[*protocol.Welcome](a)
-	b := dialAgent(e, e.token) // replaces A
+	a := dialAgent(e, e.token)
 
 	// Hold the store's writer: every commit now waits.
 	tx, err := e.srv.st.db.Begin(true)
@@ -135,17 +128,22 @@ func TestEventNotAckedBeforeCommitAcrossSessions(t *testing.T) {
 		return true
 	})
 
+	b := connect(e, e.token) // replaces A
+	b.send(&protocol.Hello{Agent: "test/1", Board: "mock"})
 	b.send(ev) // the agent's resend of the same event on its new session
-	acked := false
+	told := false
 	select {
 	case f := <-b.frames:
-		acked = true
+		told = true
 		stored, _ := e.srv.st.events("dev1", 0, 10)
-		t.Errorf("relay sent %s for event 1 while %d events are stored: acknowledged before its commit", f, len(stored))
+		t.Errorf("relay sent %s while %d events are stored: event 1 told of before its commit", f, len(stored))
 	case <-time.After(300 * time.Millisecond):
 	}
 	release()
-	if !acked {
+	if !told {
+		if w := nextAs[*protocol.Welcome](b); w.LastEvent != 1 {
+			t.Fatalf("welcome: last_event %d, want 1", w.LastEvent)
+		}
 		if ack := nextAs[*protocol.Ack](b); ack.Events != 1 {
 			t.Fatalf("ack %+v", ack)
 		}

@@ -910,7 +910,14 @@ func (h *hub) result(s *session, res *protocol.Result) resultCommit {
 
 // event stores ev for s's device unless its seq was seen before, and
 // returns the last seq stored from the device, which the agent is acked.
-func (h *hub) event(s *session, ev *protocol.Event) (uint64, error) {
+// Once s is no longer the device's session it stores nothing and reports
+// !ok (no ack): the welcome of the session that replaced it named the
+// last seq stored (welcomeLastEvent), and that session's agent, if it is
+// another one (a new state directory, none), numbers its events from
+// there; an event stored from s now would take the seq of one of them,
+// which the relay would then ignore. An agent that still owes ev sends it
+// again on its next session.
+func (h *hub) event(s *session, ev *protocol.Event) (last uint64, ok bool, err error) {
 	now := time.Now()
 	h.mu.Lock()
 	d := h.deviceLocked(s.device)
@@ -920,9 +927,13 @@ func (h *hub) event(s *session, ev *protocol.Event) (uint64, error) {
 	d.evMu.Lock()
 	defer d.evMu.Unlock()
 	h.mu.Lock()
+	if d.sess != s {
+		h.mu.Unlock()
+		return 0, false, nil
+	}
 	if last := d.lastSeq; ev.Seq <= last {
 		h.mu.Unlock()
-		return last, nil
+		return last, true, nil
 	}
 	h.mu.Unlock()
 
@@ -932,16 +943,16 @@ func (h *hub) event(s *session, ev *protocol.Event) (uint64, error) {
 		Data: ev.Data,
 		Time: now.Add(-time.Duration(ev.AgeMs) * time.Millisecond).UTC(),
 	}
-	err := h.st.putEvent(s.device, rec, h.cfg.EventsKept)
+	err = h.st.putEvent(s.device, rec, h.cfg.EventsKept)
 
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	d.lastSeq = max(d.lastSeq, ev.Seq)
 	d.notifyLocked()
-	return d.lastSeq, nil
+	return d.lastSeq, true, nil
 }
 
 // sweep expires queued requests past their deadline and deletes finished
@@ -1057,4 +1068,20 @@ func (h *hub) lastEventSeq(id string) uint64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.deviceLocked(id).lastSeq
+}
+
+// welcomeLastEvent returns the last event seq stored for s's device, for
+// the welcome of s, which attach has made the device's session. It waits
+// for an event another session is storing: so the seq counts every event
+// stored from the device before s, and none is stored from another
+// session after it (see event).
+func (h *hub) welcomeLastEvent(s *session) uint64 {
+	h.mu.Lock()
+	d := h.deviceLocked(s.device)
+	h.mu.Unlock()
+	d.evMu.Lock()
+	defer d.evMu.Unlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return d.lastSeq
 }

@@ -85,7 +85,9 @@ type device struct {
 	lastSeq uint64 // highest event seq stored (raised only after its commit)
 	// evMu serialises this device's event commits, so an event is never
 	// acknowledged while another session's copy of it is still being
-	// written. It is taken before hub.mu, never while holding it.
+	// written, and a welcome waits for the one being written to name its
+	// seq (hub.welcomeLastEvent). It is taken before hub.mu, never while
+	// holding it.
 	evMu sync.Mutex
 	// changed is closed and replaced on every event and presence change,
 	// so waiters need no registration.

@@ -653,7 +653,7 @@ func (s *session) greet(m protocol.Message) bool {
 		Relay:     s.cfg.Version,
 		MaxFrame:  s.cfg.MaxFrame,
 		PingMs:    s.cfg.PingPeriod.Milliseconds(),
-		LastEvent: s.hub.lastEventSeq(s.device),
+		LastEvent: s.hub.welcomeLastEvent(s),
 	})
 	s.auth.welcomed()
 	// Re-leased requests may have cancels pending.
@@ -705,10 +705,13 @@ func (s *session) handle(m protocol.Message) bool {
 		// The ack names the last seq stored, which an event the relay
 		// ignores lies below: an agent whose numbering fell behind (a
 		// journal that lost its last records) goes on above it.
-		last, err := s.hub.event(s, m)
+		last, ok, err := s.hub.event(s, m)
 		if err != nil {
 			s.fail(protocol.Errorf(protocol.CodeInternal, "relay storage failed"), websocket.CloseInternalServerErr)
 			return false
+		}
+		if !ok {
+			return true // a replaced session's: not stored, not acked
 		}
 		return s.enqueue(&protocol.Ack{Events: last})
 	case *protocol.Rotated:
