@@ -45,7 +45,7 @@ type hub struct {
 	retained []retainedRef      // settled requests, oldest first
 	nextSeq  uint64             // Seq of the next submit
 	// keys finds kept requests by their idempotency key
-	// (storedRequest.keyIndex → id).
+	// (idemKey.index → id).
 	keys map[string]string
 
 	// behind counts commits nobody waits for (see commitBehind); the
@@ -87,7 +87,7 @@ func newHub(cfg Config, st *store) (*hub, error) {
 	var pending []storedRequest
 	err = st.loadRequests(func(r storedRequest) {
 		h.nextSeq = max(h.nextSeq, r.Seq+1)
-		ik := r.keyIndex()
+		ik := r.Idem.index()
 		if ik != "" {
 			h.keys[ik] = r.ID
 		}
@@ -126,7 +126,7 @@ func newHub(cfg Config, st *store) (*hub, error) {
 		e.maybeRan = st.unclean || r.MaybeRan
 		// A cancel asked before the restart still waits on the device.
 		e.cancelAsked = r.CancelAsked
-		e.key, e.owner, e.askedTimeout = r.Key, r.Owner, r.AskedTimeout
+		e.idem = r.Idem
 		if e.maybeRan && !r.MaybeRan {
 			// Stored now: a clean restart later finds the store clean,
 			// and must still know.
@@ -211,7 +211,7 @@ func (h *hub) settleLocked(e *entry) {
 	delete(h.live, e.rec.ID)
 	e.endLocked()
 	close(e.done)
-	h.retained = append(h.retained, retainedRef{id: e.rec.ID, finished: *e.rec.Finished, key: idemIndex(e.owner, e.key)})
+	h.retained = append(h.retained, retainedRef{id: e.rec.ID, finished: *e.rec.Finished, key: e.idem.index()})
 	// Every request ends here exactly once, whichever way it ended.
 	h.met.requestFinished(&e.rec)
 }
@@ -269,7 +269,7 @@ func (h *hub) enqueue(dev, owner string, sub protocol.Submit) (commit func() (pr
 	}, h.nextSeq, 1, now.Add(timeout))
 	h.nextSeq++
 	if ik != "" {
-		e.key, e.owner, e.askedTimeout = sub.Key, owner, sub.Timeout
+		e.idem = &idemKey{Key: sub.Key, Owner: owner, AskedTimeout: sub.Timeout}
 		e.firstStored = make(chan struct{})
 		e.unstored = true
 		h.keys[ik] = e.rec.ID
@@ -318,7 +318,7 @@ func (h *hub) store(d *device, e *entry, rec storedRequest) (protocol.Record, er
 			// Never delivered, and never to come back: it is as if it
 			// was never submitted.
 			delete(h.live, e.rec.ID)
-			if ik := idemIndex(e.owner, e.key); ik != "" && h.keys[ik] == e.rec.ID {
+			if ik := e.idem.index(); ik != "" && h.keys[ik] == e.rec.ID {
 				delete(h.keys, ik)
 			}
 		} else if e.firstStored != nil && e.rec.State == protocol.StateQueued && h.live[e.rec.ID] == e {
@@ -477,11 +477,11 @@ func (h *hub) get(id string) (protocol.Record, error) {
 }
 
 // getAsked is get, with the timeout a keyed submission gave
-// (storedRequest.AskedTimeout).
+// (idemKey.AskedTimeout).
 func (h *hub) getAsked(id string) (protocol.Record, protocol.Duration, error) {
 	h.mu.Lock()
 	if e := h.live[id]; e != nil {
-		asked := e.askedTimeout
+		asked := e.idem.asked()
 		rec, err := h.toldLocked(e)
 		return rec, asked, err
 	}
@@ -490,7 +490,7 @@ func (h *hub) getAsked(id string) (protocol.Record, protocol.Duration, error) {
 	if err != nil {
 		return protocol.Record{}, 0, err
 	}
-	return r.Record, r.AskedTimeout, nil
+	return r.Record, r.Idem.asked(), nil
 }
 
 // wait blocks until request id has ended (see entry.endLocked), ctx ends,

@@ -157,17 +157,16 @@ func TestKeyedMaybeStoredReleasedOnceStored(t *testing.T) {
 	}
 }
 
-// encodeRequest writes what json.Marshal makes of a keyed request too, as
-// its doc says, also for a request an in-process caller (owner "") made.
+// encodeRequest writes what json.Marshal makes of a request, keyed or
+// not, also for a request an in-process caller (owner "") made.
 func TestEncodeKeyedRequest(t *testing.T) {
 	r := storedRequest{
 		Record: protocol.Record{ID: "r1", Device: "pi", Method: "m", State: protocol.StateQueued,
 			Timeout: protocol.Duration(time.Second), Created: time.Date(2026, 11, 25, 22, 0, 0, 5, time.UTC)},
-		Seq: 7, Deadline: time.Date(2026, 11, 25, 22, 0, 1, 5, time.UTC), Rev: 1, Key: "k",
+		Seq: 7, Deadline: time.Date(2026, 11, 25, 22, 0, 1, 5, time.UTC), Rev: 1,
 	}
-	for _, owner := range []string{"", "web"} {
-		r.Owner = owner
-		r.AskedTimeout = protocol.Duration(time.Duration(len(owner)) * 500 * time.Millisecond)
+	for _, idem := range []*idemKey{nil, {Key: "k"}, {Key: "k<&>", Owner: "web", AskedTimeout: protocol.Duration(1500 * time.Millisecond)}} {
+		r.Idem = idem
 		want, err := json.Marshal(&r)
 		if err != nil {
 			t.Fatal(err)
@@ -177,8 +176,8 @@ func TestEncodeKeyedRequest(t *testing.T) {
 			t.Errorf("stored JSON\n got %s\nwant %s", v[8:], want)
 		}
 		back, err := decodeRequest(v)
-		if err != nil || back.Key != "k" || back.Owner != owner || back.AskedTimeout != r.AskedTimeout {
-			t.Errorf("read back %+v, %v", back, err)
+		if err != nil || (back.Idem == nil) != (idem == nil) || idem != nil && *back.Idem != *idem {
+			t.Errorf("read back %+v, %v; want key %+v", back.Idem, err, idem)
 		}
 	}
 }

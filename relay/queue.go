@@ -34,13 +34,12 @@ type entry struct {
 	// unsaved marks a terminal state whose commit failed: the entry stays
 	// live (and its waiters waiting) until a retry commits it.
 	unsaved bool
-	// key and owner are the submission's idempotency key and its client
-	// (storedRequest.Key). A keyed entry's firstStored is closed once its
-	// first commit has ended, either way: a retry with the same key waits
-	// for it before it answers.
-	key, owner   string
-	askedTimeout protocol.Duration // storedRequest.AskedTimeout
-	firstStored  chan struct{}
+	// idem is the submission's idempotency key (storedRequest.Idem),
+	// never changed once set. A keyed entry's firstStored is closed once
+	// its first commit has ended, either way: a retry with the same key
+	// waits for it before it answers.
+	idem        *idemKey
+	firstStored chan struct{}
 	// unstored holds a keyed entry, and the queue behind it, back from
 	// delivery until its first commit has ended (see hub.enqueue), and,
 	// if that commit failed and may or may not have stored the record
@@ -72,7 +71,7 @@ func (e *entry) mayHaveRun() bool { return e.rec.Attempts > 0 || e.maybeRan }
 
 func (e *entry) storedLocked() storedRequest {
 	return storedRequest{Record: e.rec, Seq: e.seq, Deadline: e.deadline, Rev: e.rev, CancelAsked: e.cancelAsked, MaybeRan: e.maybeRan,
-		Key: e.key, Owner: e.owner, AskedTimeout: e.askedTimeout}
+		Idem: e.idem}
 }
 
 // device is the relay's state for one device. Its fields are guarded by

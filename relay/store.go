@@ -53,19 +53,40 @@ type storedRequest struct {
 	// clean restart, which finds the store clean, still never expires it
 	// or cancels it as if it had never been sent.
 	MaybeRan bool `json:"maybe_ran,omitempty"`
-	// Key is the submission's idempotency key, and Owner the client that
-	// gave it: a submission by Owner with the same Key gets this request.
-	Key   string `json:"key,omitempty"`
+	// Idem is set for a request submitted with an idempotency key. (A
+	// pointer, so that the requests without one, the many, do not carry
+	// its fields through every copy.)
+	Idem *idemKey `json:"idem,omitempty"`
+}
+
+// idemKey is what the relay keeps of a submission's idempotency key.
+type idemKey struct {
+	// Key is the key, and Owner the client that gave it: a submission by
+	// Owner with the same Key gets this request.
+	Key   string `json:"key"`
 	Owner string `json:"owner,omitempty"`
-	// AskedTimeout is the timeout a keyed submission gave (0: the
-	// relay's default), which a repeat must give too: Timeout depends on
-	// the relay's configuration, which a restart may change.
+	// AskedTimeout is the timeout the submission gave (0: the relay's
+	// default), which a repeat must give too: the request's Timeout
+	// depends on the relay's configuration, which a restart may change.
 	AskedTimeout protocol.Duration `json:"asked_timeout,omitempty"`
 }
 
-// keyIndex is the key under which the hub finds r by its idempotency
-// key, or "" for a request submitted without one. Keys are per client.
-func (r *storedRequest) keyIndex() string { return idemIndex(r.Owner, r.Key) }
+// index is the key under which the hub finds a request by its
+// idempotency key, or "" for none. Keys are per client.
+func (k *idemKey) index() string {
+	if k == nil {
+		return ""
+	}
+	return idemIndex(k.Owner, k.Key)
+}
+
+// asked is AskedTimeout, or 0 for no key.
+func (k *idemKey) asked() protocol.Duration {
+	if k == nil {
+		return 0
+	}
+	return k.AskedTimeout
+}
 
 func idemIndex(owner, key string) string {
 	if key == "" {
@@ -198,17 +219,18 @@ func encodeRequest(r *storedRequest) []byte {
 	if r.MaybeRan {
 		b = append(b, `,"maybe_ran":true`...)
 	}
-	if r.Key != "" {
-		b = append(b, `,"key":`...)
-		b = protocol.AppendJSONString(b, r.Key)
-	}
-	if r.Owner != "" {
-		b = append(b, `,"owner":`...)
-		b = protocol.AppendJSONString(b, r.Owner)
-	}
-	if r.AskedTimeout != 0 {
-		b = append(b, `,"asked_timeout":`...)
-		b = protocol.AppendJSONString(b, time.Duration(r.AskedTimeout).String())
+	if k := r.Idem; k != nil {
+		b = append(b, `,"idem":{"key":`...)
+		b = protocol.AppendJSONString(b, k.Key)
+		if k.Owner != "" {
+			b = append(b, `,"owner":`...)
+			b = protocol.AppendJSONString(b, k.Owner)
+		}
+		if k.AskedTimeout != 0 {
+			b = append(b, `,"asked_timeout":`...)
+			b = protocol.AppendJSONString(b, time.Duration(k.AskedTimeout).String())
+		}
+		b = append(b, '}')
 	}
 	b = append(b, '}')
 	v := bytes.Clone(b)
