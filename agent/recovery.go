@@ -138,14 +138,13 @@ const trustedEventAge = 30 * 24 * time.Hour
 // comes out negative or implausibly long is not believed, and the event
 // counts as happening now, as an event recorded without a time does.
 func madeAt(now time.Time, ms int64) time.Time {
-	if ms <= 0 {
+	// In milliseconds: a time far ahead would overflow a Duration's
+	// nanoseconds, and could wrap around to a plausible age.
+	nowMs := now.UnixMilli()
+	if ms <= 0 || ms > nowMs || nowMs-ms > trustedEventAge.Milliseconds() {
 		return now
 	}
-	age := time.Duration(now.UnixMilli()-ms) * time.Millisecond
-	if age < 0 || age > trustedEventAge {
-		return now
-	}
-	return now.Add(-age)
+	return now.Add(-time.Duration(nowMs-ms) * time.Millisecond)
 }
 
 // maybeCompactLocked rewrites the journal when it has grown past the
