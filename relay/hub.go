@@ -351,6 +351,16 @@ func (h *hub) lookupKeyLocked(ik string) (string, bool) {
 	return id, ok
 }
 
+// keyKept reports whether owner's idempotency key names a kept request:
+// a submission with it is a repeat, which enqueue answers with that
+// request.
+func (h *hub) keyKept(owner, key string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, ok := h.lookupKeyLocked(idemIndex(owner, key))
+	return ok
+}
+
 // timeoutOf is the timeout the relay gives a request submitted as sub.
 func (h *hub) timeoutOf(sub protocol.Submit) time.Duration {
 	timeout := time.Duration(sub.Timeout)

@@ -98,15 +98,21 @@ func (s *Server) enqueue(ctx context.Context, device string, sub protocol.Submit
 	if err := s.authorizeDevice(ctx, device, sub.Method); err != nil {
 		return nil, err
 	}
-	if err := s.limitSubmit(ctx, device); err != nil {
-		return nil, err
+	owner, _ := ClientFrom(ctx)
+	// A repeat of a keyed submission the relay keeps adds nothing to the
+	// queue: like a get, it is not counted against the submit rates, or a
+	// client repeating a submission whose answer was lost would be told
+	// 429 for a request that exists and may run.
+	if sub.Key == "" || !s.hub.keyKept(owner, sub.Key) {
+		if err := s.limitSubmit(ctx, device); err != nil {
+			return nil, err
+		}
 	}
 	select {
 	case <-s.shutdown:
 		return nil, ErrClosed
 	default:
 	}
-	owner, _ := ClientFrom(ctx)
 	return s.hub.enqueue(device, owner, sub)
 }
 
