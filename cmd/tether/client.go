@@ -291,7 +291,9 @@ func (c *client) submit(ctx context.Context, dev string, sub protocol.Submit) (p
 	// again: the relay answers a repeat with the request it stored, if it
 	// stored one, and the device runs it once.
 	again := fmt.Sprintf("run the same call with --idempotency-key %s to submit it again without running it twice", sub.Key)
-	mayHaveSent, keysHonoured := false, false
+	// restarting: the relay said it is shutting down (503 unavailable),
+	// so a connection refused next is its restart, not a wrong address.
+	mayHaveSent, keysHonoured, restarting := false, false, false
 	for attempt := 1; ; attempt++ {
 		var err error
 		if mayHaveSent && !keysHonoured {
@@ -320,7 +322,7 @@ func (c *client) submit(ctx context.Context, dev string, sub protocol.Submit) (p
 		// exist whatever comes next: a relay that cannot be reached now
 		// is asked again (it is restarting), and any other end names
 		// the key, so that the user does not run the call anew.
-		retry := retrySubmit(err) || mayHaveSent && isDial(err)
+		retry := retrySubmit(err) || (mayHaveSent || restarting) && isDial(err)
 		if !retry {
 			if mayHaveSent {
 				return rec, &exitError{2, fmt.Errorf("%w; an earlier attempt's answer was lost, and the relay may have taken the request: %s", unwrapExit(err), again)}
@@ -328,6 +330,7 @@ func (c *client) submit(ctx context.Context, dev string, sub protocol.Submit) (p
 			return rec, err
 		}
 		mayHaveSent = mayHaveSent || !isDial(err) && !refusedBeforeStoring(err)
+		restarting = restarting || refusedBeforeStoring(err)
 		if attempt == len(submitBackoff)+1 {
 			return rec, &exitError{2, fmt.Errorf("%w; gave up after %d attempts: %s", err, attempt, again)}
 		}
@@ -363,9 +366,10 @@ const maxRetryAfter = 10 * time.Second
 // sent again, with its key, in the hope of an answer: the relay's answer
 // was lost on the way (the connection broke or timed out once it was
 // made), or the relay (or a proxy before it) answered that it could not
-// take the request for now. A connection refused, an unknown host, a
-// failure of the relay's storage or a refusal that names the client's
-// mistake is told at once.
+// take the request for now. A connection refused (unless the relay has
+// answered before that it may have the request, or that it is shutting
+// down: see submit), an unknown host, a failure of the relay's storage or
+// a refusal that names the client's mistake is told at once.
 func retrySubmit(err error) bool {
 	var he *httpError
 	if errors.As(err, &he) {
