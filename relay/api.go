@@ -156,15 +156,20 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, codeBadRequest, err.Error())
 		return
 	}
-	if key := r.Header.Get("Idempotency-Key"); key != "" {
+	// A client that sent the header counts on it: one without a key, or
+	// with several, is refused, not taken as no key.
+	if keys := r.Header.Values("Idempotency-Key"); len(keys) > 0 {
+		if len(keys) > 1 {
+			writeError(w, http.StatusBadRequest, codeBadRequest, "more than one Idempotency-Key header")
+			return
+		}
+		key := keys[0]
 		// The header's draft standard quotes the key (a structured
 		// field string); bare keys are common too.
 		if len(key) >= 2 && key[0] == '"' && key[len(key)-1] == '"' {
 			key = key[1 : len(key)-1]
 		}
 		if key == "" {
-			// A client that sent the header counts on it: refused, not
-			// taken as no key.
 			writeError(w, http.StatusBadRequest, protocol.CodeBadParams, "Idempotency-Key: want 1.."+strconv.Itoa(protocol.MaxIDLen)+" printable characters, got none")
 			return
 		}

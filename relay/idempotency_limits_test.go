@@ -1,7 +1,9 @@
 package relay
 
 import (
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/tetherhq/tether/protocol"
@@ -39,5 +41,32 @@ func TestKeyedRetryNotRateLimited(t *testing.T) {
 				t.Fatalf("call with the key over the rate: %+v, want %s", acc, first.ID)
 			}
 		})
+	}
+}
+
+// An Idempotency-Key header sent with no value at all is refused, as the
+// empty quoted string is (TestEmptyIdempotencyKeyRefused): the client
+// believes its retries are safe, and each would make a new request.
+func TestBlankIdempotencyKeyHeaderRefused(t *testing.T) {
+	e := newEnv(t)
+	for _, vals := range [][]string{{""}, {" "}, {"a", "b"}} {
+		req, err := http.NewRequest("POST", e.ts.URL+"/v1/devices/dev1/requests", strings.NewReader(`{"method":"m"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+e.key)
+		req.Header["Idempotency-Key"] = vals
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("Idempotency-Key %q: %d %s, want 400", vals, resp.StatusCode, b)
+		}
+	}
+	if q := e.device("dev1").Queued; q != 0 {
+		t.Fatalf("%d queued, want none", q)
 	}
 }
