@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -48,6 +49,33 @@ func startRelay(t *testing.T) (string, string) {
 	return ts.URL, key
 }
 
+// loseFirstAnswer puts a proxy in front of the relay at base that passes
+// the first POST on to it but loses its answer (the connection breaks),
+// then, if down, stops listening, as a relay going down would. It counts
+// the POSTs.
+func loseFirstAnswer(t *testing.T, base string, down bool) (*httptest.Server, *atomic.Int32) {
+	t.Helper()
+	target, _ := url.Parse(base)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	posts := new(atomic.Int32)
+	var front *httptest.Server
+	front = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "POST" && posts.Add(1) == 1 {
+			proxy.ServeHTTP(httptest.NewRecorder(), r) // the relay stores the request
+			if down {
+				front.Listener.Close()
+			}
+			if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+				conn.Close()
+			}
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	return front, posts
+}
+
 // A call whose submission reached the relay but whose answer was lost (the
 // connection broke) submits again with the same key, and the relay gives
 // it the request it stored: one request, not two. Told the key, a user
@@ -56,22 +84,7 @@ func TestCallSubmitsAgainAfterALostAnswer(t *testing.T) {
 	defer func(b []time.Duration) { submitBackoff = b }(submitBackoff)
 	submitBackoff = []time.Duration{10 * time.Millisecond, 10 * time.Millisecond}
 	base, key := startRelay(t)
-	target, _ := url.Parse(base)
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	var posts atomic.Int32
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == "POST" && posts.Add(1) == 1 {
-			// The relay stores the request; its answer never comes back.
-			proxy.ServeHTTP(httptest.NewRecorder(), r)
-			conn, _, err := http.NewResponseController(w).Hijack()
-			if err == nil {
-				conn.Close()
-			}
-			return
-		}
-		proxy.ServeHTTP(w, r)
-	}))
-	defer front.Close()
+	front, posts := loseFirstAnswer(t, base, false)
 
 	code, out, errOut := runCLI("--relay", front.URL, "--key", key, "call", "--async", "--idempotency-key", "blink-1", "pi-1", "gpio.write", "pin=GPIO17", "level=high")
 	if code != 0 || posts.Load() != 2 || !strings.Contains(errOut, "submitting again") {
@@ -208,5 +221,72 @@ func TestCallDoesNotRepeatToARelayWithoutKeys(t *testing.T) {
 	code, _, errOut := runCLI("--relay", srv.URL, "call", "pi-1", "gpio.write", "pin=GPIO17", "level=high")
 	if code != 2 || posts.Load() != 1 || !strings.Contains(errOut, "does not recognise idempotency keys") {
 		t.Fatalf("exit %d after %d posts, stderr %q", code, posts.Load(), errOut)
+	}
+}
+
+// A call whose first answer was lost (the relay stored the request) and
+// whose next attempt finds the relay down (restarting: connection
+// refused) must not end as if nothing had been sent: the request may
+// exist, and a user who runs the call again without the key runs it
+// twice. It either keeps trying or names the key.
+func TestCallLostAnswerThenRelayDownNamesKey(t *testing.T) {
+	defer func(b []time.Duration) { submitBackoff = b }(submitBackoff)
+	submitBackoff = []time.Duration{10 * time.Millisecond, 10 * time.Millisecond}
+	base, key := startRelay(t)
+	front, posts := loseFirstAnswer(t, base, true)
+	code, out, errOut := runCLI("--relay", front.URL, "--key", key, "call", "--async", "pi-1", "gpio.write", "pin=GPIO17", "level=high")
+	if code == 0 || posts.Load() != 1 {
+		t.Fatalf("exit %d after %d posts, stdout %q, stderr %q", code, posts.Load(), out, errOut)
+	}
+	lines := strings.Split(strings.TrimSpace(errOut), "\n")
+	if last := lines[len(lines)-1]; !strings.Contains(last, "--idempotency-key") {
+		t.Fatalf("the request was stored, but the call ends without naming its key: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// A relay that answers 503 unavailable is shutting down to restart: its
+// port is closed for a moment before the new process listens again. A
+// call that was told so keeps submitting (with its key) through that gap,
+// as the README promises for a restarting relay, instead of giving up at
+// the first refused connection.
+func TestCallSubmitsAgainThroughARelayRestart(t *testing.T) {
+	defer func(b []time.Duration) { submitBackoff = b }(submitBackoff)
+	submitBackoff = []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	var posts atomic.Int32
+	down := make(chan struct{})
+	old := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		posts.Add(1)
+		answer(w, http.StatusServiceUnavailable, protocol.APIError{Error: protocol.Failure{Code: "unavailable", Message: "relay is shutting down"}})
+		close(down)
+	})}
+	go old.Serve(ln)
+	newSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "POST" {
+			posts.Add(1)
+			answer(w, http.StatusAccepted, record("r1", protocol.StateQueued, ""))
+			return
+		}
+		answer(w, http.StatusOK, map[string]bool{"ok": true, "idempotency_keys": true})
+	})}
+	defer newSrv.Close()
+	go func() {
+		<-down
+		old.Close() // the old process exits: its port is closed
+		time.Sleep(250 * time.Millisecond)
+		ln2, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Errorf("relisten: %v", err)
+			return
+		}
+		newSrv.Serve(ln2)
+	}()
+	code, out, errOut := runCLICtx(context.Background(), "--relay", "http://"+addr, "call", "--async", "pi-1", "sys.ping")
+	if code != 0 || strings.TrimSpace(out) != "r1" {
+		t.Fatalf("exit %d after %d posts, stdout %q, stderr %q", code, posts.Load(), out, errOut)
 	}
 }
