@@ -222,9 +222,13 @@ func (c *client) call(ctx context.Context, args []string) error {
 	}
 	var lost time.Time // when the relay stopped answering, if it has
 	for pause := followBackoff; !protocol.Terminal(rec.State); {
+		asked := time.Now()
 		_, err := c.do(ctx, "GET", "/v1/requests/"+url.PathEscape(rec.ID)+"?wait="+maxWait.String(), nil, &rec)
 		if err == nil {
 			lost, pause = time.Time{}, followBackoff
+			if !protocol.Terminal(rec.State) {
+				pace(ctx, asked)
+			}
 			continue
 		}
 		// A relay restarting, or a network that drops for a while, does
@@ -248,6 +252,21 @@ func (c *client) call(ctx context.Context, args []string) error {
 			unwrapExit(err), rec.ID, rec.ID, rec.ID)}
 	}
 	return c.report(rec, *asJSON)
+}
+
+// minPoll is the least time between the starts of two long-polls.
+const minPoll = 100 * time.Millisecond
+
+// pace waits until minPoll has passed since asked, when a long-poll came
+// back: a relay shutting down answers long-polls at once, and a client
+// must not spin on it until it has gone.
+func pace(ctx context.Context, asked time.Time) {
+	if d := minPoll - time.Since(asked); d > 0 {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+		}
+	}
 }
 
 // followBackoff is the first pause of a call that lost the relay while
@@ -562,12 +581,14 @@ func (c *client) get(ctx context.Context, args []string) error {
 		if left := time.Until(deadline).Round(time.Millisecond); left > 0 {
 			p += "?wait=" + min(left, maxWait).String()
 		}
+		asked := time.Now()
 		if _, err := c.do(ctx, "GET", p, nil, &rec); err != nil {
 			return err
 		}
 		if protocol.Terminal(rec.State) || !time.Now().Before(deadline) {
 			return c.report(rec, *asJSON)
 		}
+		pace(ctx, asked)
 	}
 }
 

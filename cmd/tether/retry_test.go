@@ -290,3 +290,24 @@ func TestCallSubmitsAgainThroughARelayRestart(t *testing.T) {
 		t.Fatalf("exit %d after %d posts, stdout %q, stderr %q", code, posts.Load(), out, errOut)
 	}
 }
+
+// A relay shutting down answers a long-poll at once with the request
+// still running; a call waiting for the result does not spin on it.
+func TestCallDoesNotSpinOnEarlyAnswers(t *testing.T) {
+	var gets atomic.Int32
+	f := startFakeRelay(t, &fakeRelay{
+		submit: func(w http.ResponseWriter, r *http.Request) {
+			answer(w, http.StatusAccepted, record("r1", protocol.StateQueued, ""))
+		},
+		get: func(w http.ResponseWriter, r *http.Request, wait time.Duration, n int) {
+			gets.Add(1)
+			answer(w, http.StatusOK, record("r1", protocol.StateDelivered, ""))
+		},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	runCLICtx(ctx, "--relay", f.srv.URL, "call", "pi-1", "sys.ping")
+	if n := gets.Load(); n > 10 {
+		t.Fatalf("%d long-polls in half a second of early answers; want a handful", n)
+	}
+}
