@@ -57,7 +57,7 @@ type hub struct {
 type retainedRef struct {
 	id       string
 	finished time.Time
-	key      string // keyIndex, or ""
+	key      string // idemKey.index, or ""
 }
 
 // newHub rebuilds the in-memory state from st. No other goroutine can see
@@ -342,7 +342,7 @@ func (h *hub) store(d *device, e *entry, rec storedRequest) (protocol.Record, er
 	return e.rec, nil
 }
 
-// lookupKeyLocked returns the request kept under keyIndex ik, if any.
+// lookupKeyLocked returns the request kept under ik (idemKey.index), if any.
 func (h *hub) lookupKeyLocked(ik string) (string, bool) {
 	if ik == "" {
 		return "", false
