@@ -402,7 +402,7 @@ func (h *hub) replay(dev, owner string, sub protocol.Submit, id string, first ch
 	}
 	if diff := submissionDiff(&rec, dev, &sub, h.timeoutOf(sub), asked); diff != "" {
 		return protocol.Record{}, protocol.Errorf(codeKeyReused,
-			"key %q was given to request %s, whose %s differs from this submission's; use a new key for a new request", sub.Key, id, diff)
+			"key %q was given to request %s, which differs from this submission in its %s; use a new key for a new request", sub.Key, id, diff)
 	}
 	h.met.requestReplayed(rec.Method)
 	return rec, nil
