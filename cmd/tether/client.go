@@ -576,15 +576,31 @@ func (c *client) get(ctx context.Context, args []string) error {
 	path := "/v1/requests/" + url.PathEscape(pos[0])
 	deadline := time.Now().Add(*wait)
 	var rec protocol.Record
-	for {
+	told := false
+	for pause := followBackoff; ; {
 		p := path
 		if left := time.Until(deadline).Round(time.Millisecond); left > 0 {
 			p += "?wait=" + min(left, maxWait).String()
 		}
 		asked := time.Now()
 		if _, err := c.do(ctx, "GET", p, nil, &rec); err != nil {
-			return err
+			// While there is time left to wait, a relay restarting or a
+			// network gap is waited out, as a call does.
+			if ctx.Err() != nil || !(retrySubmit(err) || isDial(err)) || time.Until(deadline) < pause {
+				return err
+			}
+			if !told {
+				told = true
+				fmt.Fprintf(c.errOut, "tether: %v; still waiting for request %s\n", unwrapExit(err), pos[0])
+			}
+			select {
+			case <-time.After(pause):
+			case <-ctx.Done():
+			}
+			pause = min(2*pause, 5*time.Second)
+			continue
 		}
+		pause = followBackoff
 		if protocol.Terminal(rec.State) || !time.Now().Before(deadline) {
 			return c.report(rec, *asJSON)
 		}

@@ -311,3 +311,27 @@ func TestCallDoesNotSpinOnEarlyAnswers(t *testing.T) {
 		t.Fatalf("%d long-polls in half a second of early answers; want a handful", n)
 	}
 }
+
+// get --wait waits out a relay that is restarting, within its wait; a get
+// without --wait reports the failure at once.
+func TestGetWaitThroughAnOutage(t *testing.T) {
+	defer func(b time.Duration) { followBackoff = b }(followBackoff)
+	followBackoff = 10 * time.Millisecond
+	f := startFakeRelay(t, &fakeRelay{
+		get: func(w http.ResponseWriter, r *http.Request, wait time.Duration, n int) {
+			if n%2 == 1 {
+				answer(w, http.StatusServiceUnavailable, protocol.APIError{Error: protocol.Failure{Code: "unavailable", Message: "relay is shutting down"}})
+				return
+			}
+			answer(w, http.StatusOK, record("r1", protocol.StateSucceeded, `{"ok":true}`))
+		},
+	})
+	code, out, errOut := runCLI("--relay", f.srv.URL, "get", "r1", "--wait", "5s")
+	if code != 0 || !strings.Contains(out, `"ok": true`) || !strings.Contains(errOut, "still waiting for request r1") {
+		t.Fatalf("get --wait through a restart: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	code, _, errOut = runCLI("--relay", f.srv.URL, "get", "r1")
+	if code != 2 || !strings.Contains(errOut, "503") {
+		t.Fatalf("get without --wait at a restarting relay: exit %d, stderr %q", code, errOut)
+	}
+}
