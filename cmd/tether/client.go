@@ -93,14 +93,22 @@ func (c *client) do(ctx context.Context, method, path string, body, v any) (int,
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		if ctx.Err() != nil {
+		switch {
+		case errors.Is(ctx.Err(), context.Canceled):
 			return 0, &exitError{2, errors.New("interrupted")}
+		case ctx.Err() != nil:
+			// A deadline of the caller's (see poll): the error is a
+			// timeout, which the caller may treat as a lost answer.
+			return 0, &exitError{2, fmt.Errorf("no answer from relay in time: %w", err)}
 		}
 		return 0, &exitError{2, fmt.Errorf("cannot reach relay: %w", err)}
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return resp.StatusCode, &exitError{2, fmt.Errorf("no answer from relay in time: %w", context.DeadlineExceeded)}
+		}
 		return resp.StatusCode, &exitError{2, fmt.Errorf("reading answer: %w", err)}
 	}
 	if resp.StatusCode >= 300 {
@@ -223,7 +231,7 @@ func (c *client) call(ctx context.Context, args []string) error {
 	var lost time.Time // when the relay stopped answering, if it has
 	for pause := followBackoff; !protocol.Terminal(rec.State); {
 		asked := time.Now()
-		_, err := c.do(ctx, "GET", "/v1/requests/"+url.PathEscape(rec.ID)+"?wait="+maxWait.String(), nil, &rec)
+		err := c.poll(ctx, rec.ID, maxWait, &rec)
 		if err == nil {
 			lost, pause = time.Time{}, followBackoff
 			if !protocol.Terminal(rec.State) {
@@ -252,6 +260,23 @@ func (c *client) call(ctx context.Context, args []string) error {
 			unwrapExit(err), rec.ID, rec.ID, rec.ID)}
 	}
 	return c.report(rec, *asJSON)
+}
+
+// poll gets request id into rec, long-polling for up to wait (none if
+// 0). The answer is given wait plus pollSlack to come: a connection that
+// carries nothing for longer was lost on the way without being closed (a
+// proxy or a NAT that stopped forwarding, a relay stopped dead), and
+// waiting on it would hang the command for ever. Such a poll fails with a
+// timeout, which a call following its request treats as a lost answer.
+func (c *client) poll(ctx context.Context, id string, wait time.Duration, rec *protocol.Record) error {
+	path := "/v1/requests/" + url.PathEscape(id)
+	if wait > 0 {
+		path += "?wait=" + wait.String()
+	}
+	pctx, cancel := context.WithTimeout(ctx, wait+pollSlack)
+	defer cancel()
+	_, err := c.do(pctx, "GET", path, nil, rec)
+	return err
 }
 
 // minPoll is the least time between the starts of two long-polls.
@@ -447,7 +472,7 @@ func newCallKey() string {
 
 // maxWait is the longest ?wait= the relay honours by default; a longer
 // wait is made of several long-polls.
-const maxWait = 60 * time.Second
+var maxWait = 60 * time.Second // a variable for tests
 
 // submitGrace bounds how long a call interrupted during its submission
 // still waits for the answer, counted from the interrupt.
@@ -573,17 +598,13 @@ func (c *client) get(ctx context.Context, args []string) error {
 	}
 	// The relay caps each long-poll (at a minute by default), so a longer
 	// --wait polls again until the request ends or the time has passed.
-	path := "/v1/requests/" + url.PathEscape(pos[0])
 	deadline := time.Now().Add(*wait)
 	var rec protocol.Record
 	told := false
 	for pause := followBackoff; ; {
-		p := path
-		if left := time.Until(deadline).Round(time.Millisecond); left > 0 {
-			p += "?wait=" + min(left, maxWait).String()
-		}
 		asked := time.Now()
-		if _, err := c.do(ctx, "GET", p, nil, &rec); err != nil {
+		left := max(time.Until(deadline).Round(time.Millisecond), 0)
+		if err := c.poll(ctx, pos[0], min(left, maxWait), &rec); err != nil {
 			// While there is time left to wait, a relay restarting or a
 			// network gap is waited out, as a call does.
 			if ctx.Err() != nil || !(retrySubmit(err) || isDial(err)) || time.Until(deadline) < pause {
@@ -654,3 +675,7 @@ func printJSON(w io.Writer, v any) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
+
+// pollSlack is how long past the wait it asked for a long-poll is given
+// for its answer before the connection counts as lost.
+var pollSlack = 30 * time.Second // a variable for tests

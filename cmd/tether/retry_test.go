@@ -335,3 +335,35 @@ func TestGetWaitThroughAnOutage(t *testing.T) {
 		t.Fatalf("get without --wait at a restarting relay: exit %d, stderr %q", code, errOut)
 	}
 }
+
+// A long-poll whose answer never comes (a proxy or a NAT that stopped
+// forwarding without closing the connection, a relay stopped dead) is a
+// lost connection once the wait it asked for is well past: the call polls
+// again and ends as its request does, instead of hanging for ever, and
+// `get --wait` ends too.
+func TestCallFollowsPastAStalledLongPoll(t *testing.T) {
+	defer func(w, s, b time.Duration) { maxWait, pollSlack, followBackoff = w, s, b }(maxWait, pollSlack, followBackoff)
+	maxWait, pollSlack, followBackoff = 50*time.Millisecond, 100*time.Millisecond, 10*time.Millisecond
+	f := startFakeRelay(t, &fakeRelay{
+		submit: func(w http.ResponseWriter, r *http.Request) {
+			answer(w, http.StatusAccepted, record("r1", protocol.StateQueued, ""))
+		},
+		get: func(w http.ResponseWriter, r *http.Request, wait time.Duration, n int) {
+			if n == 1 || n == 3 {
+				<-r.Context().Done() // the answer never arrives
+				return
+			}
+			answer(w, http.StatusOK, record("r1", protocol.StateSucceeded, `{"ok":true}`))
+		},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	code, out, errOut := runCLICtx(ctx, "--relay", f.srv.URL, "call", "pi-1", "sys.ping")
+	if code != 0 || !strings.Contains(out, `"ok": true`) || !strings.Contains(errOut, "still following request r1") {
+		t.Fatalf("call whose long-poll stalled: exit %d, stdout %q, stderr %q; want the result", code, out, errOut)
+	}
+	code, _, errOut = runCLICtx(ctx, "--relay", f.srv.URL, "get", "--wait", "30ms", "r1")
+	if code != 2 || ctx.Err() != nil || strings.Contains(errOut, "interrupted") {
+		t.Fatalf("get --wait whose long-poll stalled: exit %d, stderr %q; want exit 2 once the wait is well past", code, errOut)
+	}
+}
