@@ -28,8 +28,13 @@ func (a *Agent) openJournal() error {
 	}
 	byID := make(map[string]*entry)
 	var order []string
-	events := make(map[uint64]*protocol.Event)
-	made := make(map[uint64]int64) // when each happened: wall clock, Unix ms (0: not recorded)
+	// owed is an event recorded, and when it happened: wall clock, Unix
+	// ms (0: not recorded).
+	type owed struct {
+		ev   *protocol.Event
+		made int64
+	}
+	events := make(map[uint64]owed)
 	fresh := make(map[uint64]bool) // events recorded in a span no welcome ended
 	inSpan := false
 	var maxSeq, evAcked uint64
@@ -55,8 +60,7 @@ func (a *Agent) openJournal() error {
 			get(r.ID).acked = true
 		case opEvent:
 			if r.Event != nil {
-				events[r.Event.Seq] = r.Event
-				made[r.Event.Seq] = r.Time
+				events[r.Event.Seq] = owed{r.Event, r.Time}
 				fresh[r.Event.Seq] = inSpan
 				maxSeq = max(maxSeq, r.Event.Seq)
 			}
@@ -65,18 +69,16 @@ func (a *Agent) openJournal() error {
 		case opEventAck:
 			evAcked = max(evAcked, r.Seq)
 		case opEventMove:
-			moved := make(map[uint64]*protocol.Event, len(events))
-			movedMade := make(map[uint64]int64, len(made))
-			for s, ev := range events {
+			moved := make(map[uint64]owed, len(events))
+			for s, o := range events {
 				if s >= r.From {
-					e := *ev
+					e := *o.ev
 					e.Seq = s + r.Shift
-					ev = &e
+					o.ev = &e
 				}
-				moved[ev.Seq] = ev
-				movedMade[ev.Seq] = made[s]
+				moved[o.ev.Seq] = o
 			}
-			events, made = moved, movedMade
+			events = moved
 			if maxSeq >= r.From {
 				maxSeq += r.Shift
 			}
@@ -114,7 +116,8 @@ func (a *Agent) openJournal() error {
 	slices.Sort(seqs)
 	for _, s := range seqs {
 		a.out.keys++
-		a.out.events = append(a.out.events, pendingEvent{ev: *events[s], at: madeAt(now, made[s]), durable: true, key: a.out.keys, fresh: fresh[s]})
+		o := events[s]
+		a.out.events = append(a.out.events, pendingEvent{ev: *o.ev, at: madeAt(now, o.made), durable: true, key: a.out.keys, fresh: fresh[s]})
 	}
 	a.out.nextSeq = max(maxSeq, evAcked) + 1
 	if interrupted > 0 {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tetherhq/tether/agent"
 	"github.com/tetherhq/tether/hw/mock"
+	"github.com/tetherhq/tether/internal/faultproxy"
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/relay"
 )
@@ -143,14 +144,18 @@ func TestRelayRestartKeepsQueueAndAgentReconnects(t *testing.T) {
 // recorded result and one execution.
 func TestDroppedConnectionMidRequest(t *testing.T) {
 	r, c, tok := relayWithDevice(t)
-	p := newCutProxy(t, r.addr)
+	p, err := faultproxy.Listen("127.0.0.1:0", r.addr, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
 	execLog := filepath.Join(t.TempDir(), "exec.log")
-	startAgent(t, agentConfig("ws://"+p.addr(), tok), mockBoard(t, mock.Options{Delay: 400 * time.Millisecond, ExecLog: execLog}))
+	startAgent(t, agentConfig("ws://"+p.Addr(), tok), mockBoard(t, mock.Options{Delay: 400 * time.Millisecond, ExecLog: execLog}))
 	eventually(t, 5*time.Second, "online", func() bool { return c.device("pi-1").Online })
 
 	_, rec := c.submit("pi-1", "gpio.write", map[string]any{"pin": "GPIO6", "level": "high"}, "")
 	eventually(t, 5*time.Second, "delivered", func() bool { return c.get(rec.ID).State == protocol.StateDelivered })
-	if p.cut() == 0 {
+	if p.Reset() == 0 {
 		t.Fatal("no connection to cut")
 	}
 	got := c.wait(rec.ID, 10*time.Second)

@@ -4,10 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,6 +17,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/tetherhq/tether/agent"
+	"github.com/tetherhq/tether/internal/faultproxy"
 	"github.com/tetherhq/tether/protocol"
 )
 
@@ -42,83 +41,6 @@ func TestEventsStress(t *testing.T) {
 	runSeeds(t, "EVSTRESS", 6, 60, runEventsStress)
 }
 
-// evProxy forwards connections to the relay's current address; cut drops
-// the connections it holds, close also stops accepting.
-type evProxy struct {
-	ln     net.Listener
-	target func() string
-	mu     sync.Mutex
-	conns  map[net.Conn]bool
-	closed bool
-	wg     sync.WaitGroup
-}
-
-func newEvProxy(t *testing.T, target func() string) *evProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &evProxy{ln: ln, target: target, conns: make(map[net.Conn]bool)}
-	p.wg.Add(1)
-	go p.accept()
-	return p
-}
-
-func (p *evProxy) accept() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		u, err := net.DialTimeout("tcp", p.target(), time.Second)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		if p.closed {
-			p.mu.Unlock()
-			c.Close()
-			u.Close()
-			continue
-		}
-		p.conns[c], p.conns[u] = true, true
-		p.mu.Unlock()
-		p.wg.Add(2)
-		go p.pipe(c, u)
-		go p.pipe(u, c)
-	}
-}
-
-func (p *evProxy) pipe(dst, src net.Conn) {
-	defer p.wg.Done()
-	io.Copy(dst, src)
-	dst.Close()
-	src.Close()
-	p.mu.Lock()
-	delete(p.conns, dst)
-	delete(p.conns, src)
-	p.mu.Unlock()
-}
-
-func (p *evProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for c := range p.conns {
-		c.Close()
-	}
-}
-
-func (p *evProxy) close() {
-	p.mu.Lock()
-	p.closed = true
-	p.mu.Unlock()
-	p.ln.Close()
-	p.cut()
-	p.wg.Wait()
-}
-
 // evLineage is one state directory's history (copied on a crash); an
 // agent without one has a lineage per process.
 type evLineage struct {
@@ -127,7 +49,7 @@ type evLineage struct {
 
 type evIncarnation struct {
 	a      *agent.Agent
-	proxy  *evProxy
+	proxy  *faultproxy.Proxy
 	cancel context.CancelFunc
 	done   chan struct{}
 	dir    string
@@ -171,9 +93,12 @@ func runEventsStress(t *testing.T, seed int64, ops int) {
 	}
 
 	startInc := func(dir string, lin *evLineage) *evIncarnation {
-		p := newEvProxy(t, target)
+		p, err := faultproxy.ListenFunc("127.0.0.1:0", target, uint64(seed))
+		if err != nil {
+			t.Fatal(err)
+		}
 		a, err := agent.New(agent.Config{
-			Relay:          "ws://" + p.ln.Addr().String(),
+			Relay:          "ws://" + p.Addr(),
 			Token:          e.token,
 			StateDir:       dir,
 			BackoffInitial: 5 * time.Millisecond,
@@ -195,8 +120,6 @@ func runEventsStress(t *testing.T, seed int64, ops int) {
 		incN++
 		return in
 	}
-	// stopInc ends an incarnation; crash first cuts it off the relay so
-	// that it flushes nothing.
 	// forgetUnstored marks the events not stored by now as ones that may
 	// be lost.
 	forgetUnstored := func(why string) {
@@ -216,15 +139,17 @@ func runEventsStress(t *testing.T, seed int64, ops int) {
 			}
 		}
 	}
+	// stopInc ends an incarnation; crash first cuts it off the relay so
+	// that it flushes nothing.
 	stopInc := func(in *evIncarnation, crash bool) {
 		in.emits.Wait()
 		if crash {
-			in.proxy.close()
+			in.proxy.Close()
 		}
 		in.cancel()
 		<-in.done
 		in.a.Close()
-		in.proxy.close()
+		in.proxy.Close()
 		if in.dir == "" {
 			time.Sleep(20 * time.Millisecond) // frames in flight land
 			forgetUnstored("maybe: agent without state dir restarted")
@@ -397,7 +322,7 @@ func runEventsStress(t *testing.T, seed int64, ops int) {
 			}
 		case k < 55:
 			logf("cut")
-			inc.proxy.cut()
+			inc.proxy.Reset()
 		case k < 62:
 			logf("agent restart")
 			stopInc(inc, false)
@@ -416,7 +341,7 @@ func runEventsStress(t *testing.T, seed int64, ops int) {
 			// first welcome after the copy and send its fresh events
 			// moved, which the copy holds unmoved, so the next agent
 			// would move and send them again.
-			old.proxy.close()
+			old.proxy.Close()
 			nd := old.dir
 			lin := old.lin
 			if old.dir != "" {

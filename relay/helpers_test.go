@@ -121,6 +121,12 @@ func (e *env) wsURL() string { return "ws" + strings.TrimPrefix(e.ts.URL, "http"
 // do sends an authenticated API request and returns status and body.
 func (e *env) do(method, path string, body any) (int, []byte) {
 	e.t.Helper()
+	return e.doAs(e.key, nil, method, path, body)
+}
+
+// doAs is do with client key ck and the headers in hdr.
+func (e *env) doAs(ck string, hdr http.Header, method, path string, body any) (int, []byte) {
+	e.t.Helper()
 	var r io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -139,7 +145,10 @@ func (e *env) do(method, path string, body any) (int, []byte) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+e.key)
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	req.Header.Set("Authorization", "Bearer "+ck)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		e.t.Fatal(err)

@@ -143,6 +143,14 @@ func newHub(cfg Config, st *store) (*hub, error) {
 	return h, nil
 }
 
+// deviceOf is deviceLocked for a caller that does not hold mu, such as
+// one about to take the device's evMu, which comes before mu.
+func (h *hub) deviceOf(id string) *device {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.deviceLocked(id)
+}
+
 // deviceLocked returns the state of device id, creating it if needed.
 func (h *hub) deviceLocked(id string) *device {
 	d := h.devices[id]
@@ -929,9 +937,7 @@ func (h *hub) result(s *session, res *protocol.Result) resultCommit {
 // again on its next session.
 func (h *hub) event(s *session, ev *protocol.Event) (last uint64, ok bool, err error) {
 	now := time.Now()
-	h.mu.Lock()
-	d := h.deviceLocked(s.device)
-	h.mu.Unlock()
+	d := h.deviceOf(s.device)
 	// lastSeq only rises after a commit, and commits of one device's
 	// events take turns: an event at or below it is on disk.
 	d.evMu.Lock()
@@ -1086,9 +1092,7 @@ func (h *hub) lastEventSeq(id string) uint64 {
 // stored from the device before s, and none is stored from another
 // session after it (see event).
 func (h *hub) welcomeLastEvent(s *session) uint64 {
-	h.mu.Lock()
-	d := h.deviceLocked(s.device)
-	h.mu.Unlock()
+	d := h.deviceOf(s.device)
 	d.evMu.Lock()
 	defer d.evMu.Unlock()
 	h.mu.Lock()

@@ -1,9 +1,7 @@
 package relay
 
 import (
-	"io"
 	"net/http"
-	"strings"
 	"testing"
 
 	"github.com/tetherhq/tether/protocol"
@@ -50,20 +48,9 @@ func TestKeyedRetryNotRateLimited(t *testing.T) {
 func TestBlankIdempotencyKeyHeaderRefused(t *testing.T) {
 	e := newEnv(t)
 	for _, vals := range [][]string{{""}, {" "}, {"a", "b"}} {
-		req, err := http.NewRequest("POST", e.ts.URL+"/v1/devices/dev1/requests", strings.NewReader(`{"method":"m"}`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+e.key)
-		req.Header["Idempotency-Key"] = vals
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest {
-			t.Errorf("Idempotency-Key %q: %d %s, want 400", vals, resp.StatusCode, b)
+		st, b := e.doAs(e.key, http.Header{"Idempotency-Key": vals}, "POST", "/v1/devices/dev1/requests", `{"method":"m"}`)
+		if st != http.StatusBadRequest {
+			t.Errorf("Idempotency-Key %q: %d %s, want 400", vals, st, b)
 		}
 	}
 	if q := e.device("dev1").Queued; q != 0 {

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"errors"
-	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -16,28 +15,16 @@ import (
 // key is "") under client key ck, and returns status and body.
 func (e *env) submitKeyed(ck, key, body string) (int, protocol.Record, string) {
 	e.t.Helper()
-	req, err := http.NewRequest("POST", e.ts.URL+"/v1/devices/dev1/requests", strings.NewReader(body))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+ck)
+	hdr := http.Header{}
 	if key != "" {
-		req.Header.Set("Idempotency-Key", key)
+		hdr.Set("Idempotency-Key", key)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	st, b := e.doAs(ck, hdr, "POST", "/v1/devices/dev1/requests", body)
 	var rec protocol.Record
-	if resp.StatusCode < 300 {
+	if st < 300 {
 		rec = decode[protocol.Record](e.t, b)
 	}
-	return resp.StatusCode, rec, string(b)
+	return st, rec, string(b)
 }
 
 // swapRequestCommits replaces how the request log commits a group, and

@@ -228,12 +228,12 @@ func (c *client) call(ctx context.Context, args []string) error {
 		fmt.Fprintln(c.out, rec.ID)
 		return nil
 	}
-	var lost time.Time // when the relay stopped answering, if it has
-	for pause := followBackoff; !protocol.Terminal(rec.State); {
+	gap := outage{pause: followBackoff}
+	for !protocol.Terminal(rec.State) {
 		asked := time.Now()
 		err := c.poll(ctx, rec.ID, maxWait, &rec)
 		if err == nil {
-			lost, pause = time.Time{}, followBackoff
+			gap.over()
 			if !protocol.Terminal(rec.State) {
 				pace(ctx, asked)
 			}
@@ -242,19 +242,9 @@ func (c *client) call(ctx context.Context, args []string) error {
 		// A relay restarting, or a network that drops for a while, does
 		// not end the call: the request goes on, and a GET is safe to
 		// repeat.
-		if ctx.Err() == nil && (retrySubmit(err) || isDial(err)) {
-			if lost.IsZero() {
-				lost = time.Now()
-				fmt.Fprintf(c.errOut, "tether: %v; still following request %s\n", unwrapExit(err), rec.ID)
-			}
-			if time.Since(lost) < followPatience {
-				select {
-				case <-time.After(pause):
-				case <-ctx.Done():
-				}
-				pause = min(2*pause, 5*time.Second)
-				continue
-			}
+		if passing(ctx, err) && (gap.since.IsZero() || time.Since(gap.since) < followPatience) {
+			gap.wait(ctx, c.errOut, err, "still following request "+rec.ID)
+			continue
 		}
 		return &exitError{2, fmt.Errorf("%w; request %s may still run: follow it with `tether get %s`, or stop it with `tether cancel %s`",
 			unwrapExit(err), rec.ID, rec.ID, rec.ID)}
@@ -277,6 +267,35 @@ func (c *client) poll(ctx context.Context, id string, wait time.Duration, rec *p
 	defer cancel()
 	_, err := c.do(pctx, "GET", path, nil, rec)
 	return err
+}
+
+// outage waits out a relay that stopped answering a request's polls: it
+// tells the user once, then sleeps a pause that doubles up to 5 s.
+type outage struct {
+	since time.Time // when the relay stopped answering; zero while it answers
+	pause time.Duration
+}
+
+func (o *outage) wait(ctx context.Context, w io.Writer, err error, what string) {
+	if o.since.IsZero() {
+		o.since = time.Now()
+		fmt.Fprintf(w, "tether: %v; %s\n", unwrapExit(err), what)
+	}
+	select {
+	case <-time.After(o.pause):
+	case <-ctx.Done():
+	}
+	o.pause = min(2*o.pause, 5*time.Second)
+}
+
+// over marks the relay answering again.
+func (o *outage) over() { *o = outage{pause: followBackoff} }
+
+// passing reports whether a poll that failed with err met a relay
+// restarting or a network gap, which may pass, rather than an interrupt
+// or a refusal.
+func passing(ctx context.Context, err error) bool {
+	return ctx.Err() == nil && (retrySubmit(err) || isDial(err))
 }
 
 // minPoll is the least time between the starts of two long-polls.
@@ -600,28 +619,20 @@ func (c *client) get(ctx context.Context, args []string) error {
 	// --wait polls again until the request ends or the time has passed.
 	deadline := time.Now().Add(*wait)
 	var rec protocol.Record
-	told := false
-	for pause := followBackoff; ; {
+	gap := outage{pause: followBackoff}
+	for {
 		asked := time.Now()
 		left := max(time.Until(deadline).Round(time.Millisecond), 0)
 		if err := c.poll(ctx, pos[0], min(left, maxWait), &rec); err != nil {
 			// While there is time left to wait, a relay restarting or a
 			// network gap is waited out, as a call does.
-			if ctx.Err() != nil || !(retrySubmit(err) || isDial(err)) || time.Until(deadline) < pause {
+			if !passing(ctx, err) || time.Until(deadline) < gap.pause {
 				return err
 			}
-			if !told {
-				told = true
-				fmt.Fprintf(c.errOut, "tether: %v; still waiting for request %s\n", unwrapExit(err), pos[0])
-			}
-			select {
-			case <-time.After(pause):
-			case <-ctx.Done():
-			}
-			pause = min(2*pause, 5*time.Second)
+			gap.wait(ctx, c.errOut, err, "still waiting for request "+pos[0])
 			continue
 		}
-		pause = followBackoff
+		gap.over()
 		if protocol.Terminal(rec.State) || !time.Now().Before(deadline) {
 			return c.report(rec, *asJSON)
 		}

@@ -54,7 +54,7 @@ func (t Toxics) zero() bool { return t == Toxics{} }
 // Proxy forwards TCP connections from its listener to a target address.
 type Proxy struct {
 	ln     net.Listener
-	target string
+	target func() string
 	wg     sync.WaitGroup // accept loop and every link's goroutines
 
 	mu sync.Mutex
@@ -69,6 +69,13 @@ type Proxy struct {
 // Listen starts a proxy on addr ("127.0.0.1:0" for any free port) that
 // forwards to target. Call Close to stop it.
 func Listen(addr, target string, seed uint64) (*Proxy, error) {
+	return ListenFunc(addr, func() string { return target }, seed)
+}
+
+// ListenFunc is Listen to a target that may move: each new connection
+// goes to the address target returns then (a server restarted on another
+// port, say).
+func ListenFunc(addr string, target func() string, seed uint64) (*Proxy, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("faultproxy: listen: %w", err)
@@ -103,7 +110,7 @@ func (p *Proxy) accept() {
 			resetConn(c)
 			continue
 		}
-		up, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+		up, err := net.DialTimeout("tcp", p.target(), 5*time.Second)
 		if err != nil {
 			// The target is down: the client sees its connection refused
 			// the only way a proxy can say it, a reset.
