@@ -781,3 +781,34 @@ func TestWelcomeWaitsForEventCommit(t *testing.T) {
 		t.Fatalf("welcome: last_event %d, want 2", w.LastEvent)
 	}
 }
+
+// A frame the relay takes long to act on (an event's commit on a slow or
+// busy disk, here past the silence limit of 2.5 pings) does not count as
+// the agent's silence: its session stays, and the frames it sent
+// meanwhile are read.
+func TestSlowCommitIsNotTheAgentsSilence(t *testing.T) {
+	e := newEnv(t)
+	a := dialAgent(e, e.token)
+	g := e.srv.st.commit
+	g.mu.Lock()
+	real := g.run
+	g.run = func(group []*commitCall[txFunc]) {
+		time.Sleep(2 * protocol.DeadAfter(e.cfg.PingPeriod))
+		real(group)
+	}
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		g.run = real
+		g.mu.Unlock()
+	}()
+	for seq := uint64(1); seq <= 3; seq++ {
+		a.send(&protocol.Event{Seq: seq, Name: "e"})
+		if ack := nextAs[*protocol.Ack](a); ack.Events != seq {
+			t.Fatalf("ack %+v, want events %d", ack, seq)
+		}
+	}
+	if err := a.err(); err != nil {
+		t.Fatalf("session ended while the relay was committing: %v", err)
+	}
+}

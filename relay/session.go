@@ -608,11 +608,21 @@ func (s *session) readNext() bool {
 	if !ok {
 		return false
 	}
+	start := time.Now()
 	if !s.hello {
-		return s.greet(m)
+		ok = s.greet(m)
+	} else {
+		s.hub.seen(s)
+		ok = s.handle(m)
 	}
-	s.hub.seen(s)
-	return s.handle(m)
+	// The agent is not to blame for the time the relay took over its
+	// frame (a commit on a slow or busy disk): when that was long, the
+	// silence limit counts from now, or the session could be dropped as
+	// silent with the agent's next frames waiting in the socket.
+	if ok && time.Since(start) > s.deadAfter()/4 {
+		s.extend()
+	}
+	return ok
 }
 
 // endReading ends the read side: unless the connection is broken it
