@@ -269,3 +269,65 @@ func TestProcessesAgentCleanStopSyncsAcks(t *testing.T) {
 		t.Fatalf("journal after a clean stop lacks %s", ack)
 	}
 }
+
+// A relay whose disk is lost comes back from a copy taken while it
+// served: the agent reconnects with its token from the copy, every
+// request the copy holds finishes, and none that had run already runs
+// again (the agent answers those from its journal).
+func TestProcessesRelayRestoredFromBackup(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	tok := admin(t, "device", "add", "pi-1", "--data", dir)
+	key := admin(t, "client", "add", "app", "--data", dir)
+	relayProc := startRelayProc(t, dir, addr)
+	c := &api{t: t, base: "http://" + addr, key: key}
+	execLog := filepath.Join(t.TempDir(), "exec.log")
+	startProc(t, "tether-agent", "--relay", "ws://"+addr, "--token", tok, "--board", "mock",
+		"--state", t.TempDir(), "--mock-exec-log", execLog, "--mock-delay", "150ms")
+	eventually(t, 10*time.Second, "agent online", func() bool { return c.device("pi-1").Online })
+	write := map[string]any{"pin": "GPIO17", "level": "high"}
+	done := c.call("pi-1", "gpio.write", write)
+	wantState(t, done, protocol.StateSucceeded, "")
+	var ids []string
+	for range 6 {
+		_, rec := c.submit("pi-1", "gpio.write", write, "")
+		ids = append(ids, rec.ID)
+	}
+
+	copyFile := filepath.Join(t.TempDir(), "relay.tar")
+	out, err := exec.Command(filepath.Join(binaries(t), "tether-relay"), "backup", "--data", dir, "--out", copyFile).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "taken by the serving relay") {
+		t.Fatalf("backup: %v\n%s", err, out)
+	}
+	// Requests the copy holds as queued run before the disk is lost.
+	eventually(t, 10*time.Second, "a queued request run", func() bool { return c.get(ids[1]).State == protocol.StateSucceeded })
+	relayProc.cmd.Process.Signal(syscall.SIGKILL)
+	relayProc.wait(10 * time.Second)
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+
+	restored := t.TempDir()
+	if out, err := exec.Command("tar", "-xf", copyFile, "-C", restored).CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v\n%s", err, out)
+	}
+	startRelayProc(t, restored, addr)
+	if got := c.get(done.ID); got.State != protocol.StateSucceeded {
+		t.Errorf("finished request restored as %s", got.State)
+	}
+	for _, id := range ids {
+		wantState(t, c.wait(id, 30*time.Second), protocol.StateSucceeded, "")
+	}
+	data, err := os.ReadFile(execLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range append(ids, done.ID) {
+		if n := strings.Count(string(data), id); n != 1 {
+			t.Errorf("request %s executed %d times", id, n)
+		}
+	}
+}

@@ -14,6 +14,11 @@
 // under an flock does not. The running relay notices a changed file on the
 // next authentication. Only SHA-256 hashes of secrets are stored.
 //
+// The same lock keeps other processes from copying the database while the
+// relay runs, so a serving relay takes backups itself (Server.Backup), on
+// request through a Unix socket in its data directory (AdminSocket); a
+// directory no relay serves is copied by BackupDir.
+//
 // # Durability
 //
 // What the relay itself decides is committed (to the request log, below,

@@ -40,6 +40,14 @@ type Server struct {
 	clientsMu sync.Mutex
 	clients   map[*clientConn]string
 
+	// storeMu keeps the store open for a Backup in progress; Close sets
+	// storeClosed under it.
+	storeMu     sync.RWMutex
+	storeClosed bool
+	// adminOn is set while a Serve listens on the admin socket.
+	adminMu sync.Mutex
+	adminOn bool
+
 	shutdownOnce sync.Once
 	shutdown     chan struct{} // closed when the server stops serving
 	closeOnce    sync.Once
@@ -174,6 +182,9 @@ func (s *Server) Close() error {
 		s.stopServing()
 		s.sessions.wait()
 		s.hub.behind.Wait()
+		s.storeMu.Lock()
+		s.storeClosed = true
+		s.storeMu.Unlock()
 		s.closeErr = s.st.close()
 		s.creds.close()
 	})
@@ -204,6 +215,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.log.Info("relay listening", "addr", ln.Addr().String(), "version", s.cfg.Version)
 
+	stopAdmin := s.serveAdmin()
+	defer stopAdmin()
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
 	serveErr := make(chan error, 1)

@@ -6,10 +6,12 @@
 //	tether-relay device list [--data DIR]
 //	tether-relay client add NAME [--data DIR]
 //	tether-relay client list [--data DIR]
+//	tether-relay backup --out FILE [--data DIR]
 //	tether-relay --version
 //
 // --data defaults to $TETHER_DATA. The add commands print the new secret as
-// the last line of stdout; they work while the relay runs.
+// the last line of stdout; they work while the relay runs. So does backup,
+// which the serving relay takes through its admin socket (DIR/admin.sock).
 package main
 
 import (
@@ -46,6 +48,7 @@ const usage = `usage:
   tether-relay client add NAME [--devices PATTERNS] [--methods PATTERNS] [--data DIR]
   tether-relay client revoke NAME [--data DIR]
   tether-relay client list [--data DIR]
+  tether-relay backup --out FILE|- [--data DIR]
   tether-relay --version
 
 --data defaults to $TETHER_DATA.
@@ -74,6 +77,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "serve":
 		return serve(args[1:], stderr)
+	case "backup":
+		return backup(args[1:], stdout, stderr)
 	case "device", "client":
 		if len(args) < 2 {
 			return fmt.Errorf("%s: want add or list", args[0])
