@@ -69,6 +69,9 @@ func backup(args []string, stdout, stderr io.Writer) error {
 	if err == nil {
 		err = os.Rename(f.Name(), *out)
 	}
+	if err == nil {
+		err = syncDir(filepath.Dir(*out))
+	}
 	if err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}
@@ -169,4 +172,17 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
