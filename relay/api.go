@@ -41,6 +41,7 @@ func (s *Server) Handler() http.Handler {
 		{"GET", "/v1/devices", s.client(s.handleDevices)},
 		{"GET", "/v1/devices/{id}", s.client(s.handleDevice)},
 		{"POST", "/v1/devices/{id}/requests", s.client(s.handleSubmit)},
+		{"GET", "/v1/devices/{id}/requests", s.client(s.handlePending)},
 		{"GET", "/v1/devices/{id}/events", s.client(s.handleEvents)},
 		{"GET", "/v1/requests/{id}", s.client(s.handleGet)},
 		{"DELETE", "/v1/requests/{id}", s.client(s.handleCancel)},
@@ -126,6 +127,17 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, info)
+}
+
+func (s *Server) handlePending(w http.ResponseWriter, r *http.Request) {
+	recs, err := s.Pending(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Requests []protocol.Record `json:"requests"`
+	}{recs})
 }
 
 func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {

@@ -1071,6 +1071,29 @@ func (h *hub) deviceInfo(id string) protocol.DeviceInfo {
 	return info
 }
 
+// pending returns the requests of device id that have not ended, in the
+// order its agent gets them: those its agent holds now, then its queue.
+// keep filters them (by the asking client's scope).
+func (h *hub) pending(id string, keep func(method string) bool) []protocol.Record {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d := h.deviceLocked(id)
+	var held []*entry
+	if d.sess != nil {
+		for _, e := range d.sess.leases {
+			held = append(held, e)
+		}
+		slices.SortFunc(held, func(a, b *entry) int { return cmp.Compare(a.seq, b.seq) })
+	}
+	out := make([]protocol.Record, 0, len(held)+len(d.queue))
+	for _, e := range append(held, d.queue...) {
+		if keep(e.rec.Method) {
+			out = append(out, e.rec)
+		}
+	}
+	return out
+}
+
 // changed returns a channel closed at the next event or presence change of
 // device id.
 func (h *hub) changed(id string) <-chan struct{} {

@@ -64,6 +64,16 @@ func (s *Server) Device(id string) (protocol.DeviceInfo, error) {
 	return s.hub.deviceInfo(id), nil
 }
 
+// Pending returns the requests of device id that have not ended, in the
+// order its agent gets them (the ones it runs now first), leaving out
+// those whose method the client in ctx may not call.
+func (s *Server) Pending(ctx context.Context, id string) ([]protocol.Record, error) {
+	if err := s.authorizeDevice(ctx, id, ""); err != nil {
+		return nil, err
+	}
+	return s.hub.pending(id, func(method string) bool { return s.Authorize(ctx, id, method) == nil }), nil
+}
+
 func (s *Server) checkDevice(id string) error {
 	if !s.creds.hasDevice(id) {
 		return fmt.Errorf("%w: %q", ErrUnknownDevice, id)

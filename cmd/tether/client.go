@@ -160,6 +160,32 @@ func (c *client) devices(ctx context.Context, args []string) error {
 	return nil
 }
 
+// pending lists the requests a device has yet to finish, the ones it
+// runs now first.
+func (c *client) pending(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("pending", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := positional(fs, args, 1, true, "DEVICE")
+	if err != nil {
+		return err
+	}
+	var list struct {
+		Requests []protocol.Record `json:"requests"`
+	}
+	if _, err := c.do(ctx, "GET", "/v1/devices/"+url.PathEscape(pos[0])+"/requests", nil, &list); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(c.out, list)
+	}
+	fmt.Fprintf(c.out, "%-34s %-10s %-20s %-8s %s\n", "ID", "STATE", "METHOD", "ATTEMPTS", "AGE")
+	for _, r := range list.Requests {
+		fmt.Fprintf(c.out, "%-34s %-10s %-20s %-8d %s\n", r.ID, r.State, r.Method, r.Attempts, time.Since(r.Created).Round(time.Second))
+	}
+	return nil
+}
+
 // positional parses a subcommand's flags, which may follow its positional
 // arguments ("call pi-1 sys.ping --json"), and checks that there are at
 // least min positional arguments (exactly min when exact). Both failures

@@ -4,7 +4,7 @@
 //	tether call pi-1 gpio.write pin=GPIO17 level=high
 //	tether call pi-1 i2c.tx bus=1 addr=0x48 write=00 read:=2
 //	tether call --async pi-1 sys.ping
-//	tether get ID | cancel ID | watch pi-1
+//	tether get ID | cancel ID | pending pi-1 | watch pi-1
 //
 // Exit codes: 0 succeeded, 1 the request failed, expired or was canceled,
 // 2 usage or connection error.
@@ -37,6 +37,7 @@ commands:
                      so running the same call again does not run it twice
        --params JSON params as a JSON object (key=value words are merged in)
   get ID [--wait D] [--json]       print a request (its result once finished)
+  pending DEVICE [--json]          list the requests the device has yet to finish
   cancel ID [--json]               cancel a request
   watch DEVICE [--json]            follow events and presence until interrupted
 
@@ -109,6 +110,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		err = c.call(ctx, rest)
 	case "get":
 		err = c.get(ctx, rest)
+	case "pending":
+		err = c.pending(ctx, rest)
 	case "cancel":
 		err = c.cancel(ctx, rest)
 	case "watch":
