@@ -345,3 +345,38 @@ func relayMetric(t *testing.T, r *testRelay, series string) float64 {
 	}
 	return 0
 }
+
+// The device view lists what the device has yet to finish, including
+// another client's submissions, and cancels a queued request from there:
+// the request ends canceled, in the request log too, and leaves the list.
+func TestDashboardPendingRequests(t *testing.T) {
+	d := startLiveDevice(t)
+	_, busy := d.api.submit("pi-1", "gpio.pulse", map[string]any{"pin": "GPIO5", "level": "high", "duration": "20s"}, "")
+	eventually(t, 5*time.Second, "the pulse running", func() bool { return d.api.get(busy.ID).State == "delivered" })
+	_, q1 := d.api.submit("pi-1", "sys.ping", "one", "")
+	_, q2 := d.api.submit("pi-1", "sys.ping", "two", "")
+
+	ctx := browser(t)
+	openDevice(t, ctx, d.relay.url(), d.key)
+	row := func(id string) string { return `#pending tr[data-id="` + id + `"]` }
+	step(t, ctx, "see the three pending requests",
+		chromedp.WaitVisible(chromedp.CSS(row(busy.ID)+`[data-state="delivered"]`)),
+		chromedp.WaitVisible(chromedp.CSS(row(q1.ID)+`[data-state="queued"]`)),
+		chromedp.WaitVisible(chromedp.CSS(row(q2.ID)+`[data-state="queued"]`)))
+	if queued := text(t, ctx, `#device-info [data-fact="queued"]`); queued != "2" {
+		t.Errorf("queued fact %q, want 2", queued)
+	}
+	if first := text(t, ctx, `#pending tbody tr:first-child td.id`); first != busy.ID {
+		t.Errorf("first pending row %q, want the running pulse %s", first, busy.ID)
+	}
+	step(t, ctx, "cancel the first queued ping",
+		chromedp.Click(chromedp.CSS(row(q1.ID)+` button`)),
+		chromedp.WaitVisible(chromedp.CSS(`#log tr[data-id="`+q1.ID+`"][data-state="canceled"]`)),
+		chromedp.WaitNotPresent(chromedp.CSS(row(q1.ID))))
+	if got := d.api.get(q1.ID).State; got != "canceled" {
+		t.Errorf("canceled from the list: relay says %s", got)
+	}
+	if got := d.api.get(q2.ID).State; got != "queued" {
+		t.Errorf("the other ping: %s, want queued", got)
+	}
+}

@@ -48,6 +48,7 @@
     refN: 0,
     retry: 0,
     timer: null,
+    pendingTimer: null,
   };
 
   // ---- REST -------------------------------------------------------------
@@ -78,7 +79,10 @@
       if (!old) send({ type: "subscribe", device: d.id, after: state.lastSeq.get(d.id) });
     }
     renderDevices();
-    if (state.selected) renderDevice();
+    if (state.selected) {
+      renderDevice();
+      loadPending();
+    }
     return devices;
   }
 
@@ -116,6 +120,7 @@
     state.byId.clear();
     state.selected = null;
     $("log").tBodies[0].replaceChildren();
+    $("pending").tBodies[0].replaceChildren();
     $("app-view").hidden = true;
     $("signout").hidden = true;
     $("signin-view").hidden = false;
@@ -252,7 +257,8 @@
           entry.error = { code: f.code, message: f.message };
           update(entry, "error");
         } else {
-          $("call-error").textContent = `${f.code}: ${f.message}`;
+          // A cancel from the pending list ("x" refs) or a call's error.
+          $(f.ref && f.ref.startsWith("x") ? "pending-error" : "call-error").textContent = `${f.code}: ${f.message}`;
         }
         break;
       }
@@ -274,7 +280,10 @@
     d.online = p.online;
     if (p.last_seen) d.last_seen = p.last_seen;
     renderDevices();
-    if (state.selected === p.device) renderDevice();
+    if (state.selected === p.device) {
+      renderDevice();
+      loadPending(true);
+    }
     // A reconnected agent may offer different capabilities.
     if (cameOnline) loadDevices().catch(() => {});
   }
@@ -319,7 +328,11 @@
     state.selected = id;
     renderDevices();
     renderDevice();
-    if (changed && id) $("device-h").focus();
+    if (changed && id) {
+      $("pending").tBodies[0].replaceChildren();
+      loadPending();
+      $("device-h").focus();
+    }
   }
 
   function renderDevice() {
@@ -390,6 +403,56 @@
         `${new Date(e.time).toLocaleTimeString()}  #${e.seq}  ${e.name}  ${e.data ? JSON.stringify(e.data) : ""}`)));
   }
 
+  // ---- pending requests ---------------------------------------------------
+
+  // loadPending reads the selected device's unfinished requests (REST:
+  // another client's submissions are not seen live). soon waits a moment,
+  // for changes seen live, which come in bursts.
+  function loadPending(soon) {
+    clearTimeout(state.pendingTimer);
+    state.pendingTimer = setTimeout(async () => {
+      const id = state.selected;
+      if (!id || !state.key || !state.devices.has(id)) return;
+      try {
+        const { requests } = await api("GET", "/v1/devices/" + encodeURIComponent(id) + "/requests");
+        if (id !== state.selected) return;
+        $("pending-error").textContent = "";
+        renderPending(requests || []);
+        // The device list's count is from its last load: this one is newer.
+        const d = state.devices.get(id);
+        const fact = document.querySelector('#device-info [data-fact="queued"]');
+        if (d) d.queued = (requests || []).filter((r) => r.state === "queued").length;
+        if (d && fact) fact.textContent = String(d.queued);
+      } catch (e) {
+        if (id === state.selected) $("pending-error").textContent = "Pending requests not loaded: " + e.message;
+      }
+    }, soon ? 250 : 0);
+  }
+
+  function renderPending(list) {
+    const body = $("pending").tBodies[0];
+    if (list.length === 0) {
+      body.replaceChildren(el("tr", { class: "empty" }, el("td", { colSpan: 6 }, "Nothing pending.")));
+      return;
+    }
+    body.replaceChildren(...list.map((r) => el("tr", { "data-id": r.id, "data-state": r.state },
+      el("td", {}, when(r.created)),
+      el("td", { class: "mono", title: r.params ? JSON.stringify(r.params) : "" }, r.method),
+      el("td", { class: "state state-" + r.state }, r.state),
+      el("td", {}, String(r.attempts)),
+      el("td", { class: "id" }, r.id),
+      el("td", {}, el("button", { type: "button", class: "secondary", "aria-label": "Cancel request " + r.id, onclick: () => cancelPending(r.id) }, "Cancel")))));
+  }
+
+  // cancelPending cancels on the live socket, so the request's end shows in
+  // the request log like a call's.
+  function cancelPending(id) {
+    $("pending-error").textContent = "";
+    if (!send({ type: "cancel", ref: "x" + ++state.refN, id })) {
+      $("pending-error").textContent = "Not connected to the relay; try again in a moment.";
+    }
+  }
+
   // ---- calls and the request log -----------------------------------------
 
   function terminal(s) {
@@ -457,6 +520,7 @@
     if (rec && rec.state === "succeeded" && rec.result !== undefined) entry.result = rec.result;
     if (rec && rec.error) entry.error = rec.error;
     renderRow(entry);
+    if (entry.device === state.selected) loadPending(true);
   }
 
   function renderRow(e) {
@@ -482,6 +546,7 @@
   $("signout").addEventListener("click", () => signOut());
   $("call").addEventListener("submit", call);
   $("refresh").addEventListener("click", () => loadDevices().catch(() => {}));
+  $("pending-reload").addEventListener("click", () => loadPending());
   window.addEventListener("hashchange", route);
   if (state.key) {
     start();
