@@ -93,14 +93,14 @@ func (s *Server) bodyDeadline(h http.Handler) http.Handler {
 // client wraps h with client-key authentication.
 func (s *Server) client(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		name, ok := s.AuthenticateClient(bearer(r.Header.Get("Authorization")))
+		id, ok := s.creds.client(bearer(r.Header.Get("Authorization")))
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="tether"`)
 			writeError(w, http.StatusUnauthorized, codeUnauthorized, "missing or invalid client key")
 			return
 		}
-		noteOf(r).client = name
-		h(w, r.WithContext(WithClient(r.Context(), name)))
+		noteOf(r).client = id.name
+		h(w, r.WithContext(withClientID(r.Context(), id)))
 	}
 }
 

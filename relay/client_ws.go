@@ -52,7 +52,7 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, codeForbidden, "origin not allowed")
 		return
 	}
-	name, ok := s.authenticateUpgrade(r)
+	id, ok := s.authenticateUpgrade(r)
 	if !ok {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="tether"`)
 		writeError(w, http.StatusUnauthorized, codeUnauthorized, "missing or invalid client key or ticket")
@@ -79,13 +79,13 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // the upgrader has answered
 	}
-	c := newClientConn(s, conn, name)
+	c := newClientConn(s, conn, id)
 	c.log.Info("client connected", "remote", r.RemoteAddr)
 	s.clientsMu.Lock()
 	if s.clients == nil {
-		s.clients = make(map[*clientConn]string)
+		s.clients = make(map[*clientConn]clientID)
 	}
-	s.clients[c] = name
+	s.clients[c] = id
 	s.clientsMu.Unlock()
 	defer func() {
 		s.clientsMu.Lock()
@@ -98,16 +98,16 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 // authenticateUpgrade accepts a client key in Authorization (services) or
 // a ticket in ?ticket= (browsers). A request that presents a key is judged
 // by the key alone.
-func (s *Server) authenticateUpgrade(r *http.Request) (string, bool) {
+func (s *Server) authenticateUpgrade(r *http.Request) (clientID, bool) {
 	if h := r.Header.Get("Authorization"); h != "" {
-		return s.AuthenticateClient(bearer(h))
+		return s.creds.client(bearer(h))
 	}
 	if t := r.URL.Query().Get("ticket"); t != "" {
-		name, ok := s.tickets.redeem(t, time.Now())
-		// A ticket outlives nothing: not the client it was issued to.
-		return name, ok && s.creds.hasClient(name)
+		id, ok := s.tickets.redeem(t, time.Now())
+		// A ticket outlives nothing: not the key that bought it.
+		return id, ok && s.creds.hasClient(id)
 	}
-	return "", false
+	return clientID{}, false
 }
 
 // clientConn is one /v1/client connection. The HTTP handler's goroutine
@@ -155,17 +155,18 @@ type subscription struct {
 	done chan struct{}
 }
 
-func newClientConn(s *Server, conn *websocket.Conn, name string) *clientConn {
-	// The client's name rides in ctx so that Submit and Authorize apply
-	// its scope and rate limit to everything this connection does.
-	ctx, cancel := context.WithCancel(WithClient(context.Background(), name))
+func newClientConn(s *Server, conn *websocket.Conn, id clientID) *clientConn {
+	// The client's name and key ride in ctx so that Submit and Authorize
+	// apply its scope and rate limit to everything this connection does,
+	// and refuse it all once the key is revoked.
+	ctx, cancel := context.WithCancel(withClientID(context.Background(), id))
 	return &clientConn{
 		srv:        s,
 		svc:        s,
 		cfg:        &s.cfg,
 		conn:       conn,
 		out:        conn.NetConn().(*batchconn.Conn),
-		log:        s.log.With("client", name, "conn", newID("c")),
+		log:        s.log.With("client", id.name, "conn", newID("c")),
 		ctx:        ctx,
 		cancel:     cancel,
 		send:       make(chan *[]byte, s.cfg.ClientSendQueue),

@@ -485,27 +485,27 @@ func TestClientTickets(t *testing.T) {
 func TestTicketStore(t *testing.T) {
 	var ts ticketStore
 	now := time.Now()
-	a, _, err := ts.issue("web", time.Second, 2, now)
+	a, _, err := ts.issue(clientID{name: "web"}, time.Second, 2, now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _, _ := ts.issue("web", time.Second, 2, now)
+	b, _, _ := ts.issue(clientID{name: "web"}, time.Second, 2, now)
 	if a == b {
 		t.Fatal("two tickets alike")
 	}
-	if _, _, err := ts.issue("web", time.Second, 2, now); !errors.Is(err, errTooManyTickets) {
+	if _, _, err := ts.issue(clientID{name: "web"}, time.Second, 2, now); !errors.Is(err, errTooManyTickets) {
 		t.Fatalf("third ticket: %v", err)
 	}
 	// Expired tickets make room.
-	if _, _, err := ts.issue("web", time.Second, 2, now.Add(2*time.Second)); err != nil {
+	if _, _, err := ts.issue(clientID{name: "web"}, time.Second, 2, now.Add(2*time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := ts.redeem(a, now); ok {
 		t.Fatal("a was purged, yet redeemed")
 	}
-	c, _, _ := ts.issue("svc", time.Second, 3, now)
-	if name, ok := ts.redeem(c, now); !ok || name != "svc" {
-		t.Fatalf("redeem: %q %v", name, ok)
+	c, _, _ := ts.issue(clientID{name: "svc"}, time.Second, 3, now)
+	if id, ok := ts.redeem(c, now); !ok || id.name != "svc" {
+		t.Fatalf("redeem: %q %v", id.name, ok)
 	}
 	if _, ok := ts.redeem(c, now); ok {
 		t.Fatal("redeemed twice")

@@ -379,17 +379,17 @@ func indexByHash(es []credEntry) map[string]credEntry {
 // lookupLocked finds the entry whose hash matches secret. The map lookup
 // narrows to one candidate; the constant-time compare of the hash bytes is
 // what decides.
-func lookupLocked(m map[string]credEntry, secret string) (string, bool) {
+func lookupLocked(m map[string]credEntry, secret string) (credEntry, bool) {
 	sum := sha256.Sum256([]byte(secret))
 	e, ok := m[hex.EncodeToString(sum[:])]
 	if !ok {
-		return "", false
+		return credEntry{}, false
 	}
 	want, err := hex.DecodeString(e.SHA256)
 	if err != nil || subtle.ConstantTimeCompare(want, sum[:]) != 1 {
-		return "", false
+		return credEntry{}, false
 	}
-	return e.Name, true
+	return e, true
 }
 
 // reloadLocked is refreshLocked for callers that keep serving with the
@@ -408,18 +408,20 @@ func (c *credCache) device(token string) (string, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reloadLocked()
-	return lookupLocked(c.devices, token)
+	e, ok := lookupLocked(c.devices, token)
+	return e.Name, ok
 }
 
-// client returns the client name owning key.
-func (c *credCache) client(key string) (string, bool) {
+// client returns the client owning key.
+func (c *credCache) client(key string) (clientID, bool) {
 	if !strings.HasPrefix(key, ClientKeyPrefix) {
-		return "", false
+		return clientID{}, false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reloadLocked()
-	return lookupLocked(c.clients, key)
+	e, ok := lookupLocked(c.clients, key)
+	return clientID{name: e.Name, key: e.SHA256}, ok
 }
 
 // hasDevice reports whether id is a registered device.

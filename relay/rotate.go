@@ -326,8 +326,8 @@ func (s *Server) checkCredentials(now time.Time) {
 	}
 	s.clientsMu.Lock()
 	defer s.clientsMu.Unlock()
-	for c, name := range s.clients {
-		if _, ok := v.clients[name]; !ok {
+	for c, id := range s.clients {
+		if e, ok := v.clients[id.name]; !ok || !e.hasKey(id.key) {
 			c.log.Warn("client credentials revoked; closing its connection")
 			c.stop(websocket.ClosePolicyViolation, "credentials revoked")
 		}

@@ -94,6 +94,29 @@ func WithClient(ctx context.Context, name string) context.Context {
 	return context.WithValue(ctx, clientKey{}, name)
 }
 
+// clientID is what a client authenticated as: its name, and the SHA-256
+// (hex) of the key it presented. A key revoked and added again under the
+// same name is a new key: what the old one opened (a WebSocket, tickets)
+// must not go on as the client the new key stands for.
+type clientID struct {
+	name string
+	key  string
+}
+
+type clientKeyHash struct{}
+
+// withClientID is WithClient for id, which also ties ctx to id's key:
+// Authorize refuses everything once that key is no longer the client's.
+func withClientID(ctx context.Context, id clientID) context.Context {
+	return context.WithValue(WithClient(ctx, id.name), clientKeyHash{}, id.key)
+}
+
+// keyHashFrom returns the key hash withClientID attached to ctx, or "".
+func keyHashFrom(ctx context.Context) string {
+	h, _ := ctx.Value(clientKeyHash{}).(string)
+	return h
+}
+
 // ClientFrom returns the client name WithClient attached to ctx.
 func ClientFrom(ctx context.Context) (string, bool) {
 	name, ok := ctx.Value(clientKey{}).(string)
@@ -115,14 +138,15 @@ func (s *Server) Authorize(ctx context.Context, device, method string) error {
 	if !ok {
 		return nil
 	}
-	return s.creds.clientScope(name).authorize(name, device, method)
+	sc, _ := s.creds.scopeAndDevice(name, keyHashFrom(ctx), "")
+	return sc.authorize(name, device, method)
 }
 
 // authorizeDevice is Authorize, then checkDevice, on one read of the
 // credentials: a submit needs both.
 func (s *Server) authorizeDevice(ctx context.Context, device, method string) error {
 	name, isClient := ClientFrom(ctx)
-	sc, known := s.creds.scopeAndDevice(name, device)
+	sc, known := s.creds.scopeAndDevice(name, keyHashFrom(ctx), device)
 	if isClient {
 		if err := sc.authorize(name, device, method); err != nil {
 			return err
@@ -138,7 +162,7 @@ func (s *Server) authorizeDevice(ctx context.Context, device, method string) err
 // method unless it is empty.
 func (sc Scope) authorize(name, device, method string) error {
 	if sc.none {
-		return fmt.Errorf("%w: client %s is no longer registered", ErrForbidden, name)
+		return fmt.Errorf("%w: the key of client %s is no longer registered", ErrForbidden, name)
 	}
 	if !sc.AllowsDevice(device) {
 		return fmt.Errorf("%w: client %s may not use device %q", ErrForbidden, name, device)
@@ -157,31 +181,38 @@ func AddClientScoped(dir, name string, sc Scope) (string, error) {
 
 // clientScope returns the scope stored for client name.
 func (c *credCache) clientScope(name string) Scope {
-	sc, _ := c.scopeAndDevice(name, "")
+	sc, _ := c.scopeAndDevice(name, "", "")
 	return sc
 }
 
 // scopeAndDevice returns the scope stored for client name (nothing if the
-// name is not registered) and whether device is registered.
-func (c *credCache) scopeAndDevice(name, device string) (Scope, bool) {
+// name is not registered, or, when keyHash is not empty, no longer with
+// that key) and whether device is registered.
+func (c *credCache) scopeAndDevice(name, keyHash, device string) (Scope, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reloadLocked()
 	e, ok := c.clientNames[name]
 	_, known := c.names[device]
-	if !ok {
+	if !ok || !e.hasKey(keyHash) {
 		return Scope{none: true}, known
 	}
 	return Scope{Devices: e.Devices, Methods: e.Methods}, known
 }
 
-// hasClient reports whether client name is registered.
-func (c *credCache) hasClient(name string) bool {
+// hasClient reports whether id's key is still registered as its client's.
+func (c *credCache) hasClient(id clientID) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reloadLocked()
-	_, ok := c.clientNames[name]
-	return ok
+	e, ok := c.clientNames[id.name]
+	return ok && e.hasKey(id.key)
+}
+
+// hasKey reports whether e's key has hash keyHash (SHA-256 hex); an empty
+// keyHash asks nothing of the key.
+func (e credEntry) hasKey(keyHash string) bool {
+	return keyHash == "" || strings.EqualFold(e.SHA256, keyHash)
 }
 
 // scopedDevices is Devices filtered to the scope of the client in ctx.
@@ -191,7 +222,7 @@ func (s *Server) scopedDevices(ctx context.Context) []protocol.DeviceInfo {
 	if !ok {
 		return all
 	}
-	sc := s.ClientScope(name)
+	sc, _ := s.creds.scopeAndDevice(name, keyHashFrom(ctx), "")
 	out := all[:0]
 	for _, d := range all {
 		if sc.AllowsDevice(d.ID) {

@@ -792,8 +792,9 @@ func TestRevokedClientKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A call now is refused, never taken as unscoped; the connection may
-	// already be closed by then, since a sweep closes it.
-	c.sendJSON(map[string]any{"type": "call", "ref": "after", "device": "dev1", "method": "m"})
+	// already be closed by then, since a sweep closes it, and the write
+	// then fails.
+	c.conn.WriteJSON(map[string]any{"type": "call", "ref": "after", "device": "dev1", "method": "m"})
 	for done := false; !done; {
 		select {
 		case b := <-c.frames:
@@ -825,6 +826,68 @@ func TestRevokedClientKey(t *testing.T) {
 	}
 	if err := RevokeClient(e.cfg.DataDir, "narrow"); !errors.Is(err, ErrUnknownClient) {
 		t.Fatalf("revoking twice: %v", err)
+	}
+}
+
+// A client key replaced under the same name (revoke, then add again, as
+// an operator does for a leaked key, before the relay looked) stops
+// working like a revoked one: the connection the old key opened has its
+// calls refused and is closed, and a ticket the old key bought opens
+// nothing. Neither may go on as the client the new key stands for.
+func TestReplacedClientKey(t *testing.T) {
+	e := newEnv(t)
+	old, err := AddClient(e.cfg.DataDir, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, _, err := dialClientRaw(e, keyHeader(old), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startClient(t, conn)
+	ticket := issueTicket(t, e, old)
+
+	// One write of the file, so that no sweep sees the name missing.
+	fresh, err := newSecret(ClientKeyPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = updateCredentials(e.cfg.DataDir, func(cr *credentials) error {
+		for i := range cr.Clients {
+			if cr.Clients[i].Name == "app" {
+				cr.Clients[i].SHA256 = hashSecret(fresh)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The connection may be closed already (a sweep closes it); the write
+	// then fails.
+	c.conn.WriteJSON(map[string]any{"type": "call", "ref": "after", "device": "dev1", "method": "m"})
+	for done := false; !done; {
+		select {
+		case b := <-c.frames:
+			m, err := protocol.DecodePush(b, 0)
+			if f, ok := m.(*protocol.ClientError); err != nil || !ok || f.Code != codeForbidden {
+				t.Fatalf("after the key was replaced: %s", b)
+			}
+		case <-c.done:
+			done = true
+		case <-time.After(waitLimit):
+			t.Fatal("the connection of a replaced key stays open")
+		}
+	}
+	if code := c.closed(); code != websocket.ClosePolicyViolation {
+		t.Fatalf("close code %d, want %d", code, websocket.ClosePolicyViolation)
+	}
+	if _, resp, err := dialClientRaw(e, nil, "ticket="+ticket); err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("ticket of a replaced key: %v %v", resp, err)
+	}
+	if st, body := e.doAs(fresh, nil, "GET", "/v1/devices", nil); st != http.StatusOK {
+		t.Fatalf("the new key: %d %s", st, body)
 	}
 }
 

@@ -35,10 +35,10 @@ type Server struct {
 	guard    *guard // TLS, admission, rate limits, token rotation
 	met      *metrics
 
-	// clients are the open /v1/client connections, by the client they
-	// authenticated as, so that a removed client's are closed.
+	// clients are the open /v1/client connections, with the client and
+	// key they authenticated as, so that a revoked key's are closed.
 	clientsMu sync.Mutex
-	clients   map[*clientConn]string
+	clients   map[*clientConn]clientID
 
 	// storeMu keeps the store open for a Backup in progress; Close sets
 	// storeClosed under it.

@@ -44,7 +44,10 @@ type ClientService interface {
 var _ ClientService = (*Server)(nil)
 
 // AuthenticateClient returns the client name owning key.
-func (s *Server) AuthenticateClient(key string) (string, bool) { return s.creds.client(key) }
+func (s *Server) AuthenticateClient(key string) (string, bool) {
+	id, ok := s.creds.client(key)
+	return id.name, ok
+}
 
 // Devices describes every device registered in the credentials.
 func (s *Server) Devices() []protocol.DeviceInfo {

@@ -39,14 +39,14 @@ type ticketStore struct {
 }
 
 type ticket struct {
-	client  string
+	client  clientID // the key that bought it, which must still be valid
 	expires time.Time
 }
 
 // issue creates a ticket for client valid for ttl. At most limit unused
 // tickets are kept, and a client holds at most its share of them; expired
 // ones are dropped to make room first.
-func (ts *ticketStore) issue(client string, ttl time.Duration, limit int, now time.Time) (string, time.Time, error) {
+func (ts *ticketStore) issue(client clientID, ttl time.Duration, limit int, now time.Time) (string, time.Time, error) {
 	var raw [ticketBytes]byte
 	rand.Read(raw[:]) // never fails (crypto/rand panics on a broken source)
 	tok := ticketPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
@@ -59,34 +59,34 @@ func (ts *ticketStore) issue(client string, ttl time.Duration, limit int, now ti
 		ts.held = make(map[string]int)
 	}
 	share := max(1, limit/ticketShare)
-	if len(ts.byHash) >= limit || ts.held[client] >= share {
+	if len(ts.byHash) >= limit || ts.held[client.name] >= share {
 		ts.purgeLocked(now)
-		if len(ts.byHash) >= limit || ts.held[client] >= share {
+		if len(ts.byHash) >= limit || ts.held[client.name] >= share {
 			return "", time.Time{}, errTooManyTickets
 		}
 	}
 	ts.byHash[sha256.Sum256([]byte(tok))] = ticket{client: client, expires: exp}
-	ts.held[client]++
+	ts.held[client.name]++
 	return tok, exp, nil
 }
 
 // redeem spends tok: it returns the client it was issued to, once, and
 // only before it expires. A presented ticket is gone afterwards whether it
 // was still valid or not.
-func (ts *ticketStore) redeem(tok string, now time.Time) (string, bool) {
+func (ts *ticketStore) redeem(tok string, now time.Time) (clientID, bool) {
 	if len(tok) > 2*ticketBytes+len(ticketPrefix) {
-		return "", false
+		return clientID{}, false
 	}
 	h := sha256.Sum256([]byte(tok))
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	t, ok := ts.byHash[h]
 	if !ok {
-		return "", false
+		return clientID{}, false
 	}
 	ts.dropLocked(h, t)
 	if !now.Before(t.expires) {
-		return "", false
+		return clientID{}, false
 	}
 	return t.client, true
 }
@@ -101,8 +101,8 @@ func (ts *ticketStore) purgeLocked(now time.Time) {
 
 func (ts *ticketStore) dropLocked(h [sha256.Size]byte, t ticket) {
 	delete(ts.byHash, h)
-	if ts.held[t.client]--; ts.held[t.client] <= 0 {
-		delete(ts.held, t.client)
+	if ts.held[t.client.name]--; ts.held[t.client.name] <= 0 {
+		delete(ts.held, t.client.name)
 	}
 }
 
@@ -118,7 +118,8 @@ type ticketAnswer struct {
 // /v1/client, since browsers cannot set headers on a WebSocket.
 func (s *Server) handleTicket(w http.ResponseWriter, r *http.Request) {
 	name, _ := ClientFrom(r.Context()) // set by s.client
-	tok, exp, err := s.tickets.issue(name, s.cfg.TicketTTL, s.cfg.MaxTickets, time.Now())
+	id := clientID{name: name, key: keyHashFrom(r.Context())}
+	tok, exp, err := s.tickets.issue(id, s.cfg.TicketTTL, s.cfg.MaxTickets, time.Now())
 	if err != nil {
 		w.Header().Set("Retry-After", "5")
 		writeError(w, http.StatusTooManyRequests, codeTooMany, "too many unused tickets (of all clients, or of this one); try again shortly")
