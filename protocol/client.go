@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // Duration is a time.Duration that reads from JSON as either a Go duration
@@ -66,6 +67,13 @@ func (s *Submit) Validate() error {
 	}
 	if len(s.Params) > 0 && !json.Valid(s.Params) {
 		return Errorf(CodeBadParams, "params is not valid JSON")
+	}
+	// json.Valid lets invalid UTF-8 through, and params travel verbatim
+	// in WebSocket text frames (to the agent, to /v1/client), which must
+	// be UTF-8: a peer that checks, a browser for one, drops the
+	// connection at such a frame, and again at every resend.
+	if !utf8.Valid(s.Params) {
+		return Errorf(CodeBadParams, "params is not valid UTF-8")
 	}
 	if s.Key != "" && !ValidID(s.Key) {
 		return Errorf(CodeBadParams, "key: want 1..%d printable characters, got %q", MaxIDLen, clip(s.Key))

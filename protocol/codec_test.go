@@ -132,7 +132,7 @@ func TestSubmitValidate(t *testing.T) {
 	if err := good.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []Submit{{}, {Method: "a b"}, {Method: "x", Timeout: -1}, {Method: "x", Params: json.RawMessage(`{`)}} {
+	for _, s := range []Submit{{}, {Method: "a b"}, {Method: "x", Timeout: -1}, {Method: "x", Params: json.RawMessage(`{`)}, {Method: "x", Params: json.RawMessage("\"\xff\"")}} {
 		if err := s.Validate(); err == nil {
 			t.Errorf("%+v accepted", s)
 		}

@@ -71,6 +71,7 @@ func TestAPIErrors(t *testing.T) {
 		{"missing method", "POST", "/v1/devices/dev1/requests", `{}`, 400, protocol.CodeBadParams},
 		{"bad timeout", "POST", "/v1/devices/dev1/requests", `{"method":"m","timeout":"-1s"}`, 400, protocol.CodeBadParams},
 		{"bad params", "POST", "/v1/devices/dev1/requests", `{"method":"m","params":"x"}`, 202, ""},
+		{"params not UTF-8", "POST", "/v1/devices/dev1/requests", "{\"method\":\"m\",\"params\":{\"s\":\"\xff\xfe\"}}", 400, protocol.CodeBadParams},
 		{"key in another case (encoding/json's path)", "POST", "/v1/devices/dev1/requests", `{"Method":"m","timeout":1500}`, 202, ""},
 		{"bad wait", "POST", "/v1/devices/dev1/requests?wait=soon", protocol.Submit{Method: "m"}, 400, protocol.CodeBadParams},
 		{"bad after", "GET", "/v1/devices/dev1/events?after=-1", nil, 400, protocol.CodeBadParams},
