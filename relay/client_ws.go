@@ -149,6 +149,11 @@ type clientConn struct {
 // subscription is one device follower; stop ends it.
 type subscription struct {
 	stop context.CancelFunc
+	// repeat asks the follower to push the device's presence again, the
+	// answer to a repeated subscribe: the follower sends it, so that it
+	// comes after the subscription's first presence and in order with
+	// the changes. Repeats asked while one is pending share its answer.
+	repeat chan struct{}
 	// done is closed when the follower has returned: a new subscription
 	// to the device starts only then, so that the two never interleave
 	// their events.
@@ -557,17 +562,19 @@ func (c *clientConn) subscribe(m *protocol.ClientSubscribe) {
 		c.pushErr(m.Ref, "", err)
 		return
 	}
-	info, err := c.svc.Device(m.Device)
-	if err != nil {
+	if _, err := c.svc.Device(m.Device); err != nil {
 		c.pushErr(m.Ref, "", err)
 		return
 	}
 	c.mu.Lock()
-	running, full := c.subs[m.Device] != nil, len(c.subs) >= maxClientSubs
-	if running || full {
+	running, full := c.subs[m.Device], len(c.subs) >= maxClientSubs
+	if running != nil || full {
 		c.mu.Unlock()
-		if running {
-			c.push(presenceOf(info))
+		if running != nil {
+			select {
+			case running.repeat <- struct{}{}:
+			default:
+			}
 		} else {
 			c.push(&protocol.ClientError{Ref: m.Ref, Code: codeTooMany, Message: "too many subscriptions on this connection"})
 		}
@@ -581,7 +588,7 @@ func (c *clientConn) subscribe(m *protocol.ClientSubscribe) {
 		after = c.srv.hub.lastEventSeq(m.Device)
 	}
 	ctx, stop := context.WithCancel(c.ctx)
-	sub := &subscription{stop: stop, done: make(chan struct{})}
+	sub := &subscription{stop: stop, repeat: make(chan struct{}, 1), done: make(chan struct{})}
 	c.subs[m.Device] = sub
 	previous := c.ending[m.Device]
 	delete(c.ending, m.Device)
@@ -597,7 +604,7 @@ func (c *clientConn) subscribe(m *protocol.ClientSubscribe) {
 		if ctx.Err() != nil {
 			return // unsubscribed too, before it started: not a frame
 		}
-		if err := c.stream(ctx, m.Device, after); err != nil && ctx.Err() == nil {
+		if err := c.stream(ctx, m.Device, after, sub.repeat); err != nil && ctx.Err() == nil {
 			c.pushErr(m.Ref, "", err)
 		}
 		c.mu.Lock()
@@ -615,11 +622,11 @@ func presenceOf(info protocol.DeviceInfo) *protocol.ClientPresence {
 	return &protocol.ClientPresence{Device: info.ID, Online: info.Online, LastSeen: info.LastSeen}
 }
 
-// stream is a device follower: it pushes the device's presence now and
-// whenever it changes, and every event after seq after, waking on the
-// hub's change signal rather than polling.
-func (c *clientConn) stream(ctx context.Context, dev string, after uint64) error {
-	first, online := true, false
+// stream is a device follower: it pushes the device's presence now,
+// whenever it changes and when repeat asks, and every event after seq
+// after, waking on the hub's change signal rather than polling.
+func (c *clientConn) stream(ctx context.Context, dev string, after uint64, repeat <-chan struct{}) error {
+	first, online, repeated := true, false, false
 	for {
 		// Take the channel before reading, so a change in between still
 		// wakes us.
@@ -631,13 +638,13 @@ func (c *clientConn) stream(ctx context.Context, dev string, after uint64) error
 		if err != nil {
 			return err
 		}
-		if first || info.Online != online {
+		if first || repeated || info.Online != online {
 			p := presenceOf(info)
 			if first {
 				from := after
 				p.Seq = &from
 			}
-			first, online = false, info.Online
+			first, online, repeated = false, info.Online, false
 			if !c.push(p) {
 				return nil
 			}
@@ -662,6 +669,8 @@ func (c *clientConn) stream(ctx context.Context, dev string, after uint64) error
 		}
 		select {
 		case <-changed:
+		case <-repeat:
+			repeated = true
 		case <-ctx.Done():
 			return nil
 		case <-c.svc.Done():

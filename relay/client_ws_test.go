@@ -742,3 +742,22 @@ func TestClientPresenceSaysWhereTheStreamStarts(t *testing.T) {
 		}
 	}
 }
+
+// A subscribe repeated at once is answered after the subscription's first
+// presence, the one that says where the stream starts, never before it:
+// both come from the device's follower, in order.
+func TestClientRepeatedSubscribeAnsweredInOrder(t *testing.T) {
+	e := newEnv(t)
+	for i := range 20 {
+		c := dialClient(e)
+		c.sendJSON(map[string]any{"type": "subscribe", "device": "dev1"})
+		c.sendJSON(map[string]any{"type": "subscribe", "device": "dev1"})
+		if p := clientNext[*protocol.ClientPresence](c); p.Seq == nil {
+			t.Fatalf("round %d: first presence %+v has no seq", i, p)
+		}
+		if p := clientNext[*protocol.ClientPresence](c); p.Seq != nil {
+			t.Fatalf("round %d: repeated presence %+v", i, p)
+		}
+		c.close()
+	}
+}
