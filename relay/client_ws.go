@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"sync"
 	"time"
@@ -69,6 +71,29 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.sessions.done()
+	// The connection is counted from here, so concurrent upgrades cannot
+	// pass the bound together.
+	s.clientsMu.Lock()
+	if s.clientConns[id.name] >= s.cfg.ClientConns {
+		s.clientsMu.Unlock()
+		s.log.Warn("client websocket refused: too many connections", "client", id.name, "limit", s.cfg.ClientConns)
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusTooManyRequests, codeTooMany,
+			fmt.Sprintf("client %s has %d connections open, the most allowed (tether-relay serve --client-conns)", id.name, s.cfg.ClientConns))
+		return
+	}
+	if s.clientConns == nil {
+		s.clientConns = make(map[string]int)
+	}
+	s.clientConns[id.name]++
+	s.clientsMu.Unlock()
+	defer func() {
+		s.clientsMu.Lock()
+		if s.clientConns[id.name]--; s.clientConns[id.name] == 0 {
+			delete(s.clientConns, id.name)
+		}
+		s.clientsMu.Unlock()
+	}()
 
 	up := websocket.Upgrader{
 		HandshakeTimeout: s.cfg.WriteTimeout,
@@ -798,6 +823,13 @@ func (c *clientConn) flush() bool {
 }
 
 func (c *clientConn) writeFailed(err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// The client stopped reading: its socket took nothing for
+		// WriteTimeout, so a close frame could not reach it either.
+		c.log.Warn("client too slow: a write stalled", "timeout", c.cfg.WriteTimeout)
+		c.stop(websocket.CloseAbnormalClosure, "too slow: write stalled")
+		return
+	}
 	c.log.Debug("client write failed", "err", err)
 	c.stop(websocket.CloseAbnormalClosure, "write failed")
 }

@@ -80,6 +80,11 @@ type Config struct {
 	ClientSendQueue int
 	// ClientMaxFrame is the largest frame accepted from a client.
 	ClientMaxFrame int
+	// ClientConns bounds the /v1/client connections one client (by name)
+	// holds open at once; beyond it upgrades are answered 429. Each
+	// connection costs goroutines and a send queue, so one key cannot
+	// take the descriptors the agents need.
+	ClientConns int
 
 	// TLSCert and TLSKey are PEM files; when both are set the relay
 	// serves HTTPS/WSS only. Server.ReloadTLS re-reads them (SIGHUP).
@@ -152,6 +157,7 @@ func DefaultConfig() Config {
 		TicketTTL:       30 * time.Second,
 		MaxTickets:      10_000,
 		ClientSendQueue: 256,
+		ClientConns:     64,
 		ClientMaxFrame:  protocol.MaxClientFrame,
 		AdmitRate:       500,
 		AdmitBurst:      250,
@@ -190,6 +196,7 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.TicketTTL, d.TicketTTL)
 	setDefault(&c.MaxTickets, d.MaxTickets)
 	setDefault(&c.ClientSendQueue, d.ClientSendQueue)
+	setDefault(&c.ClientConns, d.ClientConns)
 	setDefault(&c.ClientMaxFrame, d.ClientMaxFrame)
 	setDefault(&c.AdmitRate, d.AdmitRate)
 	setDefault(&c.AdmitBurst, d.AdmitBurst)
@@ -240,7 +247,7 @@ func (c Config) check() error {
 		d("SweepInterval", c.SweepInterval), d("ShutdownTimeout", c.ShutdownTimeout),
 		d("ReadTimeout", c.ReadTimeout), d("IdleTimeout", c.IdleTimeout),
 		d("TicketTTL", c.TicketTTL), n("MaxTickets", c.MaxTickets),
-		n("ClientSendQueue", c.ClientSendQueue), n("ClientMaxFrame", c.ClientMaxFrame),
+		n("ClientSendQueue", c.ClientSendQueue), n("ClientMaxFrame", c.ClientMaxFrame), n("ClientConns", c.ClientConns),
 		r("AdmitRate", c.AdmitRate), n("AdmitBurst", c.AdmitBurst), n("MaxConns", c.MaxConns),
 		r("ClientRate", c.ClientRate), n("ClientBurst", c.ClientBurst),
 		r("DeviceRate", c.DeviceRate), n("DeviceBurst", c.DeviceBurst),

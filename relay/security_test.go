@@ -937,3 +937,47 @@ func TestAdmissionRetrySpread(t *testing.T) {
 		t.Fatalf("after a quiet spell: told %v (admitted %v)", d, ok)
 	}
 }
+
+// One client holds at most ClientConns connections: one more is refused
+// before the upgrade, while other clients still connect, and a closed
+// connection frees its place.
+func TestClientConnectionsBounded(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.ClientConns = 3 })
+	var conns []*websocket.Conn
+	for range 3 {
+		conn, _, err := dialClientRaw(e, keyHeader(e.key), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, conn)
+	}
+	_, resp, err := dialClientRaw(e, keyHeader(e.key), "")
+	if err == nil || resp == nil || resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("a fourth connection: %v %v, want 429 with Retry-After", err, resp)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if apiCode(t, body) != codeTooMany {
+		t.Errorf("refusal %s, want code too_many", body)
+	}
+	other, err := AddClient(e.cfg.DataDir, "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	oc, _, err := dialClientRaw(e, keyHeader(other), "")
+	if err != nil {
+		t.Fatalf("another client: %v", err)
+	}
+	oc.Close()
+	conns[0].Close()
+	waitFor(t, "a freed place", func() bool {
+		conn, _, err := dialClientRaw(e, keyHeader(e.key), "")
+		if err != nil {
+			return false
+		}
+		conns[0] = conn
+		return true
+	})
+	for _, c := range conns {
+		c.Close()
+	}
+}

@@ -39,6 +39,9 @@ type Server struct {
 	// key they authenticated as, so that a revoked key's are closed.
 	clientsMu sync.Mutex
 	clients   map[*clientConn]clientID
+	// clientConns counts each client's connections, upgrades under way
+	// included (Config.ClientConns).
+	clientConns map[string]int
 
 	// storeMu keeps the store open for a Backup in progress; Close sets
 	// storeClosed under it.

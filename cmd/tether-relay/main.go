@@ -40,7 +40,7 @@ const usage = `usage:
                      [--allowed-origin URL]... [--metrics-allow CIDR,...|none]
                      [--tls-cert FILE --tls-key FILE [--client-ca FILE]]
                      [--admit-rate N] [--admit-burst N] [--max-conns N]
-                     [--client-rate N] [--client-burst N] [--device-rate N] [--device-burst N]
+                     [--client-rate N] [--client-burst N] [--client-conns N] [--device-rate N] [--device-burst N]
   tether-relay device add ID [--data DIR]
   tether-relay device rotate ID [--grace DURATION] [--data DIR]
   tether-relay device revoke ID [--data DIR]

@@ -24,6 +24,7 @@ func securityFlags(fs *flag.FlagSet, cfg *relay.Config) {
 	fs.Float64Var(&cfg.AdmitRate, "admit-rate", cfg.AdmitRate, "agent WebSocket upgrades admitted per second; the excess gets 503 + Retry-After")
 	fs.IntVar(&cfg.AdmitBurst, "admit-burst", cfg.AdmitBurst, "agent upgrades admitted at once after a quiet spell")
 	fs.IntVar(&cfg.MaxConns, "max-conns", cfg.MaxConns, "most agent sessions at once")
+	fs.IntVar(&cfg.ClientConns, "client-conns", cfg.ClientConns, "most /v1/client connections one client holds at once; 429 beyond")
 	fs.Float64Var(&cfg.ClientRate, "client-rate", 0, "submits per second per client key, 429 beyond (default: no limit)")
 	fs.IntVar(&cfg.ClientBurst, "client-burst", 0, "submit burst per client key")
 	fs.Float64Var(&cfg.DeviceRate, "device-rate", 0, "submits per second per device, 429 beyond (default: no limit)")
