@@ -186,9 +186,15 @@ func decodeRecords(data []byte) (recs []record, good int) {
 		if len(rest) < recordHead {
 			return recs, good
 		}
-		n := int(binary.LittleEndian.Uint32(rest))
+		// The length is bounded before it becomes an int: on a 32-bit
+		// board a garbage length of 2 GiB or more would be negative.
+		size := binary.LittleEndian.Uint32(rest)
 		sum := binary.LittleEndian.Uint32(rest[4:])
-		if n == 0 || n > maxRecord || len(rest)-recordHead < n {
+		if size == 0 || size > maxRecord {
+			return recs, good
+		}
+		n := int(size)
+		if len(rest)-recordHead < n {
 			return recs, good
 		}
 		payload := rest[recordHead : recordHead+n]

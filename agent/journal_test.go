@@ -99,6 +99,27 @@ func TestJournalGarbageNeverRefusesToStart(t *testing.T) {
 	j.close()
 }
 
+// A corrupt length of 2 GiB or more ends the log like any other: on a
+// 32-bit board it must not turn into a negative int.
+func TestJournalHugeLengthEndsLog(t *testing.T) {
+	for _, head := range []string{"\x00\x00\x00\x80", "\xff\xff\xff\x7f", "\xff\xff\xff\xff"} {
+		t.Run(fmt.Sprintf("%x", head), func(t *testing.T) {
+			dir := t.TempDir()
+			good := writeJournal(t, dir, record{Op: opStart, ID: "a"})
+			data := append(append([]byte{}, good...), head+"\x00\x00\x00\x00{}"...)
+			os.WriteFile(filepath.Join(dir, journalFile), data, 0o600)
+			j, recs, dropped, err := openJournal(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer j.close()
+			if len(recs) != 1 || recs[0].ID != "a" || dropped != len(data)-len(good) {
+				t.Fatalf("got %+v, dropped %d", recs, dropped)
+			}
+		})
+	}
+}
+
 func TestJournalConcurrentAppendsGroupCommit(t *testing.T) {
 	dir := t.TempDir()
 	j, _, _, err := openJournal(dir)
@@ -169,6 +190,7 @@ func FuzzJournalRecords(f *testing.F) {
 	f.Add(appendRecord(nil, record{Op: opStart, ID: "a", Idem: true, Time: 1}))
 	f.Add(appendRecord(appendRecord(nil, record{Op: opResult, ID: "a", Result: okResult("a")}), record{Op: opEventAck, Seq: 3}))
 	f.Add([]byte("\x05\x00\x00\x00\x00\x00\x00\x00{}"))
+	f.Add([]byte("\x00\x00\x00\x80\x00\x00\x00\x00{}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		recs, good := decodeRecords(data)
 		if good > len(data) {
