@@ -314,17 +314,16 @@ func (j *journal) compact(recs []record) error {
 	if j.err != nil {
 		return j.err
 	}
-	buf := appendRecords(nil, recs)
 	path := filepath.Join(j.dir, journalFile)
 	tmp := path + ".tmp"
-	alloc, err := writeFileSync(tmp, buf)
+	size, alloc, err := writeFileSync(tmp, recs)
 	if err != nil {
 		return fmt.Errorf("agent: compact journal: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("agent: compact journal: %w", err)
 	}
-	return j.reopenLocked(int64(len(buf)), alloc, 2)
+	return j.reopenLocked(size, alloc, 2)
 }
 
 // reopenLocked makes the rename of a compacted file durable and writes
@@ -373,13 +372,12 @@ func (j *journal) startCompaction() bool {
 // carried records and swaps the file in. On failure the old file stays
 // and nothing is lost: every record also went to it.
 func (j *journal) finishCompaction(snapshot []record) error {
-	buf := appendRecords(nil, snapshot)
 	path := filepath.Join(j.dir, journalFile)
 	tmp := path + ".tmp"
-	var alloc int64
+	var size, alloc int64
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, journalPerm)
 	if err == nil {
-		if alloc, err = writeAhead(f, buf, 0, 0); err == nil {
+		if size, alloc, err = writeRecords(f, snapshot); err == nil {
 			err = f.Sync()
 		}
 	}
@@ -394,7 +392,7 @@ func (j *journal) finishCompaction(snapshot []record) error {
 	carry := j.carry
 	j.carry = nil
 	if err == nil && len(carry) > 0 {
-		if alloc, err = writeAhead(f, carry, int64(len(buf)), alloc); err == nil {
+		if alloc, err = writeAhead(f, carry, size, alloc); err == nil {
 			err = datasync(f)
 		}
 	}
@@ -412,7 +410,7 @@ func (j *journal) finishCompaction(snapshot []record) error {
 	}
 	// Everything still pending was either in the snapshot (added before
 	// it) or carried (added after), so it is in the new file.
-	return j.reopenLocked(int64(len(buf)+len(carry)), alloc, 3)
+	return j.reopenLocked(size+int64(len(carry)), alloc, 3)
 }
 
 // syncDir makes the entries of dir durable: a rename into it.
@@ -428,21 +426,46 @@ func syncDir(dir string) error {
 	return err
 }
 
-// writeFileSync writes a journal file holding data, with zeros written
-// ahead, fsyncs it and returns its length.
-func writeFileSync(path string, data []byte) (int64, error) {
+// writeFileSync writes a journal file holding recs, with zeros written
+// ahead, fsyncs it and returns the size of its records and its length.
+func writeFileSync(path string, recs []record) (size, alloc int64, err error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, journalPerm)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	alloc, err := writeAhead(f, data, 0, 0)
+	size, alloc, err = writeRecords(f, recs)
 	if err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	return alloc, err
+	return size, alloc, err
+}
+
+// writeRecords writes recs, framed, to the empty file f, with zeros
+// written ahead, and returns the size of the records and f's length. The
+// records are encoded and written a chunk at a time, never all at once:
+// the state of a busy board can be tens of megabytes (10,000 remembered
+// results of a 4 KiB SPI transfer are 80 MB of hex), and a buffer of it
+// all, grown by doubling on top of the state itself, took a 32-bit agent
+// replaying such a journal past 500 MB: more than a Pi Zero has.
+func writeRecords(f *os.File, recs []record) (size, alloc int64, err error) {
+	var buf []byte
+	for _, r := range recs {
+		buf = appendRecord(buf, r)
+		if len(buf) >= journalChunk {
+			if _, err := f.WriteAt(buf, size); err != nil {
+				return size, size, err
+			}
+			size += int64(len(buf))
+			buf = buf[:0]
+		}
+	}
+	// The last chunk, and the zeros after it: alloc 0, since the zeros
+	// are due whenever any record was written.
+	alloc, err = writeAhead(f, buf, size, 0)
+	return size + int64(len(buf)), alloc, err
 }
 
 // close flushes what is buffered and closes the file.
