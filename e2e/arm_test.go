@@ -42,12 +42,19 @@ func TestEmulatedARM(t *testing.T) {
 			c := &api{t: t, base: r.url(), key: key}
 			dev := "pi-" + tc.arch
 
-			agent := exec.Command(qemu, bin, "--relay", r.wsURL(), "--token", tok, "--board", "mock", "--state", t.TempDir())
+			execLog := filepath.Join(t.TempDir(), "exec.log")
+			args := []string{"--relay", r.wsURL(), "--token", tok, "--board", "mock", "--state", t.TempDir(),
+				"--mock-exec-log", execLog, "--credits", "2"}
 			out := &syncWriter{w: new(strings.Builder)}
-			agent.Stdout, agent.Stderr = out, out
-			if err := agent.Start(); err != nil {
-				t.Fatal(err)
+			var agent *exec.Cmd
+			start := func() {
+				agent = exec.Command(qemu, append([]string{bin}, args...)...)
+				agent.Stdout, agent.Stderr = out, out
+				if err := agent.Start(); err != nil {
+					t.Fatal(err)
+				}
 			}
+			start()
 			defer func() {
 				agent.Process.Kill()
 				agent.Wait()
@@ -104,6 +111,21 @@ func TestEmulatedARM(t *testing.T) {
 
 			// A bad request fails cleanly on the emulated board too.
 			wantState(t, c.call(dev, "i2c.tx", map[string]any{"bus": "1", "addr": 0x20, "read": 1}), protocol.StateFailed, protocol.CodeNotPermitted)
+
+			// Killed mid-pulse and restarted on the same journal (this
+			// architecture's fdatasync and file offsets), the agent reports
+			// the pulse interrupted instead of pulsing again.
+			_, pulse := c.submit(dev, "gpio.pulse", map[string]any{"pin": "GPIO5", "level": "high", "duration": "20s"}, "")
+			eventually(t, 30*time.Second, "pulse started", func() bool {
+				return strings.Contains(string(c.call(dev, "gpio.read", map[string]any{"pin": "GPIO5"}).Result), "high")
+			})
+			agent.Process.Kill()
+			agent.Wait()
+			start()
+			wantState(t, c.wait(pulse.ID, 60*time.Second), protocol.StateFailed, protocol.CodeInterrupted)
+			if data, _ := os.ReadFile(execLog); strings.Count(string(data), pulse.ID) != 1 {
+				t.Fatalf("pulse executed %d times", strings.Count(string(data), pulse.ID))
+			}
 		})
 	}
 }
