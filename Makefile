@@ -90,8 +90,10 @@ e2e-arm: agent-armv6 agent-arm64
 # armv6 build: one package for a Pi Zero and every later Pi. The recipes are
 # deploy/packaging/*.nfpm.yaml; e2e/package_test.go builds and inspects them.
 # PKG_VERSION turns `git describe` into a Debian version: v1.2.3 → 1.2.3,
-# v1.2.3-4-gabc → 1.2.3+4.gabc, a bare commit → 0.0.0+abc.
-PKG_VERSION ?= $(shell echo '$(VERSION)' | sed -E -e 's/^v//' -e 's/^([^0-9])/0.0.0+\1/' \
+# v1.2.3-4-gabc → 1.2.3+4.gabc, a bare commit → 0.0.0+abc (also one whose
+# hash starts with a digit, which would otherwise outrank every release).
+PKG_VERSION ?= $(shell echo '$(VERSION)' | sed -E -e 's/^v//' \
+	-e 's/^([0-9a-f]{7,40}(-dirty)?)$$/0.0.0+\1/' -e 's/^([^0-9])/0.0.0+\1/' \
 	-e 's/-([0-9]+)-g([0-9a-f]+)/+\1.g\2/' -e 's/-dirty$$/+dirty/' -e 's/(\+.*)\+dirty$$/\1.dirty/')
 PKG_MAINTAINER ?= tether maintainers <maintainers@tether.invalid>
 NFPM := $(GO) tool nfpm

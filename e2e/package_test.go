@@ -329,6 +329,39 @@ func TestPackageAgentScripts(t *testing.T) {
 	}
 }
 
+// TestPackageVersion checks the Debian version `make package` derives
+// from `git describe`: dpkg and apt order upgrades by it, so a bare commit
+// must sort below every release, whatever its hash starts with.
+func TestPackageVersion(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("make not installed")
+	}
+	for _, tc := range []struct{ describe, want string }{
+		{"v1.2.3", "1.2.3"},
+		{"v1.2.3-4-gabc1234", "1.2.3+4.gabc1234"},
+		{"v1.2.3-4-g6bc1234-dirty", "1.2.3+4.g6bc1234.dirty"},
+		{"abc1234", "0.0.0+abc1234"},
+		{"abc1234-dirty", "0.0.0+abc1234.dirty"},
+		{"67cc4f3", "0.0.0+67cc4f3"},
+		{"67cc4f3-dirty", "0.0.0+67cc4f3.dirty"},
+		{"1234567", "0.0.0+1234567"},
+		{"dev", "0.0.0+dev"},
+	} {
+		// -n prints the recipe with the version it would package.
+		cmd := exec.Command("make", "-n", "--no-print-directory", "package", "VERSION="+tc.describe)
+		cmd.Dir = ".."
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("make -n package VERSION=%s: %v\n%s", tc.describe, err, out)
+		}
+		_, rest, ok := strings.Cut(string(out), "TETHER_VERSION='")
+		got, _, _ := strings.Cut(rest, "'")
+		if !ok || got != tc.want {
+			t.Errorf("VERSION=%s: package version %q, want %q", tc.describe, got, tc.want)
+		}
+	}
+}
+
 func sorted(s []string) []string {
 	s = slices.Clone(s)
 	slices.Sort(s)
