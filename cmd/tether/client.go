@@ -135,7 +135,7 @@ func (c *client) devices(ctx context.Context, args []string) error {
 	fs.SetOutput(io.Discard)
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
-		return usageErr("devices: %v", err)
+		return usageErr("devices: %w", err)
 	}
 	var list struct {
 		Devices []protocol.DeviceInfo `json:"devices"`
@@ -193,7 +193,7 @@ func (c *client) pending(ctx context.Context, args []string) error {
 func positional(fs *flag.FlagSet, args []string, min int, exact bool, want string) ([]string, error) {
 	pos, err := interleave(fs, args)
 	if err != nil {
-		return nil, usageErr("%s: %v", fs.Name(), err)
+		return nil, usageErr("%s: %w", fs.Name(), err)
 	}
 	if len(pos) < min || exact && len(pos) != min {
 		return nil, usageErr("%s: want %s", fs.Name(), want)

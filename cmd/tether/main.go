@@ -125,6 +125,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	if err == nil {
 		return 0
 	}
+	if errors.Is(err, flag.ErrHelp) { // COMMAND --help
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.err != errQuiet {

@@ -37,7 +37,9 @@ func TestUsageErrorsExit2(t *testing.T) {
 }
 
 func TestHelpAndVersion(t *testing.T) {
-	for _, args := range [][]string{{"--help"}, {"help"}, {"--version"}} {
+	for _, args := range [][]string{{"--help"}, {"help"}, {"--version"},
+		{"devices", "--help"}, {"call", "-h"}, {"call", "pi-1", "sys.ping", "--help"},
+		{"get", "--help"}, {"cancel", "--help"}, {"watch", "--help"}} {
 		code, out, _ := runCLI(args...)
 		if code != 0 || out == "" {
 			t.Errorf("%q: exit %d out %q", args, code, out)
