@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -125,6 +126,9 @@ func openStore(path string, log *slog.Logger) (*store, error) {
 	// The timeout turns a second relay on the same directory into an error
 	// instead of a hang.
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("relay: open %s: locked by another process, most likely a relay already serving this data directory (stop it first): %w", path, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("relay: open %s: %w", path, err)
 	}

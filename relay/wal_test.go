@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -349,5 +350,17 @@ func TestApplyEntriesManyPages(t *testing.T) {
 		if !bytes.Equal(got[k], v) {
 			t.Fatalf("%s = %q, want %q", k, got[k], v)
 		}
+	}
+}
+
+// A second relay on the same data directory is told why it cannot open
+// the store, not just that the open timed out.
+func TestStoreInUse(t *testing.T) {
+	dir := t.TempDir()
+	st := openTestStore(t, dir)
+	defer st.close()
+	_, err := openStore(filepath.Join(dir, "relay.db"), slog.New(slog.DiscardHandler))
+	if !errors.Is(err, bolt.ErrTimeout) || !strings.Contains(err.Error(), "a relay already serving this data directory") {
+		t.Fatalf("second open: %v; want a timeout that names the other relay", err)
 	}
 }
