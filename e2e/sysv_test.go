@@ -122,6 +122,25 @@ func TestInstallScriptOverSSH(t *testing.T) {
 	}
 }
 
+// TestSysVScriptPackageRemoved runs the init script as a removed but not
+// purged package leaves it: the script and its rc links stay, the binary
+// is gone. Booting such a board must not report a failed service.
+func TestSysVScriptPackageRemoved(t *testing.T) {
+	script, err := filepath.Abs("../deploy/init.d/tether-agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"TETHER_ROOT=" + t.TempDir(), "RUN_AS="}
+	for _, action := range []string{"start", "restart", "stop"} {
+		if code, out := sh(t, env, "/bin/sh", script, action); code != 0 || !strings.Contains(out, "tether-agent") {
+			t.Errorf("%s without the binary: exit %d\n%s", action, code, out)
+		}
+	}
+	if code, out := sh(t, env, "/bin/sh", script, "status"); code != 3 {
+		t.Errorf("status without the binary: exit %d, want 3 (not running)\n%s", code, out)
+	}
+}
+
 // TestSysVScript installs the agent into a scratch root and runs the SysV
 // script's start, status and stop against a real relay, with
 // start-stop-daemon when the machine has it and with the plain fallback.
