@@ -154,12 +154,11 @@ func (c *Config) fill() error {
 	case c.BackoffMax < c.BackoffInitial:
 		return fmt.Errorf("agent: backoff max %v below initial %v", c.BackoffMax, c.BackoffInitial)
 	}
+	// A relay given as HOST:PORT does not even parse as a URL; it gets
+	// the same answer as a wrong scheme, which says what to write.
 	u, err := url.Parse(c.Relay)
-	if err != nil {
-		return fmt.Errorf("agent: relay URL: %w", err)
-	}
-	if u.Scheme != "ws" && u.Scheme != "wss" {
-		return fmt.Errorf("agent: relay URL %q: scheme must be ws or wss", c.Relay)
+	if err != nil || u.Scheme != "ws" && u.Scheme != "wss" {
+		return fmt.Errorf("agent: relay URL %q: scheme must be ws or wss (ws://HOST:PORT, wss://HOST)", c.Relay)
 	}
 	if err := checkTransport(u, c.Insecure); err != nil {
 		return err

@@ -23,6 +23,8 @@ func TestCheckAgreesWithAgentStart(t *testing.T) {
 		{name: "ws remote from env", env: map[string]string{"TETHER_RELAY": "ws://10.0.0.1:8080"}, want: "plain ws://"},
 		{name: "http", args: []string{"--relay", "http://127.0.0.1:9"}, want: "scheme must be ws or wss"},
 		{name: "https from env", env: map[string]string{"TETHER_RELAY": "https://relay.example.com"}, want: "scheme must be ws or wss"},
+		{name: "host:port", args: []string{"--relay", "127.0.0.1:8080"}, want: "scheme must be ws or wss (ws://HOST:PORT"},
+		{name: "host", args: []string{"--relay", "relay.example.com"}, want: "scheme must be ws or wss (ws://HOST:PORT"},
 		{name: "credits from env", args: []string{"--relay", "ws://127.0.0.1:9"}, env: map[string]string{"TETHER_CREDITS": "2000"}, want: "credits: want 1 to 1024"},
 		{name: "credits flag", args: []string{"--relay", "ws://127.0.0.1:9", "--credits", "-1"}, want: "credits: want 1 to 1024"},
 		{name: "credits flag zero", args: []string{"--relay", "ws://127.0.0.1:9", "--credits", "0"}, want: "credits: want 1 to 1024"},
