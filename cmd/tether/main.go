@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -128,6 +129,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	if errors.Is(err, flag.ErrHelp) { // COMMAND --help
 		fmt.Fprint(stdout, usage)
 		return 0
+	}
+	// Printed after the relay's own words, which cannot know that no key
+	// was sent.
+	if he := (*httpError)(nil); *key == "" && errors.As(err, &he) && he.status == http.StatusUnauthorized {
+		defer fmt.Fprintln(stderr, "tether: no client key given: set --key or TETHER_KEY (tether-relay client add NAME prints one)")
 	}
 	var ee *exitError
 	if errors.As(err, &ee) {

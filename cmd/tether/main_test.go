@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 )
@@ -101,5 +103,24 @@ func TestBaseURL(t *testing.T) {
 		if _, err := baseURL(bad); err == nil {
 			t.Errorf("baseURL(%q) accepted", bad)
 		}
+	}
+}
+
+// A relay refusing a CLI that sent no key is told apart from a wrong key:
+// only the first is told where a key comes from.
+func TestNoKeyHint(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusUnauthorized)
+		w.Write([]byte(`{"error":{"code":"unauthorized","message":"missing or invalid client key"}}`))
+	}))
+	defer srv.Close()
+	const hint = "set --key or TETHER_KEY"
+	code, _, stderr := runCLI("--relay", srv.URL, "devices")
+	if code != 2 || !strings.Contains(stderr, "401") || !strings.Contains(stderr, hint) {
+		t.Errorf("no key: exit %d, stderr %q; want 2, the 401 and %q", code, stderr, hint)
+	}
+	code, _, stderr = runCLI("--relay", srv.URL, "--key", "tck_wrong", "devices")
+	if code != 2 || strings.Contains(stderr, hint) {
+		t.Errorf("wrong key: exit %d, stderr %q; want 2 without the hint", code, stderr)
 	}
 }
