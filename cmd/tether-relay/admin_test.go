@@ -29,3 +29,17 @@ func TestAdminRefusesAnotherSubcommandsFlag(t *testing.T) {
 		t.Fatalf("client add with --methods: %v", err)
 	}
 }
+
+// --help anywhere prints what was asked for and exits 0, as tether and
+// tether-agent do; "device --help" is not taken for a verb.
+func TestHelpExitsZero(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"serve", "--help"}, {"device", "--help"}, {"client", "-h"}, {"device", "add", "--help"}} {
+		var out, errOut strings.Builder
+		if code := exitCode(run(args, &out, &errOut), &errOut); code != 0 || out.Len()+errOut.Len() == 0 || strings.Contains(errOut.String(), "tether-relay:") {
+			t.Errorf("%q: exit %d\nstdout:\n%s\nstderr:\n%s", args, code, &out, &errOut)
+		}
+	}
+	if code := exitCode(run([]string{"serve", "--nope"}, io.Discard, io.Discard), io.Discard); code != 2 {
+		t.Errorf("serve --nope: exit %d, want 2", code)
+	}
+}

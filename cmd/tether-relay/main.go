@@ -41,6 +41,7 @@ const usage = `usage:
                      [--tls-cert FILE --tls-key FILE [--client-ca FILE]]
                      [--admit-rate N] [--admit-burst N] [--max-conns N]
                      [--client-rate N] [--client-burst N] [--client-conns N] [--device-rate N] [--device-burst N]
+                     [--rotate-grace DURATION]
   tether-relay device add ID [--data DIR]
   tether-relay device rotate ID [--grace DURATION] [--data DIR]
   tether-relay device revoke ID [--data DIR]
@@ -55,12 +56,18 @@ const usage = `usage:
 `
 
 func main() {
-	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "tether-relay:", err)
-		}
-		os.Exit(2)
+	os.Exit(exitCode(run(os.Args[1:], os.Stdout, os.Stderr), os.Stderr))
+}
+
+// exitCode reports err and returns the process's exit status: 0 for
+// success and for --help, which has printed what was asked for, else 2.
+func exitCode(err error, stderr io.Writer) int {
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
 	}
+	fmt.Fprintln(stderr, "tether-relay:", err)
+	return 2
 }
 
 func run(args []string, stdout, stderr io.Writer) error {
@@ -82,6 +89,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "device", "client":
 		if len(args) < 2 {
 			return fmt.Errorf("%s: want add or list", args[0])
+		}
+		if h := args[1]; h == "-h" || h == "--help" || h == "help" {
+			fmt.Fprint(stdout, usage)
+			return nil
 		}
 		return admin(args[0], args[1], args[2:], stdout, stderr)
 	}
