@@ -56,3 +56,16 @@ func TestCheckAgreesWithAgentStart(t *testing.T) {
 		})
 	}
 }
+
+// The agent's --help names check, and check's --help is its own.
+func TestUsageNamesCheck(t *testing.T) {
+	var agent, chk bytes.Buffer
+	printUsage(&agent, "tether-agent")
+	printUsage(&chk, "tether-agent check")
+	if !strings.HasPrefix(agent.String(), "usage: tether-agent --relay") || !strings.Contains(agent.String(), "\n       tether-agent check [--config FILE]") {
+		t.Errorf("tether-agent --help:\n%s", &agent)
+	}
+	if !strings.HasPrefix(chk.String(), "usage: tether-agent check [--config FILE]") || strings.Contains(chk.String(), "--relay URL") {
+		t.Errorf("tether-agent check --help:\n%s", &chk)
+	}
+}

@@ -76,13 +76,13 @@ func readConfig(name string, args []string, getenv func(string) string) (*config
 	fs.StringVar(&f.Relay, "relay", "", "relay URL, ws:// or wss:// (env TETHER_RELAY)")
 	fs.StringVar(&f.Token, "token", "", "device token (env TETHER_TOKEN; prefer --token-file)")
 	fs.StringVar(&f.TokenFile, "token-file", "", "file holding the device token")
-	fs.StringVar(&f.Board, "board", "", "board: periph (real hardware from the config) or mock (simulated Pi)")
+	fs.StringVar(&f.Board, "board", "", "board: periph (real hardware from the config; the default) or mock (simulated Pi)")
 	fs.StringVar(&f.State, "state", "", "state directory for the journal")
-	fs.IntVar(&f.Credits, "credits", 0, "requests run at once (default 1)")
+	fs.IntVar(&f.Credits, "credits", 0, "requests run at once (env TETHER_CREDITS; default 1)")
 	fs.DurationVar(&f.PingPeriod, "ping", 0, "ping period (default: the relay's)")
 	fs.DurationVar(&f.BackoffMax, "backoff-max", 0, "cap of the reconnect backoff (default 30s)")
-	fs.StringVar(&f.LogFormat, "log-format", "", "log format: text or json")
-	fs.StringVar(&f.LogLevel, "log-level", "", "log level: debug, info, warn, error")
+	fs.StringVar(&f.LogFormat, "log-format", "", "log format: text or json (default text)")
+	fs.StringVar(&f.LogLevel, "log-level", "", "log level: debug, info, warn, error (default info)")
 	fs.StringVar(&f.StatusAddr, "status-addr", "", "serve /healthz and /status on this address, e.g. 127.0.0.1:9101")
 	fs.StringVar(&f.ExecLog, "mock-exec-log", "", "mock board: append each executed request id to this file")
 	fs.DurationVar(&f.MockDelay, "mock-delay", 0, "mock board: time each request takes")
@@ -96,7 +96,7 @@ func readConfig(name string, args []string, getenv func(string) string) (*config
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(os.Stdout)
-			fmt.Println("usage: tether-agent --relay URL (--token TOKEN | --token-file FILE) [--board mock|periph] [--config FILE] [flags]")
+			printUsage(os.Stdout, name)
 			fs.PrintDefaults()
 			os.Exit(0)
 		}
@@ -178,6 +178,18 @@ func readConfig(name string, args []string, getenv func(string) string) (*config
 		}
 	}
 	return &cfg, nil
+}
+
+// printUsage prints the usage line of the agent, or of check when name
+// is "tether-agent check"; the flags, which both take, follow it.
+func printUsage(w io.Writer, name string) {
+	const checkLine = "tether-agent check [--config FILE] [flags]   validate the configuration, open the board, list its resources"
+	if name == "tether-agent check" {
+		fmt.Fprintln(w, "usage: "+checkLine)
+		return
+	}
+	fmt.Fprintln(w, "usage: tether-agent --relay URL (--token TOKEN | --token-file FILE) [--board mock|periph] [--config FILE] [flags]")
+	fmt.Fprintln(w, "       "+checkLine)
 }
 
 // credentials checks that a relay is set and resolves the token.
