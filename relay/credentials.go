@@ -268,7 +268,16 @@ type credCache struct {
 	// included; clientNames maps client name → entry (for scopes).
 	tokens      map[string]deviceToken
 	clientNames map[string]credEntry
+	// failure is the last reload error logged and failureAt when: a file
+	// that stays unreadable is reported again every credFailureRepeat,
+	// not on every authentication and sweep.
+	failure   string
+	failureAt time.Time
 }
+
+// credFailureRepeat is how often a credentials file that still cannot be
+// read is reported again.
+const credFailureRepeat = time.Minute
 
 func newCredCache(dir string, log *slog.Logger) (*credCache, error) {
 	c := &credCache{dir: dir, path: filepath.Join(dir, credentialsFile), log: log}
@@ -395,7 +404,20 @@ func lookupLocked(m map[string]credEntry, secret string) (credEntry, bool) {
 // reloadLocked is refreshLocked for callers that keep serving with the
 // last good credentials when the file is broken.
 func (c *credCache) reloadLocked() {
-	if err := c.refreshLocked(); err != nil {
+	err := c.refreshLocked()
+	if err == nil {
+		if c.failure != "" {
+			c.log.Info("credentials reloaded")
+			c.failure = ""
+		}
+		return
+	}
+	if msg := err.Error(); msg != c.failure || time.Since(c.failureAt) >= credFailureRepeat {
+		c.failure, c.failureAt = msg, time.Now()
+		if errors.Is(err, fs.ErrPermission) {
+			c.log.Error("credentials not reloaded; keeping the previous ones (run tether-relay device and client commands as the user the relay runs as)", "err", err)
+			return
+		}
 		c.log.Error("credentials not reloaded; keeping the previous ones", "err", err)
 	}
 }

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -185,4 +186,45 @@ func TestCredCacheSeesEveryChange(t *testing.T) {
 	}
 	want("created again", tokC, "c")
 	want("created again", tokB, "")
+}
+
+// A credentials file that cannot be read is reported once, not on every
+// authentication and every sweep (four times a second), and its repair is
+// reported too; the credentials in force meanwhile stay the last good ones.
+func TestCredCacheReportsBrokenFileOnce(t *testing.T) {
+	dir := t.TempDir()
+	tok, err := AddDevice(dir, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	c, err := newCredCache(dir, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	path := filepath.Join(dir, credentialsFile)
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("{broken"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for range 50 {
+		if dev, ok := c.device(tok); !ok || dev != "a" {
+			t.Fatalf("token refused while the file is broken: %q %v", dev, ok)
+		}
+	}
+	if n := strings.Count(logs.String(), "credentials not reloaded"); n != 1 {
+		t.Fatalf("broken file reported %d times, want once:\n%s", n, &logs)
+	}
+	if err := os.WriteFile(path, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.device(tok)
+	c.device(tok)
+	if n := strings.Count(logs.String(), "credentials reloaded"); n != 1 {
+		t.Fatalf("repair reported %d times, want once:\n%s", n, &logs)
+	}
 }
