@@ -215,6 +215,10 @@ func writeCredentials(dir string, c *credentials) error {
 		tmp.Close()
 		return fmt.Errorf("relay: credentials: %w", err)
 	}
+	if err := ownLikeDir(tmp, dir); err != nil {
+		tmp.Close()
+		return fmt.Errorf("relay: credentials: %w", err)
+	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
 		return fmt.Errorf("relay: credentials: %w", err)
