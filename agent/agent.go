@@ -55,6 +55,9 @@ var (
 	// ErrRefused marks a permanent refusal by the relay (bad token,
 	// unsupported protocol); the agent retries at the backoff cap.
 	ErrRefused = errors.New("agent: refused by relay")
+	// ErrStateInUse is returned by New when another agent holds the state
+	// directory.
+	ErrStateInUse = errors.New("agent: state directory in use")
 
 	errCanceled = errors.New("canceled by relay")
 	errShutdown = errors.New("agent shutting down")

@@ -46,6 +46,10 @@ import (
 
 const (
 	journalFile = "journal"
+	// lockFile is locked by the agent that uses the state directory: two
+	// agents writing one journal would overwrite each other's records, and
+	// each run requests the other has started.
+	lockFile = "lock"
 	// journalChunk is how far zeros are written ahead of the records.
 	journalChunk = 64 << 10
 	// maxRecord bounds one record: a result frame plus framing.
@@ -93,6 +97,7 @@ type record struct {
 // journal is safe for concurrent use.
 type journal struct {
 	dir   string
+	lock  *os.File      // holds the state directory's lock until close
 	syncs atomic.Uint64 // fsyncs done, for tests and status
 
 	mu       sync.Mutex // guards the fields below
@@ -120,26 +125,37 @@ func openJournal(dir string) (j *journal, recs []record, dropped int, err error)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, 0, fmt.Errorf("agent: journal dir: %w", err)
 	}
+	lock, held, err := lockDir(filepath.Join(dir, lockFile))
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("agent: lock state directory: %w", err)
+	}
+	if held {
+		return nil, nil, 0, fmt.Errorf("%w: %s is locked by another tether-agent", ErrStateInUse, dir)
+	}
+	fail := func(err error) (*journal, []record, int, error) {
+		lock.Close()
+		return nil, nil, 0, err
+	}
 	path := filepath.Join(dir, journalFile)
 	data, err := os.ReadFile(path)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, 0, fmt.Errorf("agent: read journal: %w", err)
+		return fail(fmt.Errorf("agent: read journal: %w", err))
 	}
 	recs, good := decodeRecords(data)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, journalPerm)
 	if err != nil {
-		return nil, nil, 0, fmt.Errorf("agent: open journal: %w", err)
+		return fail(fmt.Errorf("agent: open journal: %w", err))
 	}
 	torn := len(bytes.TrimRight(data[good:], "\x00"))
 	if torn > 0 {
 		if _, err := f.WriteAt(make([]byte, torn), int64(good)); err != nil {
 			f.Close()
-			return nil, nil, 0, fmt.Errorf("agent: clear journal tail: %w", err)
+			return fail(fmt.Errorf("agent: clear journal tail: %w", err))
 		}
 		// Not durable yet, the tail is cleared again at the next open.
 		datasync(f)
 	}
-	j = &journal{dir: dir, f: f, size: int64(good), alloc: int64(len(data))}
+	j = &journal{dir: dir, lock: lock, f: f, size: int64(good), alloc: int64(len(data))}
 	j.cond = sync.NewCond(&j.mu)
 	return j, recs, torn, nil
 }
@@ -476,5 +492,6 @@ func (j *journal) close() error {
 	if cerr := j.f.Close(); err == nil {
 		err = cerr
 	}
+	j.lock.Close()
 	return err
 }

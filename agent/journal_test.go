@@ -2,7 +2,10 @@ package agent
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -451,4 +454,30 @@ func TestRecordOfLargestResult(t *testing.T) {
 	if len(recs) != 1 || string(recs[0].Result.Value) != val {
 		t.Fatalf("read back %d records", len(recs))
 	}
+}
+
+// Two agents on one state directory would write one journal over each
+// other's records, and each would run requests the other had started:
+// the second is refused until the first lets go.
+func TestStateDirectoryUsedByOneAgentAtATime(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{Relay: "ws://127.0.0.1:1", Token: "t", StateDir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	a, err := New(cfg, echoExec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := New(cfg, echoExec{}); !errors.Is(err, ErrStateInUse) {
+		if err == nil {
+			b.Close()
+		}
+		t.Fatalf("second agent on the same state directory: %v, want ErrStateInUse", err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(cfg, echoExec{})
+	if err != nil {
+		t.Fatalf("state directory still locked after Close: %v", err)
+	}
+	b.Close()
 }

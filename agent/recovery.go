@@ -127,7 +127,11 @@ func (a *Agent) openJournal() error {
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.compactLocked()
+	if err := a.compactLocked(); err != nil {
+		j.close() // lets go of the state directory
+		return err
+	}
+	return nil
 }
 
 // trustedEventAge bounds the age an event recovered from the journal is
