@@ -500,6 +500,11 @@ func (a *Agent) startLocked(r *protocol.Request) (runNow func()) {
 	ctx, cancel := context.WithDeadline(a.jobsCtx, deadline)
 	p, ok := a.exec.(Pure)
 	j := &job{req: r, cancel: cancel, pure: ok && p.Pure(r.Method)}
+	if !j.pure {
+		// A journal that failed is rewritten first, if the disk lets
+		// it, so that this request can run.
+		a.repairJournalLocked()
+	}
 	a.running[r.ID] = j
 	// "started" must be on disk before the hardware is touched: after a
 	// crash it is what stops the request from running twice.

@@ -288,6 +288,9 @@ func (j *journal) wait(pos uint64) error {
 			err = datasync(f)
 			j.syncs.Add(1)
 		}
+		if err == nil {
+			err = j.checkLinked(f)
+		}
 		j.mu.Lock()
 		j.flushing = false
 		if err != nil {
@@ -300,6 +303,83 @@ func (j *journal) wait(pos uint64) error {
 		j.cond.Broadcast()
 	}
 	return j.err
+}
+
+// checkLinked reports an error unless f is still the file the journal's
+// path names: a journal whose file (or state directory) was removed takes
+// writes and syncs without complaint, and loses them all at the next
+// start.
+func (j *journal) checkLinked(f *os.File) error {
+	path := filepath.Join(j.dir, journalFile)
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	pi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("%s was removed: %w", path, err)
+	}
+	if !os.SameFile(fi, pi) {
+		return fmt.Errorf("%s was replaced by another file", path)
+	}
+	return nil
+}
+
+// failed returns the error that stopped the journal, nil while it works.
+func (j *journal) failed() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.err
+}
+
+// repair replaces a journal whose write failed with recs, which must
+// describe the whole state the caller holds, as for compact: the records
+// that failed, and those added since, are in it. The file is written
+// anew, and the state directory made again if it was removed, so that the
+// journal works again once the disk does; if it does not yet, the
+// journal's error becomes why. It does nothing while a background
+// compaction runs: that one, if it succeeds, is the repair.
+func (j *journal) repair(recs []record) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for j.flushing {
+		j.cond.Wait()
+	}
+	if j.err == nil || j.carry != nil {
+		return j.err
+	}
+	err := os.MkdirAll(j.dir, 0o700)
+	if err == nil {
+		err = j.relockLocked()
+	}
+	if err == nil {
+		err = j.rewriteLocked(recs)
+	}
+	if err != nil && j.err != nil {
+		j.err = fmt.Errorf("agent: journal failed, and could not be written anew: %w", err)
+	}
+	return j.err
+}
+
+// relockLocked takes the state directory's lock again if its lock file
+// is no longer the one held (removed with the directory).
+func (j *journal) relockLocked() error {
+	path := filepath.Join(j.dir, lockFile)
+	if fi, err := j.lock.Stat(); err == nil {
+		if pi, err := os.Stat(path); err == nil && os.SameFile(fi, pi) {
+			return nil
+		}
+	}
+	lock, held, err := lockDir(path)
+	if err != nil {
+		return err
+	}
+	if held {
+		return fmt.Errorf("%w: %s is locked by another tether-agent", ErrStateInUse, j.dir)
+	}
+	j.lock.Close()
+	j.lock = lock
+	return nil
 }
 
 // sync makes everything added so far durable.
@@ -330,13 +410,19 @@ func (j *journal) compact(recs []record) error {
 	if j.err != nil {
 		return j.err
 	}
+	return j.rewriteLocked(recs)
+}
+
+// rewriteLocked replaces the file with recs; see compact.
+func (j *journal) rewriteLocked(recs []record) error {
 	path := filepath.Join(j.dir, journalFile)
 	tmp := path + ".tmp"
 	size, alloc, err := writeFileSync(tmp, recs)
-	if err != nil {
-		return fmt.Errorf("agent: compact journal: %w", err)
+	if err == nil {
+		err = os.Rename(tmp, path)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err != nil {
+		os.Remove(tmp) // on a full disk, the space it took
 		return fmt.Errorf("agent: compact journal: %w", err)
 	}
 	return j.reopenLocked(size, alloc, 2)
@@ -344,7 +430,8 @@ func (j *journal) compact(recs []record) error {
 
 // reopenLocked makes the rename of a compacted file durable and writes
 // on in it from now on: size bytes of records, alloc long, syncs the
-// fsyncs its making took. Everything added so far is in it.
+// fsyncs its making took. Everything added so far is in it, so an earlier
+// write error no longer counts.
 func (j *journal) reopenLocked(size, alloc int64, syncs uint64) error {
 	path := filepath.Join(j.dir, journalFile)
 	if err := syncDir(j.dir); err != nil {
@@ -363,6 +450,7 @@ func (j *journal) reopenLocked(size, alloc int64, syncs uint64) error {
 	j.size, j.alloc = size, alloc
 	j.pending = nil
 	j.durable = j.appended
+	j.err = nil
 	j.syncs.Add(syncs)
 	j.cond.Broadcast()
 	return nil

@@ -160,6 +160,10 @@ func madeAt(now time.Time, ms int64) time.Time {
 // rewrite and its fsyncs run in the background, so requests, acks and
 // results keep flowing meanwhile.
 func (a *Agent) maybeCompactLocked() {
+	if a.j != nil && a.j.failed() != nil {
+		a.repairJournalLocked()
+		return
+	}
 	if a.j == nil || a.j.fileSize() < a.compactAt || !a.j.startCompaction() {
 		return
 	}
@@ -176,6 +180,23 @@ func (a *Agent) maybeCompactLocked() {
 		}
 		a.compactAt = max(a.cfg.CompactBytes, 2*a.j.fileSize())
 	}()
+}
+
+// repairJournalLocked rewrites the journal from the agent's state after a
+// write to it failed (a full disk, an I/O error, its file or directory
+// removed). While it has failed, requests that touch hardware are refused,
+// since their start cannot be recorded; the state in memory holds
+// everything the journal lost, so once the disk takes the rewrite they run
+// again, without a restart.
+func (a *Agent) repairJournalLocked() {
+	if a.j == nil || a.j.failed() == nil {
+		return
+	}
+	if a.j.repair(a.snapshotLocked()) != nil {
+		return // each request refused meanwhile logs why
+	}
+	a.compactAt = max(a.cfg.CompactBytes, 2*a.j.fileSize())
+	a.log.Warn("journal rewritten after a failure; requests run again")
 }
 
 // compactLocked rewrites the journal with the current state at once; it
