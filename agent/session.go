@@ -82,6 +82,14 @@ func (a *Agent) connLoop(ctx context.Context) {
 			// to come back; the backoff goes on from there if it is not.
 			wait = restart
 			a.log.Warn("relay restarting", "retry_in", wait.Round(time.Millisecond))
+		case replaced(err):
+			// Another agent runs with this device's credentials: the two
+			// would take the session from each other over and over, and
+			// each could run a request the other had started.
+			wait = a.cfg.BackoffMax
+			a.log.Error("ANOTHER AGENT IS CONNECTED WITH THIS DEVICE'S CREDENTIALS: the relay gave the session to it; "+
+				"two agents of one device can each run the other's requests; stop one. Retrying at the backoff cap",
+				"retry_in", wait)
 		case errors.Is(err, ErrRefused):
 			wait = a.cfg.BackoffMax
 			a.log.Error("RELAY REFUSED THIS DEVICE: check the token and the relay version; retrying at the backoff cap",
@@ -102,6 +110,13 @@ func (a *Agent) connLoop(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// replaced reports whether err ended a session that the relay handed to a
+// newer connection of the same device.
+func replaced(err error) bool {
+	var ce *websocket.CloseError
+	return errors.As(err, &ce) && ce.Code == websocket.CloseNormalClosure && ce.Text == protocol.ReplacedReason
 }
 
 // restartDelay returns the reconnect delay a relay's close frame asked

@@ -11,6 +11,12 @@ import (
 // agent when to come back.
 const CloseRestart = 1012
 
+// ReplacedReason is the reason of the close (1000) that ends an agent's
+// session when another connection of the same device takes over. An agent
+// that reconnects never sees it for its own earlier session, which it has
+// already given up: it means a second agent holds the device's credentials.
+const ReplacedReason = "replaced by a newer session"
+
 // MaxRestartDelay bounds the delay an agent accepts from a close reason.
 const MaxRestartDelay = 5 * time.Minute
 

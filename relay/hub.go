@@ -773,7 +773,7 @@ func (h *hub) attach(s *session, hello *protocol.Hello) error {
 	d := h.deviceLocked(s.device)
 	if old := d.sess; old != nil {
 		h.releaseLocked(d, old, running, s, &c, now)
-		old.stop(closeReplaced, "replaced by a newer session")
+		old.stop(closeReplaced, protocol.ReplacedReason)
 	}
 	d.sess = s
 	for _, id := range hello.Running {
