@@ -475,7 +475,7 @@ func (j *journal) startCompaction() bool {
 // the agent needs, then, briefly under the journal's lock, appends the
 // carried records and swaps the file in. On failure the old file stays
 // and nothing is lost: every record also went to it.
-func (j *journal) finishCompaction(snapshot []record) error {
+func (j *journal) finishCompaction(snapshot []record) (live int64, err error) {
 	path := filepath.Join(j.dir, journalFile)
 	tmp := path + ".tmp"
 	var size, alloc int64
@@ -510,11 +510,11 @@ func (j *journal) finishCompaction(snapshot []record) error {
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("agent: compact journal: %w", err)
+		return 0, fmt.Errorf("agent: compact journal: %w", err)
 	}
 	// Everything still pending was either in the snapshot (added before
 	// it) or carried (added after), so it is in the new file.
-	return j.reopenLocked(size+int64(len(carry)), alloc, 3)
+	return size, j.reopenLocked(size+int64(len(carry)), alloc, 3)
 }
 
 // syncDir makes the entries of dir durable: a rename into it.

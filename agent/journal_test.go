@@ -228,7 +228,8 @@ func TestJournalCompactionWritesInChunks(t *testing.T) {
 			if !j.startCompaction() {
 				t.Fatal("compaction refused")
 			}
-			return j.finishCompaction(state)
+			_, err := j.finishCompaction(state)
+			return err
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -315,7 +316,7 @@ func TestJournalBackgroundCompactionCarriesConcurrentAppends(t *testing.T) {
 			}
 		}()
 	}
-	if err := j.finishCompaction(snapshot); err != nil {
+	if _, err := j.finishCompaction(snapshot); err != nil {
 		t.Fatal(err)
 	}
 	wg.Wait()

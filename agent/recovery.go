@@ -171,14 +171,19 @@ func (a *Agent) maybeCompactLocked() {
 	a.compactions.Add(1)
 	go func() {
 		defer a.compactions.Done()
-		err := a.j.finishCompaction(recs)
+		live, err := a.j.finishCompaction(recs)
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		if err != nil {
 			a.log.Error("journal compaction failed", "err", err)
 			return
 		}
-		a.compactAt = max(a.cfg.CompactBytes, 2*a.j.fileSize())
+		// The bar follows the live state the rewrite wrote, not the
+		// file: what was carried in meanwhile (records added during the
+		// rewrite, most of them stale by now under a flood of events)
+		// must not raise it, or the file would keep twice that much for
+		// good. Past the bar, the next record compacts it away.
+		a.compactAt = max(a.cfg.CompactBytes, 2*live)
 	}()
 }
 
