@@ -318,6 +318,10 @@ type Status struct {
 	Outbox    int
 	// Syncs counts journal fsyncs since start.
 	Syncs uint64
+	// Journal is why the journal cannot be written (a full disk, an I/O
+	// error), nil while it can: meanwhile requests that touch hardware
+	// are refused, until a rewrite of it succeeds.
+	Journal error
 }
 
 // Status returns the agent's current state.
@@ -327,6 +331,7 @@ func (a *Agent) Status() Status {
 	st := Status{Connected: a.sess != nil, Running: len(a.running), Outbox: a.out.size()}
 	if a.j != nil {
 		st.Syncs = a.j.syncs.Load()
+		st.Journal = a.j.failed()
 	}
 	return st
 }

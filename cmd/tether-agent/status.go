@@ -29,6 +29,8 @@ type agentStatus struct {
 	Outbox    int     `json:"outbox"`
 	Syncs     uint64  `json:"syncs"`
 	Uptime    float64 `json:"uptime_seconds"`
+	// Journal is "ok", or why it cannot be written.
+	Journal string `json:"journal"`
 }
 
 // statusServer serves the agent's health and counters on a local address
@@ -56,6 +58,10 @@ func listenStatus(addr string, read func() agent.Status, base agentStatus) (*sta
 		st := read()
 		s := base
 		s.Connected, s.Running, s.Outbox, s.Syncs = st.Connected, st.Running, st.Outbox, st.Syncs
+		s.Journal = "ok"
+		if st.Journal != nil {
+			s.Journal = st.Journal.Error()
+		}
 		s.Uptime = time.Since(started).Truncate(time.Second).Seconds()
 		return s
 	}
@@ -107,8 +113,16 @@ func (s *statusServer) serve(c net.Conn) {
 	switch req.URL.Path {
 	case "/healthz":
 		// 200 while the agent process runs, whether or not the relay is
-		// reachable: a network outage is not a reason to restart it.
-		respond(c, 200, map[string]any{"status": "ok", "connected": s.snapshot().Connected})
+		// reachable: a network outage is not a reason to restart it. A
+		// journal it cannot write is 503: hardware requests are refused
+		// until the disk takes writes again (a restart does not help;
+		// the agent writes the journal anew by itself once it can).
+		st := s.snapshot()
+		if st.Journal != "ok" {
+			respond(c, 503, map[string]any{"status": "journal failing", "error": st.Journal, "connected": st.Connected})
+			return
+		}
+		respond(c, 200, map[string]any{"status": "ok", "connected": st.Connected})
 	case "/status":
 		respond(c, 200, s.snapshot())
 	default:

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"testing"
 
@@ -53,6 +54,18 @@ func TestStatusServer(t *testing.T) {
 	}
 	if code := get("/nope", nil); code != 404 {
 		t.Errorf("/nope: %d", code)
+	}
+	// A journal that cannot be written shows in both.
+	st.Journal = errors.New("write journal: no space left on device")
+	var failing struct {
+		Status string `json:"status"`
+		Error  string `json:"error"`
+	}
+	if code := get("/healthz", &failing); code != 503 || failing.Status != "journal failing" || failing.Error != st.Journal.Error() {
+		t.Errorf("/healthz with a failing journal: %d %+v", code, failing)
+	}
+	if get("/status", &got); got.Journal != st.Journal.Error() {
+		t.Errorf("/status journal %q", got.Journal)
 	}
 	http.DefaultClient.CloseIdleConnections()
 
