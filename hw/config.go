@@ -202,35 +202,35 @@ func (d *decoder) root(n *yaml.Node) Config {
 		case "gpio":
 			for j, e := range d.seq(key.Value, val) {
 				var g GPIOConfig
-				d.entry(fmt.Sprintf("gpio[%d]", j), e, map[string]any{
-					"name": &g.Name, "pin": &g.Pin, "direction": &g.Direction,
-					"initial": &g.Initial, "safe": &g.Safe, "active_low": &g.ActiveLow,
-					"pull": &g.Pull, "edge": &g.Edge, "debounce": &g.Debounce,
+				d.entry(fmt.Sprintf("gpio[%d]", j), e, []field{
+					{"name", &g.Name}, {"pin", &g.Pin}, {"direction", &g.Direction},
+					{"initial", &g.Initial}, {"safe", &g.Safe}, {"active_low", &g.ActiveLow},
+					{"pull", &g.Pull}, {"edge", &g.Edge}, {"debounce", &g.Debounce},
 				})
 				c.GPIO = append(c.GPIO, g)
 			}
 		case "i2c":
 			for j, e := range d.seq(key.Value, val) {
 				var b I2CConfig
-				d.entry(fmt.Sprintf("i2c[%d]", j), e, map[string]any{
-					"name": &b.Name, "bus": &b.Bus, "addresses": &b.Addresses,
+				d.entry(fmt.Sprintf("i2c[%d]", j), e, []field{
+					{"name", &b.Name}, {"bus", &b.Bus}, {"addresses", &b.Addresses},
 				})
 				c.I2C = append(c.I2C, b)
 			}
 		case "spi":
 			for j, e := range d.seq(key.Value, val) {
 				var s SPIConfig
-				d.entry(fmt.Sprintf("spi[%d]", j), e, map[string]any{
-					"name": &s.Name, "port": &s.Port, "mode": &s.Mode,
-					"speed": &s.Speed, "bits": &s.Bits,
+				d.entry(fmt.Sprintf("spi[%d]", j), e, []field{
+					{"name", &s.Name}, {"port", &s.Port}, {"mode", &s.Mode},
+					{"speed", &s.Speed}, {"bits", &s.Bits},
 				})
 				c.SPI = append(c.SPI, s)
 			}
 		case "pwm":
 			for j, e := range d.seq(key.Value, val) {
 				var p PWMConfig
-				d.entry(fmt.Sprintf("pwm[%d]", j), e, map[string]any{
-					"name": &p.Name, "pin": &p.Pin,
+				d.entry(fmt.Sprintf("pwm[%d]", j), e, []field{
+					{"name", &p.Name}, {"pin", &p.Pin},
 				})
 				c.PWM = append(c.PWM, p)
 			}
@@ -251,9 +251,17 @@ func (d *decoder) seq(field string, n *yaml.Node) []*yaml.Node {
 	return n.Content
 }
 
+// field is one key of a config entry and where its value goes. A list,
+// not a map literal: each map literal costs the Pi Zero's binary code of
+// its own.
+type field struct {
+	name string
+	ptr  any
+}
+
 // entry decodes one mapping node into the field pointers, rejecting unknown
 // and repeated keys (a typo must not silently fall back to a default).
-func (d *decoder) entry(path string, n *yaml.Node, fields map[string]any) {
+func (d *decoder) entry(path string, n *yaml.Node, fields []field) {
 	d.lines[path] = n.Line
 	if n.Kind != yaml.MappingNode {
 		d.fail(n.Line, path, "want a mapping")
@@ -263,8 +271,13 @@ func (d *decoder) entry(path string, n *yaml.Node, fields map[string]any) {
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		key, val := n.Content[i], n.Content[i+1]
 		field := path + "." + key.Value
-		ptr, ok := fields[key.Value]
-		if !ok {
+		var ptr any
+		for _, f := range fields {
+			if f.name == key.Value {
+				ptr = f.ptr
+			}
+		}
+		if ptr == nil {
 			d.fail(key.Line, field, "unknown field")
 			continue
 		}
