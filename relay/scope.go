@@ -91,7 +91,7 @@ type clientKey struct{}
 // client transport must attach it before calling the ClientService, so
 // that Authorize and Submit apply the client's scope and rate limit.
 func WithClient(ctx context.Context, name string) context.Context {
-	return context.WithValue(ctx, clientKey{}, name)
+	return withClientID(ctx, clientID{name: name})
 }
 
 // clientID is what a client authenticated as: its name, and the SHA-256
@@ -100,27 +100,30 @@ func WithClient(ctx context.Context, name string) context.Context {
 // must not go on as the client the new key stands for.
 type clientID struct {
 	name string
-	key  string
+	key  string // empty: any key of the client's (WithClient)
 }
-
-type clientKeyHash struct{}
 
 // withClientID is WithClient for id, which also ties ctx to id's key:
 // Authorize refuses everything once that key is no longer the client's.
+// One value, as every REST call makes one.
 func withClientID(ctx context.Context, id clientID) context.Context {
-	return context.WithValue(WithClient(ctx, id.name), clientKeyHash{}, id.key)
+	return context.WithValue(ctx, clientKey{}, &id)
 }
 
 // keyHashFrom returns the key hash withClientID attached to ctx, or "".
 func keyHashFrom(ctx context.Context) string {
-	h, _ := ctx.Value(clientKeyHash{}).(string)
-	return h
+	if id, ok := ctx.Value(clientKey{}).(*clientID); ok {
+		return id.key
+	}
+	return ""
 }
 
 // ClientFrom returns the client name WithClient attached to ctx.
 func ClientFrom(ctx context.Context) (string, bool) {
-	name, ok := ctx.Value(clientKey{}).(string)
-	return name, ok
+	if id, ok := ctx.Value(clientKey{}).(*clientID); ok {
+		return id.name, true
+	}
+	return "", false
 }
 
 // ClientScope returns the scope of client name: nothing for a name that
