@@ -266,6 +266,12 @@ func (j *journal) add(recs ...record) uint64 {
 		j.carry = append(j.carry, j.pending[before:]...)
 	}
 	j.appended += uint64(len(j.pending) - before)
+	if j.err != nil {
+		// Never written: the rewrite that mends the journal writes the
+		// state anew. Kept, they would pile up for as long as the disk
+		// stays full.
+		j.pending = nil
+	}
 	return j.appended
 }
 

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -91,5 +93,50 @@ func TestStateDirectoryRemovedWhileRunning(t *testing.T) {
 		if res := runRequest(t, b, s2, id); res.State != protocol.StateSucceeded || exec.calls.Load() != 2 {
 			t.Fatalf("%s redelivered after a restart: %s, %d runs in all; want succeeded from the journal", id, res.State, exec.calls.Load())
 		}
+	}
+}
+
+// While the journal cannot be written, what is added to it is never
+// written: the rewrite that mends it writes the agent's state anew. It is
+// not kept meanwhile either, or a board whose disk stayed full for a day
+// would hold every refused request's records in memory until it ran out.
+func TestFailedJournalKeepsNoBacklog(t *testing.T) {
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "state")
+	exec := &countingExec{}
+	a, s := attachedAgent(t, dir, exec)
+
+	// A file where the state directory was: the journal, and every
+	// rewrite of it, fail until it goes.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		id := fmt.Sprintf("r%d", i)
+		if res := runRequest(t, a, s, id); res.State != protocol.StateFailed {
+			t.Fatalf("%s with no state directory: %s", id, res.State)
+		}
+		a.onAck(&protocol.Ack{IDs: []string{id}})
+	}
+	a.j.mu.Lock()
+	backlog := len(a.j.pending)
+	a.j.mu.Unlock()
+	if backlog > 4096 {
+		t.Errorf("%d bytes of records held for a journal that cannot be written", backlog)
+	}
+
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	if res := runRequest(t, a, s, "ok"); res.State != protocol.StateSucceeded || exec.calls.Load() != 1 {
+		t.Fatalf("once the state directory can be made again: %s %v, %d runs; want succeeded, run once", res.State, res.Error, exec.calls.Load())
+	}
+	a.Close()
+	b, s2 := attachedAgent(t, dir, exec)
+	if res := runRequest(t, b, s2, "ok"); res.State != protocol.StateSucceeded || exec.calls.Load() != 1 {
+		t.Fatalf("redelivered after a restart: %s, %d runs; want answered from the journal", res.State, exec.calls.Load())
 	}
 }
