@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -138,5 +140,43 @@ func TestFailedJournalKeepsNoBacklog(t *testing.T) {
 	b, s2 := attachedAgent(t, dir, exec)
 	if res := runRequest(t, b, s2, "ok"); res.State != protocol.StateSucceeded || exec.calls.Load() != 1 {
 		t.Fatalf("redelivered after a restart: %s, %d runs; want answered from the journal", res.State, exec.calls.Load())
+	}
+}
+
+// A compaction that fails (a full disk, the temporary file in the way)
+// leaves the journal working, and is not tried again at every record
+// after it: each try takes a snapshot of the whole state under the
+// agent's lock and logs an error.
+func TestFailedCompactionIsNotRetriedAtEveryRecord(t *testing.T) {
+	dir := t.TempDir()
+	logs := &syncBuf{}
+	const compactAt = 4 << 10
+	a, err := New(Config{Relay: "ws://127.0.0.1:1", Token: "t", StateDir: dir, CompactBytes: compactAt,
+		Logger: slog.New(slog.NewTextHandler(logs, nil))}, &countingExec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	s := &session{out: make(chan []byte, 64), done: make(chan struct{}), failed: make(chan struct{})}
+	a.attach(s, 0)
+	<-s.out // the pull
+	// A directory where the compaction writes its file: every rewrite
+	// fails, appends do not.
+	if err := os.MkdirAll(filepath.Join(dir, journalFile+".tmp", "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	const requests = 100 // ~30 KB of records
+	for i := range requests {
+		id := fmt.Sprintf("r%d", i)
+		if res := runRequest(t, a, s, id); res.State != protocol.StateSucceeded {
+			t.Fatalf("%s: %s %v", id, res.State, res.Error)
+		}
+		a.compactions.Wait()
+		a.onAck(&protocol.Ack{IDs: []string{id}})
+		a.compactions.Wait()
+	}
+	tries := strings.Count(logs.String(), "journal compaction failed")
+	if tries == 0 || tries > 2*int(a.j.fileSize())/compactAt {
+		t.Errorf("%d failed compactions for %d requests (%d bytes of journal, compaction at %d)", tries, requests, a.j.fileSize(), compactAt)
 	}
 }

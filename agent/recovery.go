@@ -176,6 +176,10 @@ func (a *Agent) maybeCompactLocked() {
 		defer a.mu.Unlock()
 		if err != nil {
 			a.log.Error("journal compaction failed", "err", err)
+			// Tried again once the file has grown by as much again,
+			// not at the next record: a full disk would otherwise
+			// have every record snapshot the state and fail anew.
+			a.compactAt = max(a.compactAt, a.j.fileSize()+a.cfg.CompactBytes)
 			return
 		}
 		// The bar follows the live state the rewrite wrote, not the
