@@ -94,6 +94,9 @@ type Agent struct {
 	numbered bool
 	// compactAt is the journal size that triggers the next compaction.
 	compactAt int64
+	// repairAt is when a failed journal may next be rewritten (see
+	// repairJournalLocked).
+	repairAt time.Time
 
 	// relayFrame is the frame limit of the last welcome (0: none yet).
 	relayFrame atomic.Int64

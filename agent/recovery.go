@@ -191,6 +191,10 @@ func (a *Agent) maybeCompactLocked() {
 	}()
 }
 
+// repairEvery is the least time between two rewrites of a journal that
+// keeps failing.
+const repairEvery = time.Second
+
 // repairJournalLocked rewrites the journal from the agent's state after a
 // write to it failed (a full disk, an I/O error, its file or directory
 // removed). While it has failed, requests that touch hardware are refused,
@@ -201,7 +205,14 @@ func (a *Agent) repairJournalLocked() {
 	if a.j == nil || a.j.failed() == nil {
 		return
 	}
+	// A rewrite holds the agent's lock while it writes the whole state:
+	// on a disk that keeps failing, not more than once a second.
+	now := time.Now()
+	if now.Before(a.repairAt) {
+		return
+	}
 	if a.j.repair(a.snapshotLocked()) != nil {
+		a.repairAt = now.Add(repairEvery)
 		return // each request refused meanwhile logs why
 	}
 	a.compactAt = max(a.cfg.CompactBytes, 2*a.j.fileSize())
