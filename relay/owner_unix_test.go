@@ -34,3 +34,57 @@ func TestRootAdminCommandKeepsDirOwner(t *testing.T) {
 		}
 	}
 }
+
+// The relay's user owns the data directory, so it can plant links there:
+// an admin command run as root must not hand it a file elsewhere (a
+// symbolic link named credentials.lock to /etc/shadow, say), nor create
+// one where a dangling link points.
+func TestRootAdminCommandChownsNothingOutsideTheDir(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	dir, outside := t.TempDir(), t.TempDir()
+	const uid, gid = 65534, 65534 // nobody
+	if err := os.Chown(dir, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	victim := filepath.Join(outside, "victim")
+	if err := os.WriteFile(victim, []byte("root's\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(dir, credentialsLock)); err != nil {
+		t.Fatal(err)
+	}
+	AddClient(dir, "web") // may fail: what matters is what it did
+	fi, err := os.Stat(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 || st.Gid != 0 {
+		t.Errorf("a file outside the data directory, linked to as %s, was given to %d:%d", credentialsLock, st.Uid, st.Gid)
+	}
+
+	// A dangling link: nothing may be created at its target.
+	os.Remove(filepath.Join(dir, credentialsLock))
+	made := filepath.Join(outside, "made")
+	if err := os.Symlink(made, filepath.Join(dir, credentialsLock)); err != nil {
+		t.Fatal(err)
+	}
+	AddClient(dir, "web2")
+	if _, err := os.Lstat(made); err == nil {
+		t.Errorf("a file was created outside the data directory through a link named %s", credentialsLock)
+	}
+
+	// A hard link (where the system lets users link others' files).
+	os.Remove(filepath.Join(dir, credentialsLock))
+	if err := os.Link(victim, filepath.Join(dir, credentialsLock)); err != nil {
+		t.Skip("no hard links here:", err)
+	}
+	AddClient(dir, "web3")
+	if fi, err = os.Stat(victim); err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 || st.Gid != 0 {
+		t.Errorf("a file outside the data directory, hard-linked as %s, was given to %d:%d", credentialsLock, st.Uid, st.Gid)
+	}
+}
