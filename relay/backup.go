@@ -62,8 +62,37 @@ func (s *Server) Backup(ctx context.Context, w io.Writer) error {
 	if err := s.st.reqs.checkpoint(); err != nil {
 		return fmt.Errorf("relay: backup: %w", err)
 	}
-	return writeBackup(ctx, s.st.db, s.cfg.DataDir, w)
+	// The store is copied to a file next to it first, and sent from
+	// there: a read transaction held while a slow reader (ssh, a stopped
+	// pipe) takes the copy would hold up every commit that grows the
+	// file (bbolt remaps it only once no reader holds the old mapping),
+	// and every read behind that commit.
+	spool, err := os.CreateTemp(s.cfg.DataDir, backupSpool)
+	if err != nil {
+		return fmt.Errorf("relay: backup: %w", err)
+	}
+	defer os.Remove(spool.Name())
+	defer spool.Close()
+	var size int64
+	err = s.st.db.View(func(tx *bolt.Tx) error {
+		size = tx.Size()
+		_, err := tx.WriteTo(ctxWriter{ctx, spool})
+		return err
+	})
+	if err == nil {
+		_, err = spool.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		return fmt.Errorf("relay: backup: %w", err)
+	}
+	return writeBackup(ctx, s.cfg.DataDir, size, func(w io.Writer) error {
+		_, err := io.Copy(w, io.LimitReader(spool, size))
+		return err
+	}, w)
 }
+
+// backupSpool names the temporary copy of the store Backup sends from.
+const backupSpool = "backup-*.tmp"
 
 // BackupDir writes the copy Backup makes of a data directory no relay is
 // serving. It opens the store as a relay starting on it would (a request
@@ -81,14 +110,22 @@ func BackupDir(ctx context.Context, dir string, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	err = writeBackup(ctx, st.db, dir, w)
+	// Nothing else commits to this store: the copy is sent as it is read.
+	err = st.db.View(func(tx *bolt.Tx) error {
+		return writeBackup(ctx, dir, tx.Size(), func(w io.Writer) error {
+			_, err := tx.WriteTo(w)
+			return err
+		}, w)
+	})
 	if cerr := st.close(); err == nil {
 		err = cerr
 	}
 	return err
 }
 
-func writeBackup(ctx context.Context, db *bolt.DB, dir string, w io.Writer) error {
+// writeBackup writes the copy to w: the credentials, then the store, of
+// size bytes, which writeDB writes.
+func writeBackup(ctx context.Context, dir string, size int64, writeDB func(io.Writer) error, w io.Writer) error {
 	// The admin commands replace credentials.json under this lock, so the
 	// copy is one version of it, whole.
 	unlock, err := lockFile(filepath.Join(dir, credentialsLock))
@@ -110,14 +147,10 @@ func writeBackup(ctx context.Context, db *bolt.DB, dir string, w io.Writer) erro
 			return fmt.Errorf("relay: backup: %w", err)
 		}
 	}
-	// A read transaction is a consistent view: commits go on meanwhile.
-	err = db.View(func(tx *bolt.Tx) error {
-		if err := tw.WriteHeader(&tar.Header{Name: backupDB, Mode: 0o600, Size: tx.Size(), ModTime: now, Format: tar.FormatPAX}); err != nil {
-			return err
-		}
-		_, err := tx.WriteTo(tw)
-		return err
-	})
+	err = tw.WriteHeader(&tar.Header{Name: backupDB, Mode: 0o600, Size: size, ModTime: now, Format: tar.FormatPAX})
+	if err == nil {
+		err = writeDB(tw)
+	}
 	if err == nil {
 		err = tw.Close()
 	}
@@ -154,6 +187,12 @@ func (s *Server) serveAdmin() (stop func()) {
 	// New, says no other relay serves this directory.
 	if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSocket != 0 {
 		os.Remove(path)
+	}
+	// And copies it was sending (Backup).
+	if left, err := filepath.Glob(filepath.Join(s.cfg.DataDir, backupSpool)); err == nil {
+		for _, p := range left {
+			os.Remove(p)
+		}
 	}
 	ln, err := net.Listen("unix", path)
 	if err == nil {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tetherhq/tether/protocol"
 	bolt "go.etcd.io/bbolt"
@@ -204,5 +205,66 @@ func TestBackupDirAfterACrash(t *testing.T) {
 	}
 	if err := BackupDir(context.Background(), t.TempDir(), io.Discard); err == nil {
 		t.Error("backup of a directory without relay data succeeded")
+	}
+}
+
+// stallWriter takes a copy's bytes until the store's part begins, then
+// blocks until released, like a reader that stopped reading.
+type stallWriter struct {
+	inDB    bool
+	once    sync.Once
+	stalled chan struct{}
+	release chan struct{}
+}
+
+func (w *stallWriter) Write(p []byte) (int, error) {
+	if w.inDB {
+		w.once.Do(func() { close(w.stalled) })
+		<-w.release
+		return len(p), nil
+	}
+	w.inDB = bytes.Contains(p, []byte(backupDB))
+	return len(p), nil
+}
+
+// A copy whose reader stops reading (a stalled ssh, a stopped pipe) holds
+// up nothing: the store grows and is read as before.
+func TestBackupStalledReaderHoldsNothingUp(t *testing.T) {
+	e := newEnv(t)
+	w := &stallWriter{stalled: make(chan struct{}), release: make(chan struct{})}
+	copied := make(chan error, 1)
+	go func() { copied <- e.srv.Backup(context.Background(), w) }()
+	<-w.stalled
+
+	// Megabytes of requests moved into relay.db: bbolt grows its file.
+	big := fmt.Sprintf(`{"x":%q}`, bytes.Repeat([]byte("a"), 30_000))
+	for range 200 {
+		e.submit(protocol.Submit{Method: "m", Params: []byte(big)})
+	}
+	done := make(chan error, 1)
+	go func() {
+		err := e.srv.st.reqs.checkpoint()
+		if err == nil {
+			_, err = e.srv.st.events("dev1", 0, 10)
+		}
+		done <- err
+	}()
+	var err error
+	select {
+	case err = <-done:
+		close(w.release)
+	case <-time.After(waitLimit):
+		t.Error("the store's commits and reads wait for a copy's reader")
+		close(w.release)
+		err = <-done
+	}
+	if err != nil {
+		t.Error(err)
+	}
+	if err := <-copied; err != nil {
+		t.Error(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(e.cfg.DataDir, backupSpool)); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
 	}
 }
