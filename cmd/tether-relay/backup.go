@@ -121,6 +121,15 @@ func fetchBackup(ctx context.Context, dir string, w io.Writer) (string, error) {
 			// No relay serves dir (or one was killed and left its socket).
 			return "taken from the directory; no relay serves it", relay.BackupDir(ctx, dir, w)
 		}
+		if errors.Is(err, syscall.EINVAL) {
+			// The path is too long for a Unix socket: a relay serving
+			// dir serves without its admin socket, so only a stopped
+			// one can be copied.
+			if err := relay.BackupDir(ctx, dir, w); err != nil {
+				return "", fmt.Errorf("%w (%s is too long for a Unix socket, so a relay serving the directory cannot be asked for a copy: stop it first, or serve the directory through a shorter path)", err, sock)
+			}
+			return "taken from the directory; its path is too long for an admin socket", nil
+		}
 		return "", fmt.Errorf("relay at %s: %w", sock, err)
 	}
 	defer resp.Body.Close()

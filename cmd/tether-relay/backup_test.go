@@ -133,3 +133,32 @@ func TestBackupCutShortLeavesNoFile(t *testing.T) {
 		t.Errorf("files left behind: %v", left)
 	}
 }
+
+// A data directory whose path is too long for a Unix socket has no admin
+// socket (the relay serves without it): stopped, it is copied directly.
+func TestBackupCommandLongPath(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), strings.Repeat("d", 120))
+	if err := admin("device", "add", []string{"pi-1", "--data", dir}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	cfg := relay.DefaultConfig()
+	cfg.DataDir = dir
+	srv, err := relay.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "b.tar")
+	var stdout bytes.Buffer
+	if err := run([]string{"backup", "--data", dir, "--out", out}, &stdout, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stdout.String(), "taken from the directory") {
+		t.Errorf("stdout %q: not taken from the directory", stdout.String())
+	}
+	if got := strings.Join(tarNames(t, out), ","); got != "credentials.json,relay.db" {
+		t.Errorf("backup holds %s", got)
+	}
+}
