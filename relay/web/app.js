@@ -110,6 +110,7 @@
     sessionStorage.removeItem(KEY);
     state.key = null;
     clearTimeout(state.timer);
+    clearTimeout(state.pendingTimer);
     const ws = state.ws;
     state.ws = null;
     if (ws) ws.close(1000, "signed out");
@@ -412,10 +413,12 @@
     clearTimeout(state.pendingTimer);
     state.pendingTimer = setTimeout(async () => {
       const id = state.selected;
-      if (!id || !state.key || !state.devices.has(id)) return;
+      const key = state.key;
+      if (!id || !key || !state.devices.has(id)) return;
       try {
         const { requests } = await api("GET", "/v1/devices/" + encodeURIComponent(id) + "/requests");
-        if (id !== state.selected) return;
+        // Not after a sign-out, or for another device.
+        if (id !== state.selected || key !== state.key) return;
         $("pending-error").textContent = "";
         renderPending(requests || []);
         // The device list's count is from its last load: this one is newer.
@@ -424,7 +427,7 @@
         if (d) d.queued = (requests || []).filter((r) => r.state === "queued").length;
         if (d && fact) fact.textContent = String(d.queued);
       } catch (e) {
-        if (id === state.selected) $("pending-error").textContent = "Pending requests not loaded: " + e.message;
+        if (id === state.selected && key === state.key) $("pending-error").textContent = "Pending requests not loaded: " + e.message;
       }
     }, soon ? 250 : 0);
   }
