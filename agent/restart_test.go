@@ -16,10 +16,11 @@ import (
 	"github.com/tetherhq/tether/protocol"
 )
 
-// A relay shutting down closes with 1012 and a reconnect delay; the agent
-// comes back at that moment, not at whatever its backoff would draw.
-func TestRestartCloseSetsReconnectTime(t *testing.T) {
-	const asked = 400 * time.Millisecond
+// reconnectGap runs an agent with cfg against a relay that closes the
+// first session, once welcomed, with closeMsg, and returns how long after
+// that close the agent dialled again.
+func reconnectGap(t *testing.T, cfg Config, closeMsg []byte) time.Duration {
+	t.Helper()
 	var (
 		mu     sync.Mutex
 		dials  []time.Time
@@ -45,7 +46,7 @@ func TestRestartCloseSetsReconnectTime(t *testing.T) {
 			mu.Lock()
 			closed = time.Now()
 			mu.Unlock()
-			c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(protocol.CloseRestart, protocol.RestartReason(asked)))
+			c.WriteMessage(websocket.CloseMessage, closeMsg)
 		}
 		for {
 			if _, _, err := c.ReadMessage(); err != nil {
@@ -55,15 +56,8 @@ func TestRestartCloseSetsReconnectTime(t *testing.T) {
 	}))
 	defer ts.Close()
 
-	a, err := New(Config{
-		Relay:  "ws" + strings.TrimPrefix(ts.URL, "http"),
-		Token:  "t",
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		// A backoff that would almost never come back this soon.
-		BackoffInitial: 10 * time.Second,
-		BackoffMax:     10 * time.Second,
-		ShutdownGrace:  100 * time.Millisecond,
-	}, echoExec{})
+	cfg.Relay, cfg.Token, cfg.ShutdownGrace = "ws"+strings.TrimPrefix(ts.URL, "http"), "t", 100*time.Millisecond
+	a, err := New(cfg, echoExec{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,8 +76,20 @@ func TestRestartCloseSetsReconnectTime(t *testing.T) {
 		return len(dials) >= 2
 	})
 	mu.Lock()
-	gap := dials[1].Sub(closed)
-	mu.Unlock()
+	defer mu.Unlock()
+	return dials[1].Sub(closed)
+}
+
+// A relay shutting down closes with 1012 and a reconnect delay; the agent
+// comes back at that moment, not at whatever its backoff would draw.
+func TestRestartCloseSetsReconnectTime(t *testing.T) {
+	const asked = 400 * time.Millisecond
+	gap := reconnectGap(t, Config{
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		// A backoff that would almost never come back this soon.
+		BackoffInitial: 10 * time.Second,
+		BackoffMax:     10 * time.Second,
+	}, websocket.FormatCloseMessage(protocol.CloseRestart, protocol.RestartReason(asked)))
 	if gap < asked || gap > asked+time.Second {
 		t.Fatalf("came back %v after the close, asked for %v", gap, asked)
 	}
@@ -97,70 +103,12 @@ func TestRestartCloseSetsReconnectTime(t *testing.T) {
 // leaving requests to run twice.
 func TestReplacedSessionReportedAndBacksOff(t *testing.T) {
 	const backoffMax = 600 * time.Millisecond
-	var (
-		mu     sync.Mutex
-		dials  []time.Time
-		closed time.Time
-	)
-	up := websocket.Upgrader{Subprotocols: []string{protocol.Version}}
-	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := up.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		mu.Lock()
-		dials = append(dials, time.Now())
-		first := len(dials) == 1
-		mu.Unlock()
-		if _, _, err := c.ReadMessage(); err != nil { // hello
-			return
-		}
-		b, _ := protocol.Encode(&protocol.Welcome{Session: "s1", Device: "d1", Relay: "fake", MaxFrame: protocol.MaxFrame, PingMs: 60000})
-		c.WriteMessage(websocket.TextMessage, b)
-		if first {
-			mu.Lock()
-			closed = time.Now()
-			mu.Unlock()
-			c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, protocol.ReplacedReason))
-		}
-		for {
-			if _, _, err := c.ReadMessage(); err != nil {
-				return
-			}
-		}
-	}))
-	defer ts.Close()
-
 	logs := &syncBuf{}
-	a, err := New(Config{
-		Relay:          "ws" + strings.TrimPrefix(ts.URL, "http"),
-		Token:          "t",
+	gap := reconnectGap(t, Config{
 		Logger:         slog.New(slog.NewTextHandler(logs, nil)),
 		BackoffInitial: 10 * time.Millisecond,
 		BackoffMax:     backoffMax,
-		ShutdownGrace:  100 * time.Millisecond,
-	}, echoExec{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		a.Run(ctx)
-	}()
-	defer func() { cancel(); <-done }()
-
-	waitUntil(t, "a second dial", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(dials) >= 2
-	})
-	mu.Lock()
-	gap := dials[1].Sub(closed)
-	mu.Unlock()
+	}, websocket.FormatCloseMessage(websocket.CloseNormalClosure, protocol.ReplacedReason))
 	if gap < backoffMax {
 		t.Errorf("came back %v after the session was handed to another connection, want the backoff cap %v", gap, backoffMax)
 	}

@@ -791,29 +791,8 @@ func TestRevokedClientKey(t *testing.T) {
 	if err := RevokeClient(e.cfg.DataDir, "narrow"); err != nil {
 		t.Fatal(err)
 	}
-	// A call now is refused, never taken as unscoped; the connection may
-	// already be closed by then, since a sweep closes it, and the write
-	// then fails.
-	c.conn.WriteJSON(map[string]any{"type": "call", "ref": "after", "device": "dev1", "method": "m"})
-	for done := false; !done; {
-		select {
-		case b := <-c.frames:
-			m, err := protocol.DecodePush(b, 0)
-			if f, ok := m.(*protocol.ClientError); err != nil || !ok || f.Code != codeForbidden {
-				t.Fatalf("after the revocation: %s", b)
-			}
-		case <-c.done:
-			done = true
-		case <-time.After(waitLimit):
-			t.Fatal("the connection of a revoked client stays open")
-		}
-	}
-	if code := c.closed(); code != websocket.ClosePolicyViolation {
-		t.Fatalf("close code %d, want %d", code, websocket.ClosePolicyViolation)
-	}
-	if _, resp, err := dialClientRaw(e, nil, "ticket="+ticket); err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
-		t.Fatalf("ticket of a revoked client: %v %v", resp, err)
-	}
+	// A call now is refused, never taken as unscoped.
+	refusedAndClosed(t, e, c, ticket, "a revoked client")
 	req, _ := http.NewRequest("GET", e.ts.URL+"/v1/devices", nil)
 	req.Header.Set("Authorization", "Bearer "+key)
 	resp, err := http.DefaultClient.Do(req)
@@ -864,6 +843,17 @@ func TestReplacedClientKey(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	refusedAndClosed(t, e, c, ticket, "a replaced key")
+	if st, body := e.doAs(fresh, nil, "GET", "/v1/devices", nil); st != http.StatusOK {
+		t.Fatalf("the new key: %d %s", st, body)
+	}
+}
+
+// refusedAndClosed checks that the client connection c, whose key (who)
+// is no longer valid, has a call refused and is closed with 1008, and that
+// ticket, bought with that key, opens nothing.
+func refusedAndClosed(t *testing.T, e *env, c *wsClient, ticket, who string) {
+	t.Helper()
 	// The connection may be closed already (a sweep closes it); the write
 	// then fails.
 	c.conn.WriteJSON(map[string]any{"type": "call", "ref": "after", "device": "dev1", "method": "m"})
@@ -872,22 +862,19 @@ func TestReplacedClientKey(t *testing.T) {
 		case b := <-c.frames:
 			m, err := protocol.DecodePush(b, 0)
 			if f, ok := m.(*protocol.ClientError); err != nil || !ok || f.Code != codeForbidden {
-				t.Fatalf("after the key was replaced: %s", b)
+				t.Fatalf("a call from %s: %s", who, b)
 			}
 		case <-c.done:
 			done = true
 		case <-time.After(waitLimit):
-			t.Fatal("the connection of a replaced key stays open")
+			t.Fatalf("the connection of %s stays open", who)
 		}
 	}
 	if code := c.closed(); code != websocket.ClosePolicyViolation {
 		t.Fatalf("close code %d, want %d", code, websocket.ClosePolicyViolation)
 	}
 	if _, resp, err := dialClientRaw(e, nil, "ticket="+ticket); err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
-		t.Fatalf("ticket of a replaced key: %v %v", resp, err)
-	}
-	if st, body := e.doAs(fresh, nil, "GET", "/v1/devices", nil); st != http.StatusOK {
-		t.Fatalf("the new key: %d %s", st, body)
+		t.Fatalf("ticket of %s: %v %v", who, resp, err)
 	}
 }
 

@@ -61,17 +61,7 @@ func TestBackupCommand(t *testing.T) {
 	go func() { served <- srv.Serve(ctx, ln) }()
 	waitSocket(t, filepath.Join(dir, relay.AdminSocket))
 
-	out := filepath.Join(t.TempDir(), "b.tar")
-	var stdout bytes.Buffer
-	if err := run([]string{"backup", "--data", dir, "--out", out}, &stdout, io.Discard); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(stdout.String(), "taken by the serving relay") {
-		t.Errorf("stdout %q: not taken by the relay", stdout.String())
-	}
-	if got := strings.Join(tarNames(t, out), ","); got != "credentials.json,relay.db" {
-		t.Errorf("backup holds %s", got)
-	}
+	takeBackup(t, dir, "taken by the serving relay")
 
 	cancel()
 	if err := <-served; err != nil {
@@ -83,12 +73,20 @@ func TestBackupCommand(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, relay.AdminSocket)); err == nil {
 		t.Error("the admin socket outlived the relay")
 	}
-	stdout.Reset()
+	takeBackup(t, dir, "taken from the directory")
+}
+
+// takeBackup runs tether-relay backup on dir and checks that it says how
+// (how) and wrote a whole copy.
+func takeBackup(t *testing.T, dir, how string) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "b.tar")
+	var stdout bytes.Buffer
 	if err := run([]string{"backup", "--data", dir, "--out", out}, &stdout, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(stdout.String(), "taken from the directory") {
-		t.Errorf("stdout %q: not taken from the directory", stdout.String())
+	if !strings.Contains(stdout.String(), how) {
+		t.Errorf("stdout %q, want %q", stdout.String(), how)
 	}
 	if got := strings.Join(tarNames(t, out), ","); got != "credentials.json,relay.db" {
 		t.Errorf("backup holds %s", got)
@@ -150,15 +148,5 @@ func TestBackupCommandLongPath(t *testing.T) {
 	if err := srv.Close(); err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(t.TempDir(), "b.tar")
-	var stdout bytes.Buffer
-	if err := run([]string{"backup", "--data", dir, "--out", out}, &stdout, io.Discard); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(stdout.String(), "taken from the directory") {
-		t.Errorf("stdout %q: not taken from the directory", stdout.String())
-	}
-	if got := strings.Join(tarNames(t, out), ","); got != "credentials.json,relay.db" {
-		t.Errorf("backup holds %s", got)
-	}
+	takeBackup(t, dir, "taken from the directory")
 }
