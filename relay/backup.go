@@ -47,21 +47,9 @@ var ErrStopping = errors.New("relay: stopping")
 
 // Backup writes a copy of the relay's data to w (see AdminSocket and the
 // format above) while it serves: every change committed before the call
-// is in it. ctx ends a copy in progress. Close waits for a copy to end.
+// is in it. ctx ends a copy in progress. Close waits for the store to be
+// copied (to a file beside it), not for the copy to be sent.
 func (s *Server) Backup(ctx context.Context, w io.Writer) error {
-	s.storeMu.RLock()
-	defer s.storeMu.RUnlock()
-	if s.storeClosed {
-		return ErrStopping
-	}
-	select {
-	case <-s.shutdown:
-		return ErrStopping
-	default:
-	}
-	if err := s.st.reqs.checkpoint(); err != nil {
-		return fmt.Errorf("relay: backup: %w", err)
-	}
 	// The store is copied to a file next to it first, and sent from
 	// there: a read transaction held while a slow reader (ssh, a stopped
 	// pipe) takes the copy would hold up every commit that grows the
@@ -73,22 +61,45 @@ func (s *Server) Backup(ctx context.Context, w io.Writer) error {
 	}
 	defer os.Remove(spool.Name())
 	defer spool.Close()
-	var size int64
-	err = s.st.db.View(func(tx *bolt.Tx) error {
-		size = tx.Size()
-		_, err := tx.WriteTo(ctxWriter{ctx, spool})
-		return err
-	})
+	size, err := s.copyStore(ctx, spool)
 	if err == nil {
 		_, err = spool.Seek(0, io.SeekStart)
 	}
 	if err != nil {
-		return fmt.Errorf("relay: backup: %w", err)
+		return err
 	}
 	return writeBackup(ctx, s.cfg.DataDir, size, func(w io.Writer) error {
 		_, err := io.Copy(w, io.LimitReader(spool, size))
 		return err
 	}, w)
+}
+
+// copyStore writes a consistent copy of the store to f, every change
+// committed before the call in it, and returns its size.
+func (s *Server) copyStore(ctx context.Context, f *os.File) (int64, error) {
+	s.storeMu.RLock()
+	defer s.storeMu.RUnlock()
+	if s.storeClosed {
+		return 0, ErrStopping
+	}
+	select {
+	case <-s.shutdown:
+		return 0, ErrStopping
+	default:
+	}
+	if err := s.st.reqs.checkpoint(); err != nil {
+		return 0, fmt.Errorf("relay: backup: %w", err)
+	}
+	var size int64
+	err := s.st.db.View(func(tx *bolt.Tx) error {
+		size = tx.Size()
+		_, err := tx.WriteTo(ctxWriter{ctx, f})
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("relay: backup: %w", err)
+	}
+	return size, nil
 }
 
 // backupSpool names the temporary copy of the store Backup sends from.
