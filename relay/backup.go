@@ -113,6 +113,13 @@ func BackupDir(ctx context.Context, dir string, w io.Writer) error {
 	if _, err := os.Stat(path); err != nil {
 		return fmt.Errorf("relay: backup: no relay data in %s: %w", dir, err)
 	}
+	// Opening the store writes to the directory (the request log, made
+	// anew if missing): as root, in the directory of the relay's user,
+	// that left files the relay could not open, and followed links that
+	// user had put there.
+	if owner, ok := othersDir(dir); ok {
+		return fmt.Errorf("relay: backup: %s belongs to %s and no relay serves it: take the copy as that user (sudo -u %s tether-relay backup …), not as root, which would leave files there the relay cannot open", dir, owner, owner)
+	}
 	st, err := openStore(path, slog.New(slog.DiscardHandler))
 	if errors.Is(err, bolt.ErrTimeout) {
 		return fmt.Errorf("relay: backup: %s is in use by a relay that does not answer on %s (a relay older than backups?): %w",

@@ -5,6 +5,7 @@ package relay
 import (
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
 	"syscall"
 )
@@ -65,4 +66,25 @@ func ownLikeDir(f *os.File, dir string) error {
 		return fmt.Errorf("%s is not a file of the data directory's own (a link?); not giving it to the directory's owner", f.Name())
 	}
 	return f.Chown(int(st.Uid), int(st.Gid))
+}
+
+// othersDir reports whether dir belongs to a user other than root while
+// the process runs as root, and names that user.
+func othersDir(dir string) (owner string, ok bool) {
+	if os.Geteuid() != 0 {
+		return "", false
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return "", false
+	}
+	st, isUnix := fi.Sys().(*syscall.Stat_t)
+	if !isUnix || st.Uid == 0 {
+		return "", false
+	}
+	owner = fmt.Sprint(st.Uid)
+	if u, err := user.LookupId(owner); err == nil {
+		owner = u.Username
+	}
+	return owner, true
 }

@@ -3,8 +3,13 @@
 package relay
 
 import (
+	"context"
+	"io"
+	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -87,4 +92,51 @@ func TestRootAdminCommandChownsNothingOutsideTheDir(t *testing.T) {
 	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 || st.Gid != 0 {
 		t.Errorf("a file outside the data directory, hard-linked as %s, was given to %d:%d", credentialsLock, st.Uid, st.Gid)
 	}
+}
+
+// A backup run as root of a stopped relay's data directory, which belongs
+// to the relay's user, must not leave files there that user cannot open:
+// the request log it made (a restored directory has none) kept the relay
+// from starting ("request log: open …/wal: permission denied").
+func TestRootBackupDirLeavesNothingOfRoots(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	dir := t.TempDir()
+	st, err := openStore(filepath.Join(dir, backupDB), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.close(); err != nil {
+		t.Fatal(err)
+	}
+	// As a restore leaves it: relay.db and no request log.
+	if err := os.RemoveAll(filepath.Join(dir, "wal")); err != nil {
+		t.Fatal(err)
+	}
+	const uid, gid = 65534, 65534 // nobody
+	if err := os.Chown(dir, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(filepath.Join(dir, backupDB), uid, gid); err != nil {
+		t.Fatal(err)
+	}
+
+	err = BackupDir(context.Background(), dir, io.Discard)
+	if err != nil && !strings.Contains(err.Error(), "sudo -u") {
+		t.Errorf("backup refused without naming how to take it: %v", err)
+	}
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != uid || st.Gid != gid {
+			t.Errorf("%s owned by %d:%d after the backup, want the directory's %d:%d", p, st.Uid, st.Gid, uid, gid)
+		}
+		return nil
+	})
 }
