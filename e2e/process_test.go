@@ -310,9 +310,10 @@ func TestProcessesRelayRestoredFromBackup(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	restored := t.TempDir()
-	if out, err := exec.Command("tar", "-xf", copyFile, "-C", restored).CombinedOutput(); err != nil {
-		t.Fatalf("tar: %v\n%s", err, out)
+	restored := filepath.Join(t.TempDir(), "restored")
+	out, err = exec.Command(filepath.Join(binaries(t), "tether-relay"), "restore", "--from", copyFile, "--data", restored).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "requests: 7") {
+		t.Fatalf("restore: %v\n%s", err, out)
 	}
 	startRelayProc(t, restored, addr)
 	if got := c.get(done.ID); got.State != protocol.StateSucceeded {

@@ -17,7 +17,8 @@
 // The same lock keeps other processes from copying the database while the
 // relay runs, so a serving relay takes backups itself (Server.Backup), on
 // request through a Unix socket in its data directory (AdminSocket); a
-// directory no relay serves is copied by BackupDir.
+// directory no relay serves is copied by BackupDir. Restore unpacks a
+// copy into a new directory and checks it.
 //
 // # Durability
 //

@@ -3,6 +3,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"io/fs"
@@ -139,4 +140,37 @@ func TestRootBackupDirLeavesNothingOfRoots(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Restored as root into an empty directory of the relay's user, the files
+// are that user's, so the relay running as it can open them.
+func TestRootRestoreGivesFilesTheDirOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	e := newEnv(t)
+	var buf bytes.Buffer
+	if err := e.srv.Backup(context.Background(), &buf); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "restored")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	const uid, gid = 65534, 65534 // nobody
+	if err := os.Chown(dir, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Restore(&buf, dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{backupDB, backupCreds} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != uid || st.Gid != gid {
+			t.Errorf("%s owned by %d:%d, want the directory's %d:%d", name, st.Uid, st.Gid, uid, gid)
+		}
+	}
 }

@@ -79,6 +79,44 @@ func backup(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// restore unpacks a copy made by backup into a new data directory and
+// checks it.
+func restore(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("data", os.Getenv("TETHER_DATA"), "the new data directory, empty or not yet made (env TETHER_DATA)")
+	from := fs.String("from", "", "the copy (a file made by tether-relay backup), or - for stdin")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return fmt.Errorf("restore: unexpected argument %q", pos[0])
+	}
+	if *dir == "" {
+		return errors.New("restore: --data or TETHER_DATA is required")
+	}
+	if *from == "" {
+		return errors.New("restore: --from FILE is required (- for stdin)")
+	}
+	in := io.Reader(os.Stdin)
+	if *from != "-" {
+		f, err := os.Open(*from)
+		if err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
+		defer f.Close()
+		in = f
+	}
+	info, err := relay.Restore(in, *dir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "restored into %s: relay.db of %d bytes (requests: %d), credentials (devices: %d, clients: %d); start the relay on it (pending requests count as possibly run)\n",
+		*dir, info.Bytes, info.Requests, info.Devices, info.Clients)
+	return nil
+}
+
 // copyData writes the copy of dir to w and checks that it is whole,
 // returning its size and how it was taken.
 func copyData(ctx context.Context, dir string, w io.Writer) (int64, string, error) {

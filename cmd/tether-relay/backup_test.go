@@ -77,10 +77,24 @@ func TestBackupCommand(t *testing.T) {
 }
 
 // takeBackup runs tether-relay backup on dir and checks that it says how
-// (how) and wrote a whole copy.
+// (how) and wrote a whole copy, which tether-relay restore unpacks into a
+// new directory.
 func takeBackup(t *testing.T, dir, how string) {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "b.tar")
+	defer func() {
+		var stdout bytes.Buffer
+		to := filepath.Join(t.TempDir(), "restored")
+		if err := run([]string{"restore", "--from", out, "--data", to}, &stdout, io.Discard); err != nil {
+			t.Fatalf("restore: %v", err)
+		}
+		if !strings.Contains(stdout.String(), "devices: 1") {
+			t.Errorf("restore says %q", stdout.String())
+		}
+		if err := run([]string{"restore", "--from", out, "--data", to}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "not empty") {
+			t.Errorf("restore over a restored directory: %v", err)
+		}
+	}()
 	var stdout bytes.Buffer
 	if err := run([]string{"backup", "--data", dir, "--out", out}, &stdout, io.Discard); err != nil {
 		t.Fatal(err)

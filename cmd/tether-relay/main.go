@@ -7,6 +7,7 @@
 //	tether-relay client add NAME [--data DIR]
 //	tether-relay client list [--data DIR]
 //	tether-relay backup --out FILE [--data DIR]
+//	tether-relay restore --from FILE --data NEWDIR
 //	tether-relay --version
 //
 // --data defaults to $TETHER_DATA. The add commands print the new secret as
@@ -50,6 +51,7 @@ const usage = `usage:
   tether-relay client revoke NAME [--data DIR]
   tether-relay client list [--data DIR]
   tether-relay backup --out FILE|- [--data DIR]
+  tether-relay restore --from FILE|- --data NEWDIR
   tether-relay --version
 
 --data defaults to $TETHER_DATA.
@@ -86,6 +88,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return serve(args[1:], stderr)
 	case "backup":
 		return backup(args[1:], stdout, stderr)
+	case "restore":
+		return restore(args[1:], stdout, stderr)
 	case "device", "client":
 		if len(args) < 2 {
 			return fmt.Errorf("%s: want add or list", args[0])
