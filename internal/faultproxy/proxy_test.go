@@ -214,7 +214,10 @@ func TestLatency(t *testing.T) {
 }
 
 // TestSlowAndPartialKeepTheStreamIntact sends random data through slow
-// and partial writes and checks it arrives whole, in order, in pieces.
+// and partial writes and checks it arrives whole, in order, and no sooner
+// than the pauses between the pieces allow. (How many reads it takes is
+// no proof of pieces: a receiver scheduled late on a busy machine reads
+// them all at once.)
 func TestSlowAndPartialKeepTheStreamIntact(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -222,7 +225,8 @@ func TestSlowAndPartialKeepTheStreamIntact(t *testing.T) {
 		minTime time.Duration
 	}{
 		{"slow", Toxics{SlowChunk: 100, SlowPause: time.Millisecond}, 20 * time.Millisecond},
-		{"partial", Toxics{Partial: true}, 0},
+		// At least one cut, and a millisecond's pause after it.
+		{"partial", Toxics{Partial: true}, time.Millisecond},
 		{"partial with latency", Toxics{Partial: true, Latency: 5 * time.Millisecond, Jitter: 5 * time.Millisecond}, 5 * time.Millisecond},
 	}
 	for _, tt := range tests {
@@ -245,7 +249,6 @@ func TestSlowAndPartialKeepTheStreamIntact(t *testing.T) {
 			}()
 			s.SetReadDeadline(time.Now().Add(10 * time.Second))
 			var got []byte
-			reads := 0
 			buf := make([]byte, 8192)
 			for len(got) < len(data) {
 				n, err := s.Read(buf)
@@ -253,16 +256,12 @@ func TestSlowAndPartialKeepTheStreamIntact(t *testing.T) {
 					t.Fatalf("after %d bytes: %v", len(got), err)
 				}
 				got = append(got, buf[:n]...)
-				reads++
 			}
 			if !bytes.Equal(got, data) {
 				t.Fatal("stream corrupted")
 			}
 			if d := time.Since(start); d < tt.minTime {
 				t.Fatalf("took %v, want at least %v", d, tt.minTime)
-			}
-			if reads < 2 {
-				t.Fatalf("%d reads: writes were not split", reads)
 			}
 		})
 	}
