@@ -49,7 +49,8 @@ var ErrStopping = errors.New("relay: stopping")
 // format above) while it serves: every change committed before the call
 // is in it. ctx ends a copy in progress. Close waits for the store to be
 // copied (to a file beside it), not for the copy to be sent.
-func (s *Server) Backup(ctx context.Context, w io.Writer) error {
+func (s *Server) Backup(ctx context.Context, w io.Writer) (err error) {
+	defer func() { s.met.backup(err) }()
 	// The store is copied to a file next to it first, and sent from
 	// there: a read transaction held while a slow reader (ssh, a stopped
 	// pipe) takes the copy would hold up every commit that grows the

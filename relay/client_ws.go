@@ -76,6 +76,7 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 	s.clientsMu.Lock()
 	if s.clientConns[id.name] >= s.cfg.ClientConns {
 		s.clientsMu.Unlock()
+		noteRefusal(r, refusedClientConns)
 		s.log.Warn("client websocket refused: too many connections", "client", id.name, "limit", s.cfg.ClientConns)
 		w.Header().Set("Retry-After", "5")
 		writeError(w, http.StatusTooManyRequests, codeTooMany,

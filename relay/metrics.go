@@ -49,6 +49,7 @@ const (
 	refusedNotWebSocket = "not_websocket"   // a plain GET on an upgrade endpoint
 	refusedSubprotocol  = "bad_subprotocol" // no tether.v1 among the offered subprotocols
 	refusedRotation     = "rotation"        // a rotation's confirmation could not be recorded
+	refusedClientConns  = "client_conns"    // the client holds ClientConns connections
 )
 
 // Endpoint label values.
@@ -106,6 +107,8 @@ type metrics struct {
 	duration  *prometheus.HistogramVec // method
 	upgrades  *prometheus.CounterVec   // endpoint, result
 	refusals  *prometheus.CounterVec   // endpoint, reason
+	backups   *prometheus.CounterVec   // result
+	backedUp  prometheus.Gauge         // when the last backup succeeded
 
 	clientConns atomic.Int64 // upgraded /v1/client connections not yet closed
 
@@ -140,12 +143,20 @@ func newMetrics(s *Server) *metrics {
 			Name: "tether_relay_refusals_total",
 			Help: "Refused WebSocket upgrades, by endpoint and reason.",
 		}, []string{"endpoint", "reason"}),
+		backups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_relay_backups_total",
+			Help: "Copies of the relay's data taken while it serves (tether-relay backup), by result (ok or failed).",
+		}, []string{"result"}),
+		backedUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_relay_backup_last_success_timestamp_seconds",
+			Help: "When the last backup taken by this relay process succeeded (Unix time); 0 if none has. Alert on its age.",
+		}),
 		methods: methodLabels{seen: make(map[string]bool)},
 	}
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.submitted, m.replayed, m.finished, m.duration, m.upgrades, m.refusals,
+		m.submitted, m.replayed, m.finished, m.duration, m.upgrades, m.refusals, m.backups, m.backedUp,
 		newStateCollector(s, m),
 	)
 	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
@@ -162,6 +173,19 @@ func (m *metrics) requestSubmitted(method string) {
 		return
 	}
 	m.submitted.WithLabelValues(m.methods.label(method)).Inc()
+}
+
+// backup counts a backup that ended with err.
+func (m *metrics) backup(err error) {
+	if m == nil {
+		return
+	}
+	if err != nil {
+		m.backups.WithLabelValues("failed").Inc()
+		return
+	}
+	m.backups.WithLabelValues("ok").Inc()
+	m.backedUp.SetToCurrentTime()
 }
 
 // requestReplayed counts a submission answered with the request its key

@@ -2,7 +2,9 @@ package relay
 
 import (
 	"bufio"
+	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gorilla/websocket"
 
@@ -321,5 +324,31 @@ func TestAccessLogNamesNotSecrets(t *testing.T) {
 		if !strings.Contains(l, " ms=") || !strings.Contains(l, " remote=127.0.0.1:") {
 			t.Errorf("line lacks duration or remote: %s", l)
 		}
+	}
+}
+
+// Backups are counted by result, and the last good one's time is kept, so
+// an operator can alert on a backup job that stopped working.
+func TestMetricsBackups(t *testing.T) {
+	e := newEnv(t)
+	if got := scrape(t, e)["tether_relay_backup_last_success_timestamp_seconds"]; got != 0 {
+		t.Errorf("last backup %v before any", got)
+	}
+	before := time.Now().Unix()
+	if err := e.srv.Backup(context.Background(), io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := e.srv.Backup(ctx, io.Discard); err == nil {
+		t.Fatal("a canceled backup succeeded")
+	}
+	got := scrape(t, e)
+	expectSamples(t, got, map[string]float64{
+		`tether_relay_backups_total{result="ok"}`:     1,
+		`tether_relay_backups_total{result="failed"}`: 1,
+	})
+	if at := got["tether_relay_backup_last_success_timestamp_seconds"]; at < float64(before) {
+		t.Errorf("last backup at %v, want after %d", at, before)
 	}
 }

@@ -946,6 +946,7 @@ func TestClientConnectionsBounded(t *testing.T) {
 	if apiCode(t, body) != codeTooMany {
 		t.Errorf("refusal %s, want code too_many", body)
 	}
+	expectSamples(t, scrape(t, e), map[string]float64{`tether_relay_refusals_total{endpoint="client",reason="client_conns"}`: 1})
 	other, err := AddClient(e.cfg.DataDir, "other")
 	if err != nil {
 		t.Fatal(err)
