@@ -1,12 +1,18 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -92,6 +98,9 @@ type Agent struct {
 	// numbered is set by the first welcome: from then on the event
 	// numbering stands (see attach).
 	numbered bool
+	// instance names the journal (or, without one, this process) to the
+	// relay: see protocol.Hello.Instance.
+	instance string
 	// compactAt is the journal size that triggers the next compaction.
 	compactAt int64
 	// repairAt is when a failed journal may next be rewritten (see
@@ -145,13 +154,48 @@ func New(cfg Config, exec Executor) (*Agent, error) {
 		out:        newOutbox(cfg.DedupeCount, cfg.DedupeWindow),
 	}
 	a.token.set(cfg.Token)
+	a.instance = newInstance()
 	if cfg.StateDir != "" {
+		_, err := os.Stat(filepath.Join(cfg.StateDir, journalFile))
+		fresh := errors.Is(err, fs.ErrNotExist)
 		if err := a.openJournal(); err != nil {
+			cancel(nil)
+			return nil, err
+		}
+		if a.instance, err = stateInstance(cfg.StateDir, fresh, a.instance); err != nil {
+			a.j.close()
 			cancel(nil)
 			return nil, err
 		}
 	}
 	return a, nil
+}
+
+// instanceFile, in the state directory, names the journal beside it
+// (protocol.Hello.Instance): made with the journal, kept across restarts.
+const instanceFile = "instance"
+
+// newInstance returns a new instance name: 64 random bits in hex.
+func newInstance() string {
+	var b [8]byte
+	rand.Read(b[:]) // never fails (crypto/rand, Go 1.24+)
+	return hex.EncodeToString(b[:])
+}
+
+// stateInstance returns the instance of the journal in dir: the one
+// recorded beside it, or, for a journal just made (fresh) or one without,
+// id, recorded now.
+func stateInstance(dir string, fresh bool, id string) (string, error) {
+	path := filepath.Join(dir, instanceFile)
+	if !fresh {
+		if b, err := os.ReadFile(path); err == nil && len(bytes.TrimSpace(b)) > 0 {
+			return string(bytes.TrimSpace(b)), nil
+		}
+	}
+	if _, err := writeFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return id, nil
 }
 
 // Close releases the journal. Call it after Run has returned.
@@ -341,7 +385,7 @@ func (a *Agent) Status() Status {
 
 // hello builds the first frame of a session.
 func (a *Agent) hello() *protocol.Hello {
-	h := &protocol.Hello{Agent: a.cfg.Version, Board: "unknown"}
+	h := &protocol.Hello{Agent: a.cfg.Version, Board: "unknown", Instance: a.instance}
 	if d, ok := a.exec.(Describer); ok {
 		h.Board, h.Methods, h.Resources = d.Describe()
 	}

@@ -179,7 +179,7 @@ func NewBoard(name string, cfg Config, res Resources, opts Options) (*Board, err
 			p.err = fmt.Errorf("hw: pwm %s (%s) low: %w", c.Name, c.Pin, err)
 		}
 		b.pwms[c.Name] = p
-		b.add(KindPWM, c.Name, p.err, map[string]any{"pin": c.Pin})
+		b.add(KindPWM, c.Name, p.err, &pwmInfo{Pin: c.Pin})
 	}
 	for _, r := range b.resources {
 		if !r.Available {
@@ -211,7 +211,11 @@ func NewBoard(name string, cfg Config, res Resources, opts Options) (*Board, err
 	return b, nil
 }
 
-func (b *Board) add(kind, name string, err error, info map[string]any) {
+type pwmInfo struct {
+	Pin string `json:"pin"`
+}
+
+func (b *Board) add(kind, name string, err error, info any) {
 	b.kinds[name] = kind
 	r := protocol.Resource{Name: name, Kind: kind, Available: err == nil, Info: info}
 	if err != nil {

@@ -119,15 +119,23 @@ func (l *gpioLine) haltedAfter(halted <-chan struct{}) (bool, error) {
 	}
 }
 
-func (l *gpioLine) info() map[string]any {
-	m := map[string]any{"pin": l.cfg.Pin, "direction": l.cfg.Direction}
-	if l.activeLow {
-		m["active_low"] = true
-	}
+// gpioInfo is a pin's protocol.Resource.Info. Structs rather than maps
+// for every Info: each map literal compiles to code of its own, and the
+// Pi Zero's binary has little room.
+type gpioInfo struct {
+	Pin       string `json:"pin"`
+	Direction string `json:"direction"`
+	ActiveLow bool   `json:"active_low,omitempty"`
+	Pull      string `json:"pull,omitempty"`
+	Edge      string `json:"edge,omitempty"`
+}
+
+func (l *gpioLine) info() *gpioInfo {
+	m := &gpioInfo{Pin: l.cfg.Pin, Direction: l.cfg.Direction, ActiveLow: l.activeLow}
 	if !l.out {
-		m["pull"] = l.pull.String()
+		m.Pull = l.pull.String()
 		if l.watch {
-			m["edge"] = l.cfg.Edge
+			m.Edge = l.cfg.Edge
 		}
 	}
 	return m

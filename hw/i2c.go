@@ -34,12 +34,17 @@ func newI2CBus(c I2CConfig, bus i2c.Bus) *i2cBus {
 	return b
 }
 
-func (b *i2cBus) info() map[string]any {
+type i2cInfo struct {
+	Bus       string   `json:"bus"`
+	Addresses []string `json:"addresses"`
+}
+
+func (b *i2cBus) info() *i2cInfo {
 	addrs := make([]string, len(b.cfg.Addresses))
 	for i, a := range b.cfg.Addresses {
 		addrs[i] = fmt.Sprintf("0x%02x", a)
 	}
-	return map[string]any{"bus": b.cfg.Bus, "addresses": addrs}
+	return &i2cInfo{Bus: b.cfg.Bus, Addresses: addrs}
 }
 
 type txResult struct {

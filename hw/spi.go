@@ -39,9 +39,16 @@ func (s *spiPort) connect(p spi.Port) error {
 	return nil
 }
 
-func (s *spiPort) info() map[string]any {
+type spiInfo struct {
+	Port  string `json:"port"`
+	Mode  int    `json:"mode"`
+	Speed string `json:"speed"`
+	Bits  int    `json:"bits"`
+}
+
+func (s *spiPort) info() *spiInfo {
 	speed, _ := parseSpeed(s.cfg.Speed)
-	return map[string]any{"port": s.cfg.Port, "mode": s.cfg.Mode, "speed": speed.String(), "bits": s.cfg.spiBits()}
+	return &spiInfo{Port: s.cfg.Port, Mode: s.cfg.Mode, Speed: speed.String(), Bits: s.cfg.spiBits()}
 }
 
 func (b *Board) spiTx(ctx context.Context, raw json.RawMessage) (any, error) {

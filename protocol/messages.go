@@ -20,8 +20,9 @@ type Resource struct {
 	// opened on this board; Error then says why. The rest keeps working.
 	Available bool   `json:"available"`
 	Error     string `json:"error,omitempty"`
-	// Info holds kind-specific details (direction, addresses, ...).
-	Info map[string]any `json:"info,omitempty"`
+	// Info holds kind-specific details (direction, addresses, ...): a
+	// JSON object. Agents set a struct; decoded, it is a map[string]any.
+	Info any `json:"info,omitempty"`
 }
 
 // JournalSummary tells the relay what the agent still holds from before this
@@ -42,6 +43,11 @@ type Hello struct {
 	// after a reconnect the relay re-leases them to this session instead of
 	// delivering them again.
 	Running []string `json:"running,omitempty"`
+	// Instance names the agent's state (its journal): the same after a
+	// restart on the same state directory, new otherwise. A device whose
+	// instance changed cannot answer for what the old one ran, so the
+	// relay does not deliver again what may have run there (SPEC §7).
+	Instance string `json:"instance,omitempty"`
 }
 
 // Welcome is the relay's answer to Hello.

@@ -791,12 +791,16 @@ func (h *hub) attach(s *session, hello *protocol.Hello) error {
 		}
 		c.touchLocked(e)
 	}
+	if hello.Instance != "" && d.meta.Instance != "" && hello.Instance != d.meta.Instance {
+		h.strandLocked(d, running, &c, now)
+	}
 	d.meta = deviceMeta{
 		LastSeen:  now.UTC(),
 		Agent:     hello.Agent,
 		Board:     hello.Board,
 		Methods:   hello.Methods,
 		Resources: hello.Resources,
+		Instance:  hello.Instance,
 	}
 	meta := d.meta
 	d.notifyLocked()
@@ -806,6 +810,25 @@ func (h *hub) attach(s *session, hello *protocol.Hello) error {
 		return err
 	}
 	return h.st.putDevice(s.device, meta)
+}
+
+// strandLocked ends the requests of d that may have run on an agent
+// instance other than the one now attached (a new state directory, or
+// another agent holding the device's token): that agent's journal, which
+// would answer a second delivery, is not the new one's, so delivering
+// them again could run them twice. Idempotent requests may run again and
+// stay queued, as do those the new agent says it runs.
+func (h *hub) strandLocked(d *device, running map[string]bool, c *changes, now time.Time) {
+	var keep []*entry
+	for _, e := range d.queue {
+		if !e.mayHaveRun() || e.rec.Idempotent || running[e.rec.ID] {
+			keep = append(keep, e)
+			continue
+		}
+		c.finishLocked(e, protocol.StateFailed, protocol.Errorf(protocol.CodeInterrupted,
+			"may have run on an agent of this device that did not come back (a new state directory, or another agent with its token); not run again"), now)
+	}
+	d.queue = keep
 }
 
 // detach ends s: its leased requests go back to the head of the queue.

@@ -103,6 +103,7 @@ type deviceMeta struct {
 	Board     string              `json:"board,omitempty"`
 	Methods   []string            `json:"methods,omitempty"`
 	Resources []protocol.Resource `json:"resources,omitempty"`
+	Instance  string              `json:"instance,omitempty"` // of the last hello (protocol.Hello)
 }
 
 // store is the relay's bbolt database, with the request log in front of

@@ -1,13 +1,13 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"text/tabwriter"
 )
@@ -137,16 +137,8 @@ func stateDirStatus(dir string, problem func(string, ...any)) string {
 	return dir + " (writable)"
 }
 
-// details renders a resource's info map as sorted key=value pairs.
-func details(info map[string]any) string {
-	keys := make([]string, 0, len(info))
-	for k := range info {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s=%v", k, info[k])
-	}
-	return strings.Join(parts, " ")
+// details renders a resource's info as the JSON object the relay gets.
+func details(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
 }

@@ -71,7 +71,7 @@ func run(args []string) (err error) {
 		return err
 	}
 	if cfg.State == "" {
-		log.Warn("no --state directory: finished requests are remembered in memory only, so after a restart a redelivered request can run again; set state: (packages use /var/lib/tether)")
+		log.Warn("no --state directory: what the agent ran is remembered in memory only, so a restart loses results not yet acknowledged and the relay ends what was running as interrupted; set state: (packages use /var/lib/tether)")
 	}
 	a, err := agent.New(acfg, b)
 	if err != nil {
