@@ -39,3 +39,27 @@ func TestHelloNamesTheJournalsInstance(t *testing.T) {
 		t.Error("two agents without a state directory have one instance")
 	}
 }
+
+// A state directory removed under a running agent is made again, with
+// the journal rewritten from the agent's state: it still answers for what
+// ran, so it keeps its instance. Under a new one, the relay would end
+// those requests interrupted at the next start, and drop the results the
+// journal kept for them.
+func TestRepairedStateKeepsItsInstance(t *testing.T) {
+	dir := t.TempDir()
+	exec := &countingExec{}
+	a, s := attachedAgent(t, dir, exec)
+	inst := a.hello().Instance
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	runRequest(t, a, s, "r1") // fails: finds the journal gone
+	if res := runRequest(t, a, s, "r2"); res.State != "succeeded" {
+		t.Fatalf("r2 after the repair: %s", res.State)
+	}
+	a.Close()
+	b, _ := attachedAgent(t, dir, exec)
+	if got := b.hello().Instance; got != inst {
+		t.Fatalf("instance after a restart on the repaired directory: %s, want %s", got, inst)
+	}
+}

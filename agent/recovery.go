@@ -216,6 +216,10 @@ func (a *Agent) repairJournalLocked() {
 		return // each request refused meanwhile logs why
 	}
 	a.compactAt = max(a.cfg.CompactBytes, 2*a.j.fileSize())
+	// The journal answers for what ran, as before: it keeps its instance,
+	// whose file went if the directory did (then a restart would name a
+	// new one, and the relay end interrupted what the journal answers for).
+	stateInstance(a.cfg.StateDir, true, a.instance)
 	a.log.Warn("journal rewritten after a failure; requests run again")
 }
 
