@@ -90,10 +90,12 @@ func TestDecodeRejects(t *testing.T) {
 // An invalid id in a list is named by its place in the list.
 func TestListedIDNamed(t *testing.T) {
 	for frame, want := range map[string]string{
-		"{\"type\":\"ack\",\"ids\":[\"r1\",\"r\\u0001\"]}":                                           "ack: ids[1]: ",
-		`{"type":"hello","agent":"test/1","board":"mock","methods":["sys.ping",""]}`:                 "hello: methods[1]: ",
-		`{"type":"hello","agent":"test/1","board":"mock","resources":[{"name":"a"},{"name":"b c"}]}`: "hello: resources[1].name: ",
-		`{"type":"hello","agent":"test/1","board":"mock","running":["r1","r2",""]}`:                  "hello: running[2]: ",
+		"{\"type\":\"ack\",\"ids\":[\"r1\",\"r\\u0001\"]}":                                             "ack: ids[1]: ",
+		`{"type":"hello","agent":"test/1","board":"mock","methods":["sys.ping",""]}`:                   "hello: methods[1]: ",
+		`{"type":"hello","agent":"test/1","board":"mock","resources":[{"name":"a"},{"name":"b c"}]}`:   "hello: resources[1].name: ",
+		`{"type":"hello","agent":"test/1","board":"mock","running":["r1","r2",""]}`:                    "hello: running[2]: ",
+		`{"type":"hello","agent":"test/1","board":"mock","instance":"a b"}`:                            "hello: instance: ",
+		`{"type":"hello","agent":"test/1","resources":[{"name":"a","info":{}},{"name":"b","info":7}]}`: "hello: resources[1].info: ",
 	} {
 		_, err := Decode([]byte(frame), 0)
 		if err == nil || !strings.Contains(err.Error(), want) {

@@ -71,6 +71,14 @@ func (m *Hello) validate() error {
 		if err := checkIDAt("hello: resources", i, ".name", r.Name); err != nil {
 			return err
 		}
+		if _, isObject := r.Info.(map[string]any); r.Info != nil && !isObject {
+			return invalid("hello: resources[%d].info: want an object", i)
+		}
+	}
+	if m.Instance != "" {
+		if err := checkID("hello: instance", m.Instance); err != nil {
+			return err
+		}
 	}
 	for i, id := range m.Running {
 		if err := checkIDAt("hello: running", i, "", id); err != nil {

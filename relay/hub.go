@@ -802,14 +802,26 @@ func (h *hub) attach(s *session, hello *protocol.Hello) error {
 		Resources: hello.Resources,
 		Instance:  hello.Instance,
 	}
-	meta := d.meta
 	d.notifyLocked()
 	h.mu.Unlock()
 
 	if err := h.commit(&c); err != nil {
 		return err
 	}
-	return h.st.putDevice(s.device, meta)
+	return h.saveDevice(d)
+}
+
+// saveDevice stores d's meta as it is now. Saves of one device take turns
+// and each writes the latest meta, so that an older save (a replaced
+// session's detach) cannot land after a newer one (the next hello's
+// instance) and leave it behind for the next start.
+func (h *hub) saveDevice(d *device) error {
+	d.saveMu.Lock()
+	defer d.saveMu.Unlock()
+	h.mu.Lock()
+	meta := d.meta
+	h.mu.Unlock()
+	return h.st.putDevice(d.id, meta)
 }
 
 // strandLocked ends the requests of d that may have run on an agent
@@ -823,6 +835,11 @@ func (h *hub) strandLocked(d *device, running map[string]bool, c *changes, now t
 	for _, e := range d.queue {
 		if !e.mayHaveRun() || e.rec.Idempotent || running[e.rec.ID] {
 			keep = append(keep, e)
+			continue
+		}
+		if e.cancelAsked {
+			c.finishLocked(e, protocol.StateCanceled, protocol.Errorf(protocol.CodeCanceled,
+				"canceled by a client; it may have run on an agent of this device that did not come back (a new state directory, or another agent with its token)"), now)
 			continue
 		}
 		c.finishLocked(e, protocol.StateFailed, protocol.Errorf(protocol.CodeInterrupted,
@@ -845,14 +862,13 @@ func (h *hub) detach(s *session) {
 	h.releaseLocked(d, s, nil, nil, &c, now)
 	d.sess = nil
 	d.meta.LastSeen = now.UTC()
-	meta := d.meta
 	d.notifyLocked()
 	h.mu.Unlock()
 
 	if err := h.commit(&c); err != nil {
 		h.log.Error("requeue after session end", "device", s.device, "err", err)
 	}
-	if err := h.st.putDevice(s.device, meta); err != nil {
+	if err := h.saveDevice(d); err != nil {
 		h.log.Error("save device", "device", s.device, "err", err)
 	}
 }

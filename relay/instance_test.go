@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/tetherhq/tether/protocol"
@@ -66,5 +67,25 @@ func TestAnotherInstanceDoesNotRerun(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A request a client asked to cancel while another agent instance may
+// have run it ends canceled, saying so, as the sweep would end it.
+func TestAnotherInstanceEndsAskedCancelCanceled(t *testing.T) {
+	e := newEnv(t)
+	a := helloAs(e, "A")
+	a.send(&protocol.Pull{N: 1})
+	rec := e.submit(protocol.Submit{Method: "m"})
+	nextAs[*protocol.Request](a)
+	if code, body := e.do("DELETE", "/v1/requests/"+rec.ID, nil); code != 202 {
+		t.Fatalf("cancel of a delivered request: %d %s", code, body)
+	}
+	a.close()
+	waitFor(t, "the session to end", func() bool { return !e.device("dev1").Online })
+	helloAs(e, "B")
+	got := e.record(rec.ID, "")
+	if got.State != protocol.StateCanceled || got.Error == nil || !strings.Contains(got.Error.Message, "may have run") {
+		t.Fatalf("asked to cancel, then another instance: %s %+v", got.State, got.Error)
 	}
 }

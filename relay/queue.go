@@ -91,6 +91,9 @@ type device struct {
 	// changed is closed and replaced on every event and presence change,
 	// so waiters need no registration.
 	changed chan struct{}
+	// saveMu serialises saves of meta (hub.saveDevice). It is taken
+	// before hub.mu, never while holding it.
+	saveMu sync.Mutex
 }
 
 func newDevice(id string) *device {
