@@ -316,19 +316,11 @@ func (j *journal) wait(pos uint64) error {
 // writes and syncs without complaint, and loses them all at the next
 // start.
 func (j *journal) checkLinked(f *os.File) error {
-	path := filepath.Join(j.dir, journalFile)
-	fi, err := f.Stat()
-	if err != nil {
-		return err
+	gone, err := unlinked(f)
+	if err == nil && gone {
+		err = fmt.Errorf("%s was removed or replaced", filepath.Join(j.dir, journalFile))
 	}
-	pi, err := os.Stat(path)
-	if err != nil {
-		return fmt.Errorf("%s was removed: %w", path, err)
-	}
-	if !os.SameFile(fi, pi) {
-		return fmt.Errorf("%s was replaced by another file", path)
-	}
-	return nil
+	return err
 }
 
 // failed returns the error that stopped the journal, nil while it works.

@@ -32,3 +32,14 @@ func lockDir(path string) (f *os.File, held bool, err error) {
 	}
 	return f, false, nil
 }
+
+// unlinked reports whether f's file has no name left: removed (with its
+// directory, say) or replaced by a rename. One fstat, with no path to
+// resolve.
+func unlinked(f *os.File) (bool, error) {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		return false, err
+	}
+	return st.Nlink == 0, nil
+}

@@ -43,7 +43,7 @@ func backup(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 
 	if *out == "-" {
-		_, how, err := copyData(ctx, *dir, stdout)
+		how, err := copyData(ctx, *dir, stdout)
 		if err == nil {
 			fmt.Fprintf(stderr, "backup of %s written to stdout (%s)\n", *dir, how)
 		}
@@ -56,12 +56,16 @@ func backup(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("backup: %w", err)
 	}
 	defer os.Remove(f.Name()) // no-op after the rename
-	n, how, err := copyData(ctx, *dir, f)
+	how, err := copyData(ctx, *dir, f)
 	if err == nil {
 		err = f.Chmod(0o600)
 	}
 	if err == nil {
 		err = f.Sync()
+	}
+	var fi os.FileInfo
+	if err == nil {
+		fi, err = f.Stat()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -75,7 +79,7 @@ func backup(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}
-	fmt.Fprintf(stdout, "backup of %s written to %s: %d bytes (%s)\n", *dir, *out, n, how)
+	fmt.Fprintf(stdout, "backup of %s written to %s: %d bytes (%s)\n", *dir, *out, fi.Size(), how)
 	return nil
 }
 
@@ -118,14 +122,12 @@ func restore(args []string, stdout, stderr io.Writer) error {
 }
 
 // copyData writes the copy of dir to w and checks that it is whole,
-// returning its size and how it was taken.
-func copyData(ctx context.Context, dir string, w io.Writer) (int64, string, error) {
+// returning how it was taken.
+func copyData(ctx context.Context, dir string, w io.Writer) (string, error) {
 	pr, pw := io.Pipe()
 	checked := make(chan error, 1)
-	var n int64
 	go func() {
-		var err error
-		n, err = checkBackup(io.TeeReader(pr, w))
+		err := checkBackup(io.TeeReader(pr, w))
 		pr.CloseWithError(err) // a writer still writing learns of it
 		checked <- err
 	}()
@@ -134,7 +136,7 @@ func copyData(ctx context.Context, dir string, w io.Writer) (int64, string, erro
 	if cerr := <-checked; err == nil && cerr != nil {
 		err = fmt.Errorf("the copy is not whole: %w", cerr)
 	}
-	return n, how, err
+	return how, err
 }
 
 // fetchBackup asks the relay serving dir for the copy, or takes it from
@@ -183,9 +185,8 @@ func fetchBackup(ctx context.Context, dir string, w io.Writer) (string, error) {
 
 // checkBackup reads a copy through and says whether it is a whole one:
 // a tar stream that ends properly and holds relay.db.
-func checkBackup(r io.Reader) (int64, error) {
-	cr := &countingReader{r: r}
-	tr := tar.NewReader(cr)
+func checkBackup(r io.Reader) error {
+	tr := tar.NewReader(r)
 	db := false
 	for {
 		h, err := tr.Next()
@@ -193,32 +194,21 @@ func checkBackup(r io.Reader) (int64, error) {
 			break
 		}
 		if err != nil {
-			return cr.n, err
+			return err
 		}
 		if h.Name == "relay.db" {
 			db = true
 		}
 		if _, err := io.Copy(io.Discard, tr); err != nil {
-			return cr.n, err
+			return err
 		}
 	}
 	// The rest: the tar end's padding, read so the writer is not blocked.
-	io.Copy(io.Discard, cr)
+	io.Copy(io.Discard, r)
 	if !db {
-		return cr.n, errors.New("no relay.db in it")
+		return errors.New("no relay.db in it")
 	}
-	return cr.n, nil
-}
-
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
+	return nil
 }
 
 // syncDir makes a rename in dir durable.
