@@ -400,6 +400,7 @@ func (s *store) putEvent(device string, ev protocol.EventRecord, kept int) error
 		if err != nil {
 			return err
 		}
+		b.FillPercent = appendFill
 		if err := b.Put(seqKey(ev.Seq), v); err != nil {
 			return err
 		}

@@ -351,6 +351,17 @@ func decodeWAL(b []byte, seq uint64) []walEntry {
 	return out
 }
 
+// appendFill is how full bbolt packs the leaf pages of a bucket whose new
+// keys sort after the old ones: request ids (see newRequestID) and event
+// sequence numbers. bbolt splits a page once it is fuller than the
+// bucket's FillPercent, 0.5 by default, which suits keys that land
+// anywhere; keys that only ever arrive at the right edge would then leave
+// every page half empty behind them, twice the pages to write at each
+// checkpoint and twice the file. The tenth left free lets a stored
+// request grow in place when its result arrives after the checkpoint that
+// wrote it.
+const appendFill = 0.9
+
 // applyEntries writes entries to the requests bucket in order, and
 // records seq as the log file that takes the changes after them. A put never
 // replaces a newer revision, so replaying a change twice, or after a
@@ -365,6 +376,7 @@ func applyEntries(tx *bolt.Tx, entries []walEntry, seq uint64) error {
 		return err
 	}
 	b := tx.Bucket(bucketRequests)
+	b.FillPercent = appendFill
 	c := b.Cursor()
 	var key []byte
 	for _, e := range entries {

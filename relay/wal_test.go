@@ -364,3 +364,32 @@ func TestStoreInUse(t *testing.T) {
 		t.Fatalf("second open: %v; want a timeout that names the other relay", err)
 	}
 }
+
+// Requests checkpointed in the order of their ids, as they are made, fill
+// bbolt's leaf pages instead of leaving each half empty.
+func TestCheckpointPacksPages(t *testing.T) {
+	st := openTestStore(t, t.TempDir())
+	defer st.close()
+	now := time.Now()
+	for range 4 {
+		var recs []storedRequest
+		for range 1500 {
+			now = now.Add(time.Millisecond)
+			r := testRequest(newRequestID(now), 1, protocol.StateSucceeded)
+			r.Params = json.RawMessage(`{"p":"` + strings.Repeat("x", 64) + `"}`)
+			recs = append(recs, r)
+		}
+		must(t, st.putRequests(recs))
+		must(t, st.reqs.checkpoint())
+	}
+	must(t, st.db.View(func(tx *bolt.Tx) error {
+		s := tx.Bucket(bucketRequests).Stats()
+		if s.KeyN != 6000 {
+			t.Fatalf("%d requests stored, want 6000", s.KeyN)
+		}
+		if fill := float64(s.LeafInuse) / float64(s.LeafAlloc); fill < 0.8 {
+			t.Errorf("leaf pages %.0f%% full (%d of %d bytes), want at least 80%%", 100*fill, s.LeafInuse, s.LeafAlloc)
+		}
+		return nil
+	}))
+}
