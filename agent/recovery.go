@@ -1,7 +1,7 @@
 package agent
 
 import (
-	"slices"
+	"sort"
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
@@ -113,7 +113,10 @@ func (a *Agent) openJournal() error {
 			seqs = append(seqs, s)
 		}
 	}
-	slices.Sort(seqs)
+	// sort.Slice rather than slices.Sort: tether-agent links sort.Slice
+	// anyway (periph uses it), while slices.Sort on []uint64 is 6 KB of
+	// code of its own in the armv6 build.
+	sort.Slice(seqs, func(i, j int) bool { return seqs[i] < seqs[j] })
 	for _, s := range seqs {
 		a.out.keys++
 		o := events[s]
