@@ -410,15 +410,17 @@ func (b *Board) Close() error {
 
 // find returns the resource called name from m, or a failure saying that
 // no such resource exists (not_found) or that it is of another kind
-// (not_permitted).
-func find[T any](b *Board, m map[string]*T, kind, field, name string) (*T, error) {
+// (not_permitted). R is a pointer type, so that one copy of the code
+// serves every kind of resource.
+func find[R any](b *Board, m map[string]R, kind, field, name string) (R, error) {
 	if r, ok := m[name]; ok {
 		return r, nil
 	}
+	var none R
 	if k, ok := b.kinds[name]; ok {
-		return nil, protocol.Errorf(protocol.CodeNotPermitted, "%s: %q is a %s resource, not %s", field, name, k, kind)
+		return none, protocol.Errorf(protocol.CodeNotPermitted, "%s: %q is a %s resource, not %s", field, name, k, kind)
 	}
-	return nil, protocol.Errorf(protocol.CodeNotFound, "%s: no %s resource named %q", field, kind, name)
+	return none, protocol.Errorf(protocol.CodeNotFound, "%s: no %s resource named %q", field, kind, name)
 }
 
 // unavailable is the failure of a request to a resource that could not be
