@@ -85,3 +85,11 @@ func TestStatusServerTakenAddress(t *testing.T) {
 		t.Error("second listen on the same address succeeded")
 	}
 }
+
+func TestStatusText(t *testing.T) {
+	for _, code := range []int{200, 400, 404, 405, 503} {
+		if got, want := statusText(code), http.StatusText(code); got != want {
+			t.Errorf("statusText(%d) = %q, want %q", code, got, want)
+		}
+	}
+}
