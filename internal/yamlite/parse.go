@@ -598,16 +598,29 @@ func quoted(l line, text string, i, col int) (string, int, error) {
 	return "", 0, &SyntaxError{Line: l.num, Msg: "quoted value must close on the same line"}
 }
 
+// escapeChars are the single-character escapes of a double-quoted value,
+// escapeValues what each stands for. A table, not a map literal: that
+// compiles to code that builds the map, on every call.
+const escapeChars = "0abt\tnvfre \"\\N_LP"
+
+var escapeValues = [...]string{"\x00", "\a", "\b", "\t", "\t", "\n", "\v", "\f", "\r", "\x1b", " ", "\"", "\\",
+	"\u0085", "\u00a0", "\u2028", "\u2029"}
+
 // unescape decodes the escape at the start of s (after the backslash) and
 // returns it with the number of bytes used.
 func unescape(s string) (string, int, error) {
-	simple := map[byte]string{'0': "\x00", 'a': "\a", 'b': "\b", 't': "\t", '\t': "\t", 'n': "\n", 'v': "\v",
-		'f': "\f", 'r': "\r", 'e': "\x1b", ' ': " ", '"': "\"", '\\': "\\",
-		'N': "\u0085", '_': "\u00a0", 'L': "\u2028", 'P': "\u2029"}
-	if r, ok := simple[s[0]]; ok {
-		return r, 1, nil
+	if i := strings.IndexByte(escapeChars, s[0]); i >= 0 {
+		return escapeValues[i], 1, nil
 	}
-	width := map[byte]int{'x': 2, 'u': 4, 'U': 8}[s[0]]
+	width := 0
+	switch s[0] {
+	case 'x':
+		width = 2
+	case 'u':
+		width = 4
+	case 'U':
+		width = 8
+	}
 	if width == 0 || len(s) < 1+width {
 		return "", 0, fmt.Errorf("unknown escape \\%c in double-quoted value", s[0])
 	}
