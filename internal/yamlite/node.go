@@ -151,15 +151,25 @@ func (n *Node) integer(bits int) (int64, error) {
 	return i, nil
 }
 
+// plainWords are the plain scalars that resolve by spelling alone. A
+// table rather than a switch: each case of a switch on strings compiles
+// to code of its own, and the Pi Zero's binary has little room.
+var plainWords = [...]struct{ word, tag string }{
+	{"", tagNull}, {"~", tagNull}, {"null", tagNull}, {"Null", tagNull}, {"NULL", tagNull},
+	{"true", tagBool}, {"True", tagBool}, {"TRUE", tagBool},
+	{"false", tagBool}, {"False", tagBool}, {"FALSE", tagBool},
+	{".inf", tagFloat}, {".Inf", tagFloat}, {".INF", tagFloat},
+	{"+.inf", tagFloat}, {"+.Inf", tagFloat}, {"+.INF", tagFloat},
+	{"-.inf", tagFloat}, {"-.Inf", tagFloat}, {"-.INF", tagFloat},
+	{".nan", tagFloat}, {".NaN", tagFloat}, {".NAN", tagFloat},
+}
+
 // resolve returns the tag of a plain scalar the way yaml.v3 resolves it.
 func resolve(in string) string {
-	switch in {
-	case "", "~", "null", "Null", "NULL":
-		return tagNull
-	case "true", "True", "TRUE", "false", "False", "FALSE":
-		return tagBool
-	case ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf", "-.Inf", "-.INF", ".nan", ".NaN", ".NAN":
-		return tagFloat
+	for _, w := range plainWords {
+		if in == w.word {
+			return w.tag
+		}
 	}
 	switch c := in[0]; {
 	case c == '.':
