@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"runtime/debug"
-	"sort"
 	"sync"
 	"time"
 
@@ -61,7 +60,6 @@ type Board struct {
 	kinds     map[string]string // resource name → kind, for not_permitted
 	resources []protocol.Resource
 	methods   []string
-	handlers  map[string]handler
 	closers   []io.Closer
 	started   time.Time
 	sysRoot   string // "/" except in tests
@@ -76,9 +74,9 @@ type Board struct {
 	halted  chan struct{} // closed and replaced by each Halt, to abort pulses
 }
 
-// handler runs one method. It returns a value to marshal, or an error that
-// Execute classifies into a protocol failure.
-type handler func(ctx context.Context, raw json.RawMessage) (any, error)
+// handler runs one method on b. It returns a value to marshal, or an error
+// that Execute classifies into a protocol failure.
+type handler func(b *Board, ctx context.Context, raw json.RawMessage) (any, error)
 
 // Method names.
 const (
@@ -186,29 +184,56 @@ func NewBoard(name string, cfg Config, res Resources, opts Options) (*Board, err
 			b.log.Warn("hw: resource unavailable", "kind", r.Kind, "name", r.Name, "err", r.Error)
 		}
 	}
-	b.handlers = map[string]handler{
-		MethodSysInfo: b.sysInfo,
-		MethodSysPing: sysPing,
+	for _, m := range handlers {
+		if b.offers(m.kind) {
+			b.methods = append(b.methods, m.name)
+		}
 	}
-	if len(cfg.GPIO) > 0 {
-		b.handlers[MethodGPIORead] = b.gpioRead
-		b.handlers[MethodGPIOWrite] = b.gpioWrite
-		b.handlers[MethodGPIOPulse] = b.gpioPulse
-	}
-	if len(cfg.PWM) > 0 {
-		b.handlers[MethodPWMSet] = b.pwmSet
-	}
-	if len(cfg.I2C) > 0 {
-		b.handlers[MethodI2CTx] = b.i2cTx
-	}
-	if len(cfg.SPI) > 0 {
-		b.handlers[MethodSPITx] = b.spiTx
-	}
-	for m := range b.handlers {
-		b.methods = append(b.methods, m)
-	}
-	sort.Strings(b.methods)
 	return b, nil
+}
+
+// handlers are the methods a Board can serve, sorted by name, each with the
+// kind of resource it needs configured ("" for none). A table rather than
+// a map of method values built by NewBoard: less code on a Pi Zero.
+var handlers = [...]struct {
+	name, kind string
+	run        handler
+}{
+	{MethodGPIOPulse, KindGPIO, (*Board).gpioPulse},
+	{MethodGPIORead, KindGPIO, (*Board).gpioRead},
+	{MethodGPIOWrite, KindGPIO, (*Board).gpioWrite},
+	{MethodI2CTx, KindI2C, (*Board).i2cTx},
+	{MethodPWMSet, KindPWM, (*Board).pwmSet},
+	{MethodSPITx, KindSPI, (*Board).spiTx},
+	{MethodSysInfo, "", (*Board).sysInfo},
+	{MethodSysPing, "", (*Board).sysPing},
+}
+
+// offers reports whether the board's config has resources of kind; every
+// board has those of kind "".
+func (b *Board) offers(kind string) bool {
+	switch kind {
+	case KindGPIO:
+		return len(b.gpios) > 0
+	case KindI2C:
+		return len(b.buses) > 0
+	case KindSPI:
+		return len(b.ports) > 0
+	case KindPWM:
+		return len(b.pwms) > 0
+	}
+	return true
+}
+
+// handler returns the handler of method, or nil if the board does not
+// serve it.
+func (b *Board) handler(method string) handler {
+	for _, m := range handlers {
+		if m.name == method && b.offers(m.kind) {
+			return m.run
+		}
+	}
+	return nil
 }
 
 type pwmInfo struct {
@@ -265,8 +290,8 @@ func (b *Board) Execute(ctx context.Context, req *protocol.Request) (value json.
 	if err := b.logExec(req); err != nil {
 		return nil, protocol.Errorf(protocol.CodeHWError, "%v", err)
 	}
-	h, ok := b.handlers[req.Method]
-	if !ok {
+	h := b.handler(req.Method)
+	if h == nil {
 		return nil, protocol.Errorf(protocol.CodeUnknownMethod, "hw: %q is not offered by this board", req.Method)
 	}
 	if err := ctx.Err(); err != nil {
@@ -277,7 +302,7 @@ func (b *Board) Execute(ctx context.Context, req *protocol.Request) (value json.
 			return nil, classify(fmt.Errorf("hw: %s: %w", req.Method, err))
 		}
 	}
-	v, err := h(ctx, req.Params)
+	v, err := h(b, ctx, req.Params)
 	if err != nil {
 		return nil, classify(err)
 	}

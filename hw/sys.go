@@ -135,7 +135,7 @@ func (b *Board) cpuTemp() *float64 {
 }
 
 // sysPing echoes its params; absent or null params echo as {}.
-func sysPing(ctx context.Context, raw json.RawMessage) (any, error) {
+func (b *Board) sysPing(ctx context.Context, raw json.RawMessage) (any, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
 		return json.RawMessage("{}"), nil
