@@ -67,32 +67,14 @@ func loadConfig(args []string, getenv func(string) string) (*config, error) {
 // readConfig merges the file, the environment and the flags without
 // requiring a relay or a token, so that check can report on a partial
 // configuration.
+//
+// The flags are parsed twice. The first pass, into a zero config, finds
+// --config, --version and --help and reports bad flags; the second, after
+// the file and the environment, parses them into the merged config, where
+// each flag given overrides what came before and the rest keep it.
 func readConfig(name string, args []string, getenv func(string) string) (*config, error) {
-	cfg := defaultConfig()
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	var f config
-	fs.StringVar(&f.configFile, "config", "", "YAML config file (e.g. /etc/tether/agent.yaml)")
-	fs.StringVar(&f.Relay, "relay", "", "relay URL, ws:// or wss:// (env TETHER_RELAY)")
-	fs.StringVar(&f.Token, "token", "", "device token (env TETHER_TOKEN; prefer --token-file)")
-	fs.StringVar(&f.TokenFile, "token-file", "", "file holding the device token")
-	fs.StringVar(&f.Board, "board", "", "board: periph (real hardware from the config; the default) or mock (simulated Pi)")
-	fs.StringVar(&f.State, "state", "", "state directory for the journal")
-	fs.IntVar(&f.Credits, "credits", 0, "requests run at once (env TETHER_CREDITS; default 1)")
-	fs.DurationVar(&f.PingPeriod, "ping", 0, "ping period (default: the relay's)")
-	fs.DurationVar(&f.BackoffMax, "backoff-max", 0, "cap of the reconnect backoff (default 30s)")
-	fs.StringVar(&f.LogFormat, "log-format", "", "log format: text or json (default text)")
-	fs.StringVar(&f.LogLevel, "log-level", "", "log level: debug, info, warn, error (default info)")
-	fs.StringVar(&f.StatusAddr, "status-addr", "", "serve /healthz and /status on this address, e.g. 127.0.0.1:9101")
-	fs.StringVar(&f.ExecLog, "mock-exec-log", "", "mock board: append each executed request id to this file")
-	fs.DurationVar(&f.MockDelay, "mock-delay", 0, "mock board: time each request takes")
-	fs.Int64Var(&f.compactBytes, "journal-compact-bytes", 0, "journal size that triggers a compaction (default 1 MiB)")
-	fs.BoolVar(&f.showVersion, "version", false, "print the version and exit")
-	fs.StringVar(&f.caFile, "ca", "", "PEM file of CAs to verify a wss:// relay with (default: system roots)")
-	fs.StringVar(&f.certFile, "cert", "", "client certificate (PEM) for mutual TLS; the relay maps its CN/SAN to the device")
-	fs.StringVar(&f.keyFile, "key", "", "private key (PEM) of --cert")
-	fs.BoolVar(&f.insecure, "insecure", false, "allow plain ws:// to a relay that is not on loopback")
-	fs.Usage = func() {}
+	fs := flagSet(name, &f)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(os.Stdout)
@@ -109,6 +91,7 @@ func readConfig(name string, args []string, getenv func(string) string) (*config
 		return &f, nil
 	}
 
+	cfg := defaultConfig()
 	if f.configFile != "" {
 		data, err := os.ReadFile(f.configFile)
 		if err != nil {
@@ -124,8 +107,9 @@ func readConfig(name string, args []string, getenv func(string) string) (*config
 	if v := getenv("TETHER_TOKEN"); v != "" {
 		cfg.Token = v
 	}
-	if v := getenv("TETHER_CREDITS"); v != "" {
-		n, err := strconv.Atoi(v)
+	envCredits := getenv("TETHER_CREDITS")
+	if envCredits != "" {
+		n, err := strconv.Atoi(envCredits)
 		if err != nil {
 			return nil, fmt.Errorf("TETHER_CREDITS: %w", err)
 		}
@@ -133,38 +117,21 @@ func readConfig(name string, args []string, getenv func(string) string) (*config
 	}
 
 	// Flags win over everything set explicitly.
-	set := map[string]bool{}
-	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
-	str := func(name string, dst *string, v string) {
-		if set[name] {
-			*dst = v
+	flagSet(name, &cfg).Parse(args) // parsed above: it cannot fail
+	creditsFlag := false
+	fs.Visit(func(fl *flag.Flag) {
+		switch fl.Name {
+		case "credits":
+			creditsFlag = true
+		case "token":
+			cfg.tokenFlag = true
+		case "token-file":
+			cfg.tokenFileFlag = true
 		}
-	}
-	str("relay", &cfg.Relay, f.Relay)
-	str("token", &cfg.Token, f.Token)
-	str("token-file", &cfg.TokenFile, f.TokenFile)
-	str("board", &cfg.Board, f.Board)
-	str("state", &cfg.State, f.State)
-	str("log-format", &cfg.LogFormat, f.LogFormat)
-	str("log-level", &cfg.LogLevel, f.LogLevel)
-	str("status-addr", &cfg.StatusAddr, f.StatusAddr)
-	if set["credits"] {
-		cfg.Credits = f.Credits
-	}
-	if set["ping"] {
-		cfg.PingPeriod = f.PingPeriod
-	}
-	if set["backoff-max"] {
-		cfg.BackoffMax = f.BackoffMax
-	}
-	cfg.ExecLog, cfg.MockDelay, cfg.configFile = f.ExecLog, f.MockDelay, f.configFile
-	cfg.compactBytes = f.compactBytes
-	cfg.caFile, cfg.certFile, cfg.keyFile, cfg.insecure = f.caFile, f.certFile, f.keyFile, f.insecure
-	cfg.tokenFlag = set["token"]
-	cfg.tokenFileFlag = set["token-file"]
+	})
 	// What a flag or the environment set is held to the file's rules.
 	switch {
-	case (set["credits"] || getenv("TETHER_CREDITS") != "") && (cfg.Credits < 1 || cfg.Credits > protocol.MaxPull):
+	case (creditsFlag || envCredits != "") && (cfg.Credits < 1 || cfg.Credits > protocol.MaxPull):
 		return nil, fmt.Errorf("credits: want 1 to %d, got %d", protocol.MaxPull, cfg.Credits)
 	case cfg.LogFormat != "" && cfg.LogFormat != "text" && cfg.LogFormat != "json":
 		return nil, fmt.Errorf("log format: want text or json, got %q", cfg.LogFormat)
@@ -178,6 +145,36 @@ func readConfig(name string, args []string, getenv func(string) string) (*config
 		}
 	}
 	return &cfg, nil
+}
+
+// flagSet returns the agent's flags, bound to c's fields. What c holds is
+// each flag's default: zero, as --help shows them, or what the file and
+// the environment set, which a flag not given leaves as it is.
+func flagSet(name string, c *config) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	fs.StringVar(&c.configFile, "config", c.configFile, "YAML config file (e.g. /etc/tether/agent.yaml)")
+	fs.StringVar(&c.Relay, "relay", c.Relay, "relay URL, ws:// or wss:// (env TETHER_RELAY)")
+	fs.StringVar(&c.Token, "token", c.Token, "device token (env TETHER_TOKEN; prefer --token-file)")
+	fs.StringVar(&c.TokenFile, "token-file", c.TokenFile, "file holding the device token")
+	fs.StringVar(&c.Board, "board", c.Board, "board: periph (real hardware from the config; the default) or mock (simulated Pi)")
+	fs.StringVar(&c.State, "state", c.State, "state directory for the journal")
+	fs.IntVar(&c.Credits, "credits", c.Credits, "requests run at once (env TETHER_CREDITS; default 1)")
+	fs.DurationVar(&c.PingPeriod, "ping", c.PingPeriod, "ping period (default: the relay's)")
+	fs.DurationVar(&c.BackoffMax, "backoff-max", c.BackoffMax, "cap of the reconnect backoff (default 30s)")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json (default text)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error (default info)")
+	fs.StringVar(&c.StatusAddr, "status-addr", c.StatusAddr, "serve /healthz and /status on this address, e.g. 127.0.0.1:9101")
+	fs.StringVar(&c.ExecLog, "mock-exec-log", c.ExecLog, "mock board: append each executed request id to this file")
+	fs.DurationVar(&c.MockDelay, "mock-delay", c.MockDelay, "mock board: time each request takes")
+	fs.Int64Var(&c.compactBytes, "journal-compact-bytes", c.compactBytes, "journal size that triggers a compaction (default 1 MiB)")
+	fs.BoolVar(&c.showVersion, "version", c.showVersion, "print the version and exit")
+	fs.StringVar(&c.caFile, "ca", c.caFile, "PEM file of CAs to verify a wss:// relay with (default: system roots)")
+	fs.StringVar(&c.certFile, "cert", c.certFile, "client certificate (PEM) for mutual TLS; the relay maps its CN/SAN to the device")
+	fs.StringVar(&c.keyFile, "key", c.keyFile, "private key (PEM) of --cert")
+	fs.BoolVar(&c.insecure, "insecure", c.insecure, "allow plain ws:// to a relay that is not on loopback")
+	return fs
 }
 
 // printUsage prints the usage line of the agent, or of check when name
