@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -112,15 +111,17 @@ func (s *statusServer) serve(c net.Conn) {
 	c.SetDeadline(time.Now().Add(statusShutdown))
 	req, err := http.ReadRequest(bufio.NewReader(io.LimitReader(c, 8<<10)))
 	if err != nil {
-		respond(c, 400, statusError{"bad request"})
+		respond(c, false, 400, statusError{"bad request"})
 		return
 	}
+	code, body := s.answer(req)
+	respond(c, req.Method == http.MethodHead, code, body)
+}
+
+// answer returns the status code and the body of the response to req.
+func (s *statusServer) answer(req *http.Request) (int, any) {
 	if req.Method != http.MethodGet && req.Method != http.MethodHead {
-		respond(c, 405, statusError{"method not allowed"})
-		return
-	}
-	if req.Method == http.MethodHead {
-		c = headOnly{c}
+		return 405, statusError{"method not allowed"}
 	}
 	switch req.URL.Path {
 	case "/healthz":
@@ -131,33 +132,25 @@ func (s *statusServer) serve(c net.Conn) {
 		// the agent writes the journal anew by itself once it can).
 		st := s.snapshot()
 		if st.Journal != "ok" {
-			respond(c, 503, health{Status: "journal failing", Error: st.Journal, Connected: st.Connected})
-			return
+			return 503, health{Status: "journal failing", Error: st.Journal, Connected: st.Connected}
 		}
-		respond(c, 200, health{Status: "ok", Connected: st.Connected})
+		return 200, health{Status: "ok", Connected: st.Connected}
 	case "/status":
-		respond(c, 200, s.snapshot())
-	default:
-		respond(c, 404, statusError{"not found"})
+		return 200, s.snapshot()
 	}
+	return 404, statusError{"not found"}
 }
 
-// headOnly drops the body of a response to HEAD: everything after the
-// blank line that ends the headers.
-type headOnly struct{ net.Conn }
-
-func (h headOnly) Write(b []byte) (int, error) {
-	if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
-		_, err := h.Conn.Write(b[:i+4])
-		return len(b), err
-	}
-	return h.Conn.Write(b)
-}
-
-func respond(w io.Writer, code int, v any) {
+// respond writes the response: v as JSON, but only the headers in answer
+// to a HEAD request.
+func respond(w io.Writer, head bool, code int, v any) {
 	body, _ := json.Marshal(v)
-	fmt.Fprintf(w, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n",
-		code, statusText(code), len(body)+1, body)
+	b := fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: %d\r\nConnection: close\r\n\r\n",
+		code, statusText(code), len(body)+1)
+	if !head {
+		b = append(append(b, body...), '\n')
+	}
+	w.Write(b)
 }
 
 // statusText is http.StatusText for the codes the status server answers

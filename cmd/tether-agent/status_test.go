@@ -4,7 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"strings"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -69,6 +73,47 @@ func TestStatusServer(t *testing.T) {
 	}
 	http.DefaultClient.CloseIdleConnections()
 
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+}
+
+// TestStatusServerHead checks that HEAD gets GET's status line and headers,
+// Content-Length included, and no body.
+func TestStatusServerHead(t *testing.T) {
+	ss, err := listenStatus("127.0.0.1:0", func() agent.Status { return agent.Status{} }, agentStatus{Version: "v9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ss.Run(ctx) }()
+	raw := func(method string) string {
+		t.Helper()
+		c, err := net.Dial("tcp", ss.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "%s /healthz HTTP/1.1\r\nHost: x\r\n\r\n", method)
+		b, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	get, head := raw("GET"), raw("HEAD")
+	i := strings.Index(get, "\r\n\r\n")
+	if i < 0 || !strings.HasPrefix(get, "HTTP/1.1 200 OK\r\n") || !strings.Contains(get, "Content-Length: ") {
+		t.Fatalf("GET: %q", get)
+	}
+	if head != get[:i+4] {
+		t.Errorf("HEAD: %q, want GET's headers %q", head, get[:i+4])
+	}
+	if put := raw("PUT"); !strings.HasPrefix(put, "HTTP/1.1 405 Method Not Allowed\r\n") || !strings.HasSuffix(put, "\r\n\r\n{\"error\":\"method not allowed\"}\n") {
+		t.Errorf("PUT: %q", put)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Run: %v", err)
