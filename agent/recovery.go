@@ -247,10 +247,11 @@ func (a *Agent) compactLocked() error {
 // events.
 func (a *Agent) snapshotLocked() []record {
 	var recs []record
+	add := func(r record) { recs = append(recs, r) }
 	now := time.Now().UnixMilli()
 	for id, j := range a.running {
 		if !j.pure {
-			recs = append(recs, record{Op: opStart, ID: id, Idem: j.req.Idempotent, Time: now})
+			add(record{Op: opStart, ID: id, Idem: j.req.Idempotent, Time: now})
 		}
 	}
 	for _, id := range a.out.finishedOrder() {
@@ -258,25 +259,25 @@ func (a *Agent) snapshotLocked() []record {
 		if e.pure {
 			continue // kept in memory only, as its start was
 		}
-		recs = append(recs, record{Op: opResult, ID: id, Result: e.res, Time: e.at.UnixMilli()})
+		add(record{Op: opResult, ID: id, Result: e.res, Time: e.at.UnixMilli()})
 		if !a.out.unacked[id] {
-			recs = append(recs, record{Op: opAck, ID: id})
+			add(record{Op: opAck, ID: id})
 		}
 	}
 	floor := a.out.nextSeq - 1
 	booted := a.numbered // a span is open until the first welcome
 	for _, pe := range a.out.events {
 		if pe.fresh && !booted {
-			recs = append(recs, record{Op: opBoot})
+			add(record{Op: opBoot})
 			booted = true
 		}
 		ev := pe.ev
-		recs = append(recs, record{Op: opEvent, Event: &ev, Time: pe.at.UnixMilli()})
+		add(record{Op: opEvent, Event: &ev, Time: pe.at.UnixMilli()})
 	}
 	if !booted {
 		// Events this process makes before its first welcome are
 		// recorded after this, in the span it opens.
-		recs = append(recs, record{Op: opBoot})
+		add(record{Op: opBoot})
 	}
 	if len(a.out.events) > 0 {
 		floor = a.out.events[0].ev.Seq - 1
@@ -284,7 +285,7 @@ func (a *Agent) snapshotLocked() []record {
 	// The acknowledged floor keeps event numbering increasing across
 	// restarts even when no event is owed.
 	if floor > 0 {
-		recs = append(recs, record{Op: opEventAck, Seq: floor})
+		add(record{Op: opEventAck, Seq: floor})
 	}
 	return recs
 }
