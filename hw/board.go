@@ -125,9 +125,7 @@ func NewBoard(name string, cfg Config, res Resources, opts Options) (*Board, err
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
 	}
-	if c, ok := opts.ExecLog.(io.Closer); ok {
-		b.closers = append(b.closers, c)
-	}
+	b.own(opts.ExecLog)
 	missing := func(kind, hwName string) error {
 		if err := res.Errors[hwName]; err != nil {
 			return err
@@ -148,8 +146,8 @@ func NewBoard(name string, cfg Config, res Resources, opts Options) (*Board, err
 		bus := newI2CBus(c, res.I2C[c.Bus])
 		if bus.bus == nil {
 			bus.err = missing("i2c bus", c.Bus)
-		} else if cl, ok := bus.bus.(io.Closer); ok {
-			b.closers = append(b.closers, cl)
+		} else {
+			b.own(bus.bus)
 		}
 		b.buses[c.Name] = bus
 		b.add(KindI2C, c.Name, bus.err, bus.info())
@@ -159,9 +157,7 @@ func NewBoard(name string, cfg Config, res Resources, opts Options) (*Board, err
 		if p := res.SPI[c.Port]; p == nil {
 			port.err = missing("spi port", c.Port)
 		} else {
-			if cl, ok := p.(io.Closer); ok {
-				b.closers = append(b.closers, cl)
-			}
+			b.own(p)
 			port.err = port.connect(p)
 		}
 		b.ports[c.Name] = port
@@ -234,6 +230,13 @@ func (b *Board) handler(method string) handler {
 		}
 	}
 	return nil
+}
+
+// own makes Close close v if v is an io.Closer.
+func (b *Board) own(v any) {
+	if c, ok := v.(io.Closer); ok {
+		b.closers = append(b.closers, c)
+	}
 }
 
 type pwmInfo struct {
