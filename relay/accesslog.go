@@ -18,9 +18,10 @@ import (
 func (s *Server) accessLog(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &statusRecorder{ResponseWriter: w}
-		note := &reqNote{}
-		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), noteKey{}, note)))
+		st := &reqState{Context: r.Context()}
+		st.rec.ResponseWriter = w
+		rec, note := &st.rec, &st.note
+		next.ServeHTTP(rec, r.WithContext(st))
 		if !s.log.Enabled(r.Context(), slog.LevelInfo) {
 			return
 		}
@@ -64,6 +65,37 @@ type reqNote struct {
 }
 
 type noteKey struct{}
+
+// reqState is what accessLog keeps of one request, in one allocation: the
+// recorder the answer goes through, the note, and, once Server.client has
+// checked the key, the client the request stands for. It is the request's
+// context too, net/http's with the note and the client as its values: a
+// context and a copy of the request per value would cost every REST call
+// garbage of its own.
+type reqState struct {
+	context.Context // net/http's, which reqState extends
+
+	rec  statusRecorder
+	note reqNote
+	// Set by Server.client before it calls the endpoint's handler, and
+	// not changed after: authed says that client is.
+	authed bool
+	client clientID
+}
+
+// Value answers for the note and, once authed, for the client; every
+// other key is the request context's.
+func (st *reqState) Value(key any) any {
+	switch key.(type) {
+	case noteKey:
+		return &st.note
+	case clientKey:
+		if st.authed {
+			return &st.client
+		}
+	}
+	return st.Context.Value(key)
+}
 
 // noteOf returns r's note; without accessLog (handlers called directly)
 // it returns a throwaway one, so callers need not check.

@@ -99,6 +99,12 @@ func (s *Server) client(h http.HandlerFunc) http.HandlerFunc {
 			writeError(w, http.StatusUnauthorized, codeUnauthorized, "missing or invalid client key")
 			return
 		}
+		if st, ok := r.Context().(*reqState); ok {
+			st.note.client = id.name
+			st.client, st.authed = id, true
+			h(w, r)
+			return
+		}
 		noteOf(r).client = id.name
 		h(w, r.WithContext(withClientID(r.Context(), id)))
 	}
