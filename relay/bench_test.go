@@ -1,7 +1,13 @@
 package relay
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 
 	"github.com/tetherhq/tether/protocol"
@@ -47,4 +53,68 @@ func benchServer(b *testing.B) *Server {
 	}
 	b.Cleanup(func() { srv.Close() })
 	return srv
+}
+
+// BenchmarkRESTSubmit measures a REST submission, POST
+// /v1/devices/{id}/requests answered 202, over one keep-alive connection
+// as a web app's backend makes it: authentication, the body's decoding,
+// the durable submit and the answer. Its allocations are the client's
+// (net/http's ReadResponse) and the relay's together.
+func BenchmarkRESTSubmit(b *testing.B) {
+	srv := benchServer(b)
+	key := benchClient(b, srv)
+	body := `{"method":"sys.ping","params":{"seq":1},"timeout":"30s"}`
+	benchREST(b, srv, fmt.Sprintf("POST /v1/devices/dev1/requests HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer %s\r\n"+
+		"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", key, len(body), body), http.StatusAccepted)
+}
+
+// BenchmarkRESTGet measures GET /v1/requests/{id}?wait=0s of a queued
+// request: the REST API's own work on a call, without the store's.
+func BenchmarkRESTGet(b *testing.B) {
+	srv := benchServer(b)
+	key := benchClient(b, srv)
+	rec, err := srv.Submit(context.Background(), "dev1", protocol.Submit{Method: "sys.ping", Params: []byte(`{"seq":1}`)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchREST(b, srv, fmt.Sprintf("GET /v1/requests/%s?wait=0s HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer %s\r\n\r\n",
+		rec.ID, key), http.StatusOK)
+}
+
+// benchClient registers a client in srv's data directory and returns its
+// key.
+func benchClient(b *testing.B, srv *Server) string {
+	key, err := AddClient(srv.cfg.DataDir, "web")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return key
+}
+
+// benchREST sends req to srv over one keep-alive connection for every
+// iteration of b, and checks that each answer has status want.
+func benchREST(b *testing.B, srv *Server, req string, want int) {
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	c, err := net.Dial("tcp", ts.Listener.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := io.WriteString(c, req); err != nil {
+			b.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			b.Fatalf("status %d, want %d", resp.StatusCode, want)
+		}
+	}
 }
