@@ -68,23 +68,24 @@ type noteKey struct{}
 
 // reqState is what accessLog keeps of one request, in one allocation: the
 // recorder the answer goes through, the note, and, once Server.client has
-// checked the key, the client the request stands for. It is the request's
-// context too, net/http's with the note and the client as its values: a
-// context and a copy of the request per value would cost every REST call
-// garbage of its own.
+// checked the key, the client the request stands for and the credentials
+// the key was found in (Server.scopeAndDevice). It is the request's
+// context too, net/http's with these as its values: a context and a copy
+// of the request per value would cost every REST call garbage of its own.
 type reqState struct {
 	context.Context // net/http's, which reqState extends
 
 	rec  statusRecorder
 	note reqNote
 	// Set by Server.client before it calls the endpoint's handler, and
-	// not changed after: authed says that client is.
+	// not changed after: authed says that client and creds are.
 	authed bool
 	client clientID
+	creds  credView
 }
 
-// Value answers for the note and, once authed, for the client; every
-// other key is the request context's.
+// Value answers for the note and, once authed, for the client and its
+// credentials; every other key is the request context's.
 func (st *reqState) Value(key any) any {
 	switch key.(type) {
 	case noteKey:
@@ -92,6 +93,10 @@ func (st *reqState) Value(key any) any {
 	case clientKey:
 		if st.authed {
 			return &st.client
+		}
+	case credViewKey:
+		if st.authed {
+			return &st.creds
 		}
 	}
 	return st.Context.Value(key)

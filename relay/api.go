@@ -93,7 +93,7 @@ func (s *Server) bodyDeadline(h http.Handler) http.Handler {
 // client wraps h with client-key authentication.
 func (s *Server) client(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		id, ok := s.creds.client(bearer(r.Header.Get("Authorization")))
+		id, creds, ok := s.creds.clientView(bearer(r.Header.Get("Authorization")))
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="tether"`)
 			writeError(w, http.StatusUnauthorized, codeUnauthorized, "missing or invalid client key")
@@ -101,7 +101,7 @@ func (s *Server) client(h http.HandlerFunc) http.HandlerFunc {
 		}
 		if st, ok := r.Context().(*reqState); ok {
 			st.note.client = id.name
-			st.client, st.authed = id, true
+			st.client, st.creds, st.authed = id, creds, true
 			h(w, r)
 			return
 		}

@@ -440,14 +440,26 @@ func (c *credCache) device(token string) (string, bool) {
 
 // client returns the client owning key.
 func (c *credCache) client(key string) (clientID, bool) {
+	id, _, ok := c.clientView(key)
+	return id, ok
+}
+
+// clientView is client, with the view of the credentials key was found
+// in: what else a REST call asks of them (its client's scope, whether its
+// device is registered) is answered from that view, without a second look
+// at the file a moment later.
+func (c *credCache) clientView(key string) (clientID, credView, bool) {
 	if !strings.HasPrefix(key, ClientKeyPrefix) {
-		return clientID{}, false
+		return clientID{}, credView{}, false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reloadLocked()
 	e, ok := lookupLocked(c.clients, key)
-	return clientID{name: e.Name, key: e.SHA256}, ok
+	if !ok {
+		return clientID{}, credView{}, false
+	}
+	return clientID{name: e.Name, key: e.SHA256}, c.viewLocked(), true
 }
 
 // hasDevice reports whether id is a registered device.

@@ -126,6 +126,10 @@ func (c *credCache) view() credView {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reloadLocked()
+	return c.viewLocked()
+}
+
+func (c *credCache) viewLocked() credView {
 	return credView{names: c.names, tokens: c.tokens, clients: c.clientNames}
 }
 

@@ -141,7 +141,7 @@ func (s *Server) Authorize(ctx context.Context, device, method string) error {
 	if !ok {
 		return nil
 	}
-	sc, _ := s.creds.scopeAndDevice(name, keyHashFrom(ctx), "")
+	sc, _ := s.scopeAndDevice(ctx, name, "")
 	return sc.authorize(name, device, method)
 }
 
@@ -149,7 +149,7 @@ func (s *Server) Authorize(ctx context.Context, device, method string) error {
 // credentials: a submit needs both.
 func (s *Server) authorizeDevice(ctx context.Context, device, method string) error {
 	name, isClient := ClientFrom(ctx)
-	sc, known := s.creds.scopeAndDevice(name, keyHashFrom(ctx), device)
+	sc, known := s.scopeAndDevice(ctx, name, device)
 	if isClient {
 		if err := sc.authorize(name, device, method); err != nil {
 			return err
@@ -192,15 +192,33 @@ func (c *credCache) clientScope(name string) Scope {
 // name is not registered, or, when keyHash is not empty, no longer with
 // that key) and whether device is registered.
 func (c *credCache) scopeAndDevice(name, keyHash, device string) (Scope, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.reloadLocked()
-	e, ok := c.clientNames[name]
-	_, known := c.names[device]
+	return c.view().scopeAndDevice(name, keyHash, device)
+}
+
+// scopeAndDevice is credCache.scopeAndDevice in v.
+func (v credView) scopeAndDevice(name, keyHash, device string) (Scope, bool) {
+	e, ok := v.clients[name]
+	_, known := v.names[device]
 	if !ok || !e.hasKey(keyHash) {
 		return Scope{none: true}, known
 	}
 	return Scope{Devices: e.Devices, Methods: e.Methods}, known
+}
+
+// credViewKey is the context key of the credentials a REST call's key was
+// checked against (reqState).
+type credViewKey struct{}
+
+// scopeAndDevice is credCache.scopeAndDevice for the client in ctx (name,
+// the one ClientFrom returns): in the credentials its key was checked
+// against if ctx is a REST call's, which checked it a moment ago, and in
+// the file as it is now otherwise. A key revoked since the call began
+// cannot be told apart from one revoked just after it.
+func (s *Server) scopeAndDevice(ctx context.Context, name, device string) (Scope, bool) {
+	if v, ok := ctx.Value(credViewKey{}).(*credView); ok {
+		return v.scopeAndDevice(name, keyHashFrom(ctx), device)
+	}
+	return s.creds.scopeAndDevice(name, keyHashFrom(ctx), device)
 }
 
 // hasClient reports whether id's key is still registered as its client's.
@@ -225,7 +243,7 @@ func (s *Server) scopedDevices(ctx context.Context) []protocol.DeviceInfo {
 	if !ok {
 		return all
 	}
-	sc, _ := s.creds.scopeAndDevice(name, keyHashFrom(ctx), "")
+	sc, _ := s.scopeAndDevice(ctx, name, "")
 	out := all[:0]
 	for _, d := range all {
 		if sc.AllowsDevice(d.ID) {

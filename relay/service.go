@@ -73,7 +73,7 @@ func (s *Server) Device(id string) (protocol.DeviceInfo, error) {
 func (s *Server) Pending(ctx context.Context, id string) ([]protocol.Record, error) {
 	// One read of the credentials, before the hub's lock is taken.
 	name, isClient := ClientFrom(ctx)
-	sc, known := s.creds.scopeAndDevice(name, keyHashFrom(ctx), id)
+	sc, known := s.scopeAndDevice(ctx, name, id)
 	keep := func(string) bool { return true }
 	if isClient {
 		if err := sc.authorize(name, id, ""); err != nil {
