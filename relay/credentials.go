@@ -3,7 +3,6 @@ package relay
 import (
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -262,12 +261,12 @@ type credCache struct {
 
 	mu sync.Mutex
 	// Guarded by mu:
-	file    *os.File             // the file last loaded, kept open; nil if none or not kept
-	version fileVersion          // of file when it was loaded
-	stat    fs.FileInfo          // of the file last loaded; nil if none
-	devices map[string]credEntry // by SHA-256 hex
-	clients map[string]credEntry // by SHA-256 hex
-	names   map[string]credEntry // device id → entry
+	file    *os.File                 // the file last loaded, kept open; nil if none or not kept
+	version fileVersion              // of file when it was loaded
+	stat    fs.FileInfo              // of the file last loaded; nil if none
+	devices map[secretHash]credEntry // by the hash of the token
+	clients map[secretHash]credEntry // by the hash of the key
+	names   map[string]credEntry     // device id → entry
 	// tokens indexes every accepted device token hash, rotation ones
 	// included; clientNames maps client name → entry (for scopes).
 	tokens      map[string]deviceToken
@@ -381,28 +380,35 @@ func sameFile(a, b fs.FileInfo) bool {
 	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
 }
 
-func indexByHash(es []credEntry) map[string]credEntry {
-	m := make(map[string]credEntry, len(es))
+// secretHash is the SHA-256 of a secret, which credentials.json keeps in
+// hex. Secrets are looked up by it as bytes: hex would cost every
+// authentication two allocations.
+type secretHash [sha256.Size]byte
+
+// indexByHash indexes es by the hash of their secret. An entry whose hash
+// is not SHA-256 hex matches no secret, and is left out.
+func indexByHash(es []credEntry) map[secretHash]credEntry {
+	m := make(map[secretHash]credEntry, len(es))
 	for _, e := range es {
-		m[strings.ToLower(e.SHA256)] = e
+		var h secretHash
+		if len(e.SHA256) != hex.EncodedLen(len(h)) {
+			continue
+		}
+		if _, err := hex.Decode(h[:], []byte(e.SHA256)); err != nil {
+			continue
+		}
+		m[h] = e
 	}
 	return m
 }
 
-// lookupLocked finds the entry whose hash matches secret. The map lookup
-// narrows to one candidate; the constant-time compare of the hash bytes is
-// what decides.
-func lookupLocked(m map[string]credEntry, secret string) (credEntry, bool) {
-	sum := sha256.Sum256([]byte(secret))
-	e, ok := m[hex.EncodeToString(sum[:])]
-	if !ok {
-		return credEntry{}, false
-	}
-	want, err := hex.DecodeString(e.SHA256)
-	if err != nil || subtle.ConstantTimeCompare(want, sum[:]) != 1 {
-		return credEntry{}, false
-	}
-	return e, true
+// lookupLocked finds the entry whose hash matches secret's. The hash is
+// compared, never the secret: how long a compare of hashes takes tells
+// nothing about the secret, whose hash an attacker cannot steer byte by
+// byte.
+func lookupLocked(m map[secretHash]credEntry, secret string) (credEntry, bool) {
+	e, ok := m[sha256.Sum256([]byte(secret))]
+	return e, ok
 }
 
 // reloadLocked is refreshLocked for callers that keep serving with the
