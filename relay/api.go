@@ -433,9 +433,28 @@ func writeRecord(w http.ResponseWriter, status int, rec *protocol.Record) {
 	putSendBuf(bp)
 }
 
+// The values of the headers every answer has. net/http copies a handler's
+// headers when it writes them and changes no value in place, so every
+// answer can share these instead of allocating its own (Header.Set).
+var (
+	jsonType = []string{"application/json"}
+	noStore  = []string{"no-store"}
+)
+
+// chunkedOver is the size of net/http's buffer in front of a response
+// body (bufferBeforeChunkingSize): a handler that writes more than that
+// is sent chunked unless it set Content-Length.
+const chunkedOver = 2048
+
 func writeBody(w http.ResponseWriter, status int, b []byte) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
+	h := w.Header()
+	h["Content-Type"] = jsonType
+	h["Cache-Control"] = noStore
+	if len(b) > chunkedOver {
+		// A smaller body net/http holds back whole, and gives the
+		// length of itself.
+		h["Content-Length"] = []string{strconv.Itoa(len(b))}
+	}
 	w.WriteHeader(status)
 	w.Write(b)
 }

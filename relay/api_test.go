@@ -2,6 +2,7 @@ package relay
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -352,6 +353,36 @@ func TestRestartReasonsSpread(t *testing.T) {
 	for d, n := range at {
 		if n > 2*10_000/29 {
 			t.Errorf("%d of 10,000 agents asked back within 10 s of %v", n, d)
+		}
+	}
+}
+
+// Every answer is JSON, not to be cached, and sent with its length rather
+// than chunked, small or large.
+func TestAnswersHaveTheirLength(t *testing.T) {
+	e := newEnv(t)
+	small := e.submit(protocol.Submit{Method: "m"})
+	large := e.submit(protocol.Submit{Method: "m", Params: json.RawMessage(`{"pad":"` + strings.Repeat("x", 10000) + `"}`)})
+	for _, id := range []string{small.ID, large.ID, "r-nope"} {
+		req, _ := http.NewRequest("GET", e.ts.URL+"/v1/requests/"+id, nil)
+		req.Header.Set("Authorization", "Bearer "+e.key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.ContentLength != int64(len(b)) || len(resp.TransferEncoding) > 0 {
+			t.Errorf("%s: %d bytes, Content-Length %d, Transfer-Encoding %q", id, len(b), resp.ContentLength, resp.TransferEncoding)
+		}
+		if ct, cc := resp.Header.Get("Content-Type"), resp.Header.Get("Cache-Control"); ct != "application/json" || cc != "no-store" {
+			t.Errorf("%s: Content-Type %q, Cache-Control %q", id, ct, cc)
+		}
+		if id != "r-nope" && decode[protocol.Record](t, b).ID != id {
+			t.Errorf("%s: answered %s", id, b)
 		}
 	}
 }
