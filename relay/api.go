@@ -84,10 +84,25 @@ func (s *Server) Handler() http.Handler {
 func (s *Server) bodyDeadline(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength != 0 {
-			http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
+			setReadDeadline(w, time.Now().Add(s.cfg.ReadTimeout))
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// setReadDeadline is http.ResponseController's SetReadDeadline, without
+// allocating the controller.
+func setReadDeadline(w http.ResponseWriter, t time.Time) error {
+	for {
+		switch v := w.(type) {
+		case interface{ SetReadDeadline(time.Time) error }:
+			return v.SetReadDeadline(t)
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = v.Unwrap()
+		default:
+			return http.ErrNotSupported
+		}
+	}
 }
 
 // client wraps h with client-key authentication.
@@ -153,10 +168,16 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The body is read under bodyDeadline's deadline, lifted once it is
-	// read whole (and kept if not, so that the connection ends).
-	buf, err := readFrameBuf(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxFrame)), s.cfg.MaxFrame)
+	// read whole (and kept if not, so that the connection ends). A body
+	// whose length is given ends there, and can only be over the limit if
+	// that length is; any other goes through MaxBytesReader.
+	body := r.Body
+	if r.ContentLength < 0 || r.ContentLength > int64(s.cfg.MaxFrame) {
+		body = http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxFrame))
+	}
+	buf, err := readFrameBuf(body, s.cfg.MaxFrame)
 	if err == nil {
-		http.NewResponseController(w).SetReadDeadline(time.Time{})
+		setReadDeadline(w, time.Time{})
 	}
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -208,10 +229,12 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 // decodeSubmit decodes a submission's body: on the fast path if it can,
 // through encoding/json otherwise.
 func decodeSubmit(body []byte) (protocol.Submit, error) {
-	sub, ok := protocol.DecodeSubmitFast(body)
-	if ok {
+	if sub, ok := protocol.DecodeSubmitFast(body); ok {
 		return sub, nil
 	}
+	// A variable of its own: encoding/json's would move the fast path's
+	// to the heap as well.
+	var sub protocol.Submit
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&sub); err != nil {
 		return sub, fmt.Errorf("malformed JSON body: %w", err)

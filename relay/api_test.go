@@ -386,3 +386,38 @@ func TestAnswersHaveTheirLength(t *testing.T) {
 		}
 	}
 }
+
+// A submission's body is held to the frame limit whether or not its
+// length is given up front (chunked, it is not).
+func TestSubmitBodyLimit(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MaxFrame = 1024 })
+	fits := `{"method":"m","params":{"pad":"` + strings.Repeat("x", 800) + `"}}`
+	over := `{"method":"m","params":{"pad":"` + strings.Repeat("x", 2000) + `"}}`
+	for _, tc := range []struct {
+		name    string
+		body    string
+		chunked bool
+		status  int
+	}{
+		{"fits", fits, false, http.StatusAccepted},
+		{"fits, chunked", fits, true, http.StatusAccepted},
+		{"over", over, false, http.StatusRequestEntityTooLarge},
+		{"over, chunked", over, true, http.StatusRequestEntityTooLarge},
+	} {
+		var body io.Reader = strings.NewReader(tc.body)
+		if tc.chunked {
+			body = io.MultiReader(body) // a length net/http cannot know: sent chunked
+		}
+		req, _ := http.NewRequest("POST", e.ts.URL+"/v1/devices/dev1/requests", body)
+		req.Header.Set("Authorization", "Bearer "+e.key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.status {
+			t.Errorf("%s: %d %s", tc.name, resp.StatusCode, b)
+		}
+	}
+}

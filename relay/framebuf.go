@@ -24,10 +24,20 @@ const maxPooledFrame = 64 << 10
 func readFrameBuf(r io.Reader, max int) (*bytes.Buffer, error) {
 	buf := frameBufs.Get().(*bytes.Buffer)
 	buf.Reset()
-	_, err := buf.ReadFrom(&io.LimitedReader{R: r, N: int64(max) + 1})
-	if err != nil {
-		putFrameBuf(buf)
-		return nil, err
+	// Buffer.ReadFrom through an io.LimitedReader, without allocating
+	// the LimitedReader.
+	for room := max + 1; room > 0; room = max + 1 - buf.Len() {
+		buf.Grow(min(bytes.MinRead, room))
+		b := buf.AvailableBuffer()
+		n, err := r.Read(b[:min(cap(b), room)])
+		buf.Write(b[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			putFrameBuf(buf)
+			return nil, err
+		}
 	}
 	return buf, nil
 }
