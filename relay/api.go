@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -372,7 +373,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 // parseWait reads ?wait= as a Go duration ("5s") or milliseconds, capped
 // at MaxWait.
 func (s *Server) parseWait(r *http.Request) (time.Duration, error) {
-	v := r.URL.Query().Get("wait")
+	v := queryValue(r.URL, "wait")
 	if v == "" {
 		return 0, nil
 	}
@@ -392,6 +393,30 @@ func (s *Server) parseWait(r *http.Request) (time.Duration, error) {
 	}
 	return min(d, s.cfg.MaxWait), nil
 }
+
+// queryValue is u.Query().Get(key) without the map of every parameter
+// that Query builds, when the query holds nothing for it to unescape or
+// refuse (a '%', '+' or ';') and is well within its limit on the number of
+// parameters: then a parameter is the text between '&'s, and its key the
+// text before its first '='.
+func queryValue(u *url.URL, key string) string {
+	q := u.RawQuery
+	if strings.ContainsAny(q, "%+;") || strings.Count(q, "&") >= maxPlainParams {
+		return u.Query().Get(key)
+	}
+	for q != "" {
+		var p string
+		p, q, _ = strings.Cut(q, "&")
+		if k, v, _ := strings.Cut(p, "="); k == key {
+			return v
+		}
+	}
+	return ""
+}
+
+// maxPlainParams bounds the queries queryValue reads itself, far below
+// url.ParseQuery's limit (10,000 by default, GODEBUG urlmaxqueryparams).
+const maxPlainParams = 100
 
 // writeErr maps an error to its status and code.
 func (s *Server) writeErr(w http.ResponseWriter, err error) {

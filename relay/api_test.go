@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -420,4 +421,19 @@ func TestSubmitBodyLimit(t *testing.T) {
 			t.Errorf("%s: %d %s", tc.name, resp.StatusCode, b)
 		}
 	}
+}
+
+// FuzzQueryValue: queryValue reads any query as url.URL.Query does.
+func FuzzQueryValue(f *testing.F) {
+	for _, q := range []string{"", "wait=30s", "wait=5s&wait=6s", "a=1&wait=1500", "wait", "wait=", "=wait&wait=x=y",
+		"wait=%31s", "w%61it=2s", "wait=1+s", "a=1;wait=2s&wait=3s", "wait=%zz&wait=4s", "&&wait=7s&", "WAIT=1s"} {
+		f.Add(q, "wait")
+	}
+	f.Add("a=1&"+strings.Repeat("b&", maxPlainParams)+"wait=1s", "wait")
+	f.Fuzz(func(t *testing.T, q, key string) {
+		u := &url.URL{RawQuery: q}
+		if got, want := queryValue(u, key), u.Query().Get(key); got != want {
+			t.Fatalf("queryValue(%q, %q) = %q, Query gives %q", q, key, got, want)
+		}
+	})
 }
