@@ -407,7 +407,10 @@ func indexByHash(es []credEntry) map[secretHash]credEntry {
 // nothing about the secret, whose hash an attacker cannot steer byte by
 // byte.
 func lookupLocked(m map[secretHash]credEntry, secret string) (credEntry, bool) {
-	e, ok := m[sha256.Sum256([]byte(secret))]
+	// Copied on the stack: []byte(secret) would allocate, secrets being
+	// longer than the runtime's 32-byte buffer for such conversions.
+	var b [128]byte
+	e, ok := m[sha256.Sum256(append(b[:0], secret...))]
 	return e, ok
 }
 
