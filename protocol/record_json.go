@@ -41,7 +41,7 @@ func (r *Record) AppendJSON(b []byte) []byte {
 		b = append(b, `,"idempotent":true`...)
 	}
 	b = append(b, `,"timeout":`...)
-	b = AppendJSONString(b, time.Duration(r.Timeout).String())
+	b = AppendJSONDuration(b, time.Duration(r.Timeout))
 	b = append(b, `,"created":`...)
 	b = AppendJSONTime(b, r.Created)
 	if r.Finished != nil {
@@ -132,7 +132,7 @@ func (m *ClientCall) appendFrame(b []byte) []byte {
 	}
 	if m.Timeout != 0 {
 		b = append(b, `,"timeout":`...)
-		b = AppendJSONString(b, time.Duration(m.Timeout).String())
+		b = AppendJSONDuration(b, time.Duration(m.Timeout))
 	}
 	if m.Idempotent {
 		b = append(b, `,"idempotent":true`...)
@@ -199,6 +199,17 @@ func AppendJSONTime(b []byte, t time.Time) []byte {
 	}
 	b = append(b, '"')
 	b = t.AppendFormat(b, time.RFC3339Nano)
+	return append(b, '"')
+}
+
+// AppendJSONDuration appends d as a JSON string, as Duration's
+// MarshalJSON writes it. Its text needs no escaping (digits, '.', '-',
+// unit letters and 'µ'), and appended as it is it costs no allocation:
+// passed to AppendJSONString, which may hand it to json.Marshal, it would
+// be moved to the heap.
+func AppendJSONDuration(b []byte, d time.Duration) []byte {
+	b = append(b, '"')
+	b = append(b, d.String()...)
 	return append(b, '"')
 }
 

@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"reflect"
 	"testing"
 	"time"
@@ -102,4 +103,19 @@ func BenchmarkRecordJSON(b *testing.B) {
 			buf = r.AppendJSON(buf[:0])
 		}
 	})
+}
+
+// AppendJSONDuration writes what json.Marshal writes of a Duration, whose
+// text has no character JSON escapes, in every unit and at the extremes.
+func TestAppendJSONDuration(t *testing.T) {
+	for _, d := range []time.Duration{0, 1, 999, 1500, time.Millisecond + 1, 30 * time.Second, -90 * time.Minute,
+		7 * 24 * time.Hour, math.MaxInt64, math.MinInt64} {
+		want, err := json.Marshal(Duration(d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := AppendJSONDuration([]byte("x"), d); string(got) != "x"+string(want) {
+			t.Errorf("%d: %s, want %s", d, got[1:], want)
+		}
+	}
 }

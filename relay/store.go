@@ -233,7 +233,7 @@ func encodeRequest(r *storedRequest) []byte {
 		}
 		if k.AskedTimeout != 0 {
 			b = append(b, `,"asked_timeout":`...)
-			b = protocol.AppendJSONString(b, time.Duration(k.AskedTimeout).String())
+			b = protocol.AppendJSONDuration(b, time.Duration(k.AskedTimeout))
 		}
 		b = append(b, '}')
 	}
