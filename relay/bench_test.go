@@ -3,12 +3,16 @@ package relay
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
+
+	"github.com/gorilla/websocket"
 
 	"github.com/tetherhq/tether/protocol"
 )
@@ -64,8 +68,60 @@ func BenchmarkRESTSubmit(b *testing.B) {
 	srv := benchServer(b)
 	key := benchClient(b, srv)
 	body := `{"method":"sys.ping","params":{"seq":1},"timeout":"30s"}`
-	benchREST(b, srv, fmt.Sprintf("POST /v1/devices/dev1/requests HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer %s\r\n"+
+	benchREST(b, benchHTTP(b, srv), fmt.Sprintf("POST /v1/devices/dev1/requests HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer %s\r\n"+
 		"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", key, len(body), body), http.StatusAccepted)
+}
+
+// BenchmarkRESTSubmitWait is BenchmarkRESTSubmit with ?wait=, answered
+// 200 once an agent (a bare WebSocket in the benchmark's process, which
+// answers every request at once) has sent the result: one round trip per
+// call, as tether-bench's REST figures make them.
+func BenchmarkRESTSubmitWait(b *testing.B) {
+	srv := benchServer(b)
+	key := benchClient(b, srv)
+	ts := benchHTTP(b, srv)
+	token, err := AddDevice(srv.cfg.DataDir, "dev2")
+	if err != nil {
+		b.Fatal(err)
+	}
+	d := websocket.Dialer{Subprotocols: []string{protocol.Version}}
+	conn, _, err := d.Dial("ws"+strings.TrimPrefix(ts.URL, "http")+"/v1/agent", http.Header{"Authorization": {"Bearer " + token}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	send := func(m protocol.Message) error {
+		f, err := protocol.Encode(m)
+		if err == nil {
+			err = conn.WriteMessage(websocket.TextMessage, f)
+		}
+		return err
+	}
+	if err := errors.Join(send(&protocol.Hello{Agent: "bench/1", Board: "mock", Methods: []string{"sys.ping"}}), send(&protocol.Pull{N: 1})); err != nil {
+		b.Fatal(err)
+	}
+	agent := make(chan error, 1)
+	go func() {
+		for {
+			_, f, err := conn.ReadMessage()
+			if err != nil {
+				agent <- err
+				return
+			}
+			if m, err := protocol.Decode(f, 0); err == nil {
+				if req, ok := m.(*protocol.Request); ok {
+					send(&protocol.Result{ID: req.ID, State: protocol.StateSucceeded, Value: req.Params})
+					send(&protocol.Pull{N: 1})
+				}
+			}
+		}
+	}()
+	defer func() {
+		conn.Close()
+		<-agent
+	}()
+	body := `{"method":"sys.ping","params":{"seq":1},"timeout":"30s"}`
+	benchREST(b, ts, fmt.Sprintf("POST /v1/devices/dev2/requests?wait=10s HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer %s\r\n"+
+		"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", key, len(body), body), http.StatusOK)
 }
 
 // BenchmarkRESTGet measures GET /v1/requests/{id}?wait=0s of a queued
@@ -77,7 +133,7 @@ func BenchmarkRESTGet(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	benchREST(b, srv, fmt.Sprintf("GET /v1/requests/%s?wait=0s HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer %s\r\n\r\n",
+	benchREST(b, benchHTTP(b, srv), fmt.Sprintf("GET /v1/requests/%s?wait=0s HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer %s\r\n\r\n",
 		rec.ID, key), http.StatusOK)
 }
 
@@ -91,11 +147,16 @@ func benchClient(b *testing.B, srv *Server) string {
 	return key
 }
 
-// benchREST sends req to srv over one keep-alive connection for every
-// iteration of b, and checks that each answer has status want.
-func benchREST(b *testing.B, srv *Server, req string, want int) {
+// benchHTTP serves srv's API until b ends.
+func benchHTTP(b *testing.B, srv *Server) *httptest.Server {
 	ts := httptest.NewServer(srv.Handler())
-	defer ts.Close()
+	b.Cleanup(ts.Close)
+	return ts
+}
+
+// benchREST sends req to ts over one keep-alive connection for every
+// iteration of b, and checks that each answer has status want.
+func benchREST(b *testing.B, ts *httptest.Server, req string, want int) {
 	c, err := net.Dial("tcp", ts.Listener.Addr().String())
 	if err != nil {
 		b.Fatal(err)
