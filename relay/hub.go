@@ -528,8 +528,12 @@ func (h *hub) wait(ctx context.Context, id string, stop <-chan struct{}, limit t
 	}
 	var expired <-chan time.Time
 	if limit > 0 {
-		t := time.NewTimer(limit)
-		defer t.Stop()
+		t := waitTimers.Get().(*time.Timer)
+		t.Reset(limit)
+		defer func() {
+			t.Stop() // no value is left to receive after it
+			waitTimers.Put(t)
+		}()
 		expired = t.C
 	}
 	select {
@@ -541,6 +545,14 @@ func (h *hub) wait(ctx context.Context, id string, stop <-chan struct{}, limit t
 	h.mu.Lock()
 	return h.toldLocked(e)
 }
+
+// waitTimers lends wait its timers, stopped: every REST call with ?wait=
+// needs one, mostly for less than a millisecond.
+var waitTimers = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}}
 
 // toldLocked returns e's record for a caller, and unlocks h.mu. A verdict
 // of the relay's own (canceled, expired, undeliverable) is told only once
