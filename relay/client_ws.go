@@ -429,7 +429,7 @@ func (c *clientConn) handle(m protocol.Message) {
 		// Calls are queued in the order they came, so a web app that sends
 		// gpio.write high, then low, gets them run in that order; their
 		// commits overlap (and group-commit) instead of taking turns.
-		commit, err := c.srv.enqueue(c.ctx, m.Device, m.Submit())
+		q, err := c.srv.enqueue(c.ctx, m.Device, m.Submit())
 		if err != nil {
 			c.pushErr(m.Ref, "", err)
 			return
@@ -440,7 +440,7 @@ func (c *clientConn) handle(m protocol.Message) {
 		c.mu.Unlock()
 		go func() {
 			defer c.wg.Done()
-			rec, err := commit()
+			rec, err := q.commit()
 			if err != nil {
 				c.mu.Lock()
 				c.storing--

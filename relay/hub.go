@@ -226,17 +226,50 @@ func (h *hub) settleLocked(e *entry) {
 
 // submit stores a new request for device and queues it.
 func (h *hub) submit(dev string, sub protocol.Submit) (protocol.Record, error) {
-	commit, err := h.enqueue(dev, "", sub)
+	q, err := h.enqueue(dev, "", sub)
 	if err != nil {
 		return protocol.Record{}, err
 	}
-	return commit()
+	return q.commit()
 }
 
-// enqueue queues a new request for device and returns the function that
-// stores it and returns its record: submit in two steps, so a client
-// connection can queue its calls in the order they came and let their
-// commits overlap.
+// queued is a submission enqueue took, which commit stores. It is a value
+// rather than a closure, which would cost a REST call, that commits at
+// once, an allocation for the closure and another for the record it
+// holds.
+type queued struct {
+	h     *hub
+	d     *device
+	e     *entry // nil for a repeat of a keyed submission
+	rec   storedRequest
+	poked bool
+
+	// A repeat's (replay):
+	dev, owner string
+	sub        protocol.Submit
+	id         string
+	first      chan struct{}
+}
+
+// commit stores the request q holds and returns its record.
+func (q *queued) commit() (protocol.Record, error) {
+	if q.e == nil {
+		return q.h.replay(q.dev, q.owner, q.sub, q.id, q.first)
+	}
+	if q.poked {
+		// The agent's writer, just poked, waits on this P's run queue.
+		// Let it send the request before this goroutine blocks in the
+		// commit's fdatasync; otherwise it waits for another thread to
+		// wake and take it, and the agent's trip no longer overlaps the
+		// fsync.
+		runtime.Gosched()
+	}
+	return q.h.store(q.d, q.e, q.rec)
+}
+
+// enqueue queues a new request for device and returns it, to be stored
+// by its commit: submit in two steps, so a client connection can queue
+// its calls in the order they came and let their commits overlap.
 //
 // A submission with a key (protocol.Submit.Key) that owner, the client,
 // gave a kept request before is not queued again: commit answers with
@@ -247,7 +280,7 @@ func (h *hub) submit(dev string, sub protocol.Submit) (protocol.Record, error) {
 // never ran; the relay would have no record of the first, and the action
 // would run twice. Requests queued after it wait behind it, so that a
 // device still runs requests in the order they came.
-func (h *hub) enqueue(dev, owner string, sub protocol.Submit) (commit func() (protocol.Record, error), err error) {
+func (h *hub) enqueue(dev, owner string, sub protocol.Submit) (queued, error) {
 	timeout := h.timeoutOf(sub)
 	now := time.Now()
 	ik := idemIndex(owner, sub.Key)
@@ -258,12 +291,12 @@ func (h *hub) enqueue(dev, owner string, sub protocol.Submit) (commit func() (pr
 			first = e.firstStored
 		}
 		h.mu.Unlock()
-		return func() (protocol.Record, error) { return h.replay(dev, owner, sub, id, first) }, nil
+		return queued{h: h, dev: dev, owner: owner, sub: sub, id: id, first: first}, nil
 	}
 	d := h.deviceLocked(dev)
 	if len(d.queue) >= h.cfg.QueueLimit {
 		h.mu.Unlock()
-		return nil, fmt.Errorf("%w: device %s has %d queued requests", ErrQueueFull, dev, h.cfg.QueueLimit)
+		return queued{}, fmt.Errorf("%w: device %s has %d queued requests", ErrQueueFull, dev, h.cfg.QueueLimit)
 	}
 	e := newEntry(protocol.Record{
 		ID:         newRequestID(now),
@@ -295,17 +328,7 @@ func (h *hub) enqueue(dev, owner string, sub protocol.Submit) (commit func() (pr
 		d.sess.poke()
 	}
 	h.mu.Unlock()
-	return func() (protocol.Record, error) {
-		if poked {
-			// The agent's writer, just poked, waits on this P's run
-			// queue. Let it send the request before this goroutine
-			// blocks in the commit's fdatasync; otherwise it waits
-			// for another thread to wake and take it, and the
-			// agent's trip no longer overlaps the fsync.
-			runtime.Gosched()
-		}
-		return h.store(d, e, rec)
-	}, nil
+	return queued{h: h, d: d, e: e, rec: rec, poked: poked}, nil
 }
 
 // store commits the first revision of e, queued by enqueue.
@@ -399,11 +422,11 @@ func (h *hub) replay(dev, owner string, sub protocol.Submit, id string, first ch
 			delete(h.keys, ik)
 		}
 		h.mu.Unlock()
-		commit, err := h.enqueue(dev, owner, sub)
+		q, err := h.enqueue(dev, owner, sub)
 		if err != nil {
 			return protocol.Record{}, err
 		}
-		return commit()
+		return q.commit()
 	}
 	if err != nil {
 		return protocol.Record{}, err

@@ -97,29 +97,29 @@ func (s *Server) checkDevice(id string) error {
 // Submit validates sub, stores it durably for device and queues it.
 // Validation failures are *protocol.Failure with code bad_params.
 func (s *Server) Submit(ctx context.Context, device string, sub protocol.Submit) (protocol.Record, error) {
-	commit, err := s.enqueue(ctx, device, sub)
+	q, err := s.enqueue(ctx, device, sub)
 	if err != nil {
 		return protocol.Record{}, err
 	}
-	return commit()
+	return q.commit()
 }
 
-// enqueue is Submit in two steps: it validates and queues the request, and
-// the function it returns stores it and returns its durable record.
-func (s *Server) enqueue(ctx context.Context, device string, sub protocol.Submit) (commit func() (protocol.Record, error), err error) {
+// enqueue is Submit in two steps: it validates and queues the request,
+// whose commit stores it and returns its durable record.
+func (s *Server) enqueue(ctx context.Context, device string, sub protocol.Submit) (queued, error) {
 	if err := sub.Validate(); err != nil {
-		return nil, err
+		return queued{}, err
 	}
 	// The agent refuses a frame over MaxFrame, and ends the session that
 	// sent it: such a request could only cost the device its link, once
 	// per attempt, before failing as undeliverable.
 	if n := requestFrameMax(&sub); n > s.cfg.MaxFrame {
-		return nil, protocol.Errorf(protocol.CodeTooLarge,
+		return queued{}, protocol.Errorf(protocol.CodeTooLarge,
 			"request too large: its frame to the device could take %d bytes, over the limit of %d", n, s.cfg.MaxFrame)
 	}
 	// Scope before existence, so a scoped key cannot probe device ids.
 	if err := s.authorizeDevice(ctx, device, sub.Method); err != nil {
-		return nil, err
+		return queued{}, err
 	}
 	owner, _ := ClientFrom(ctx)
 	// A repeat of a keyed submission the relay keeps adds nothing to the
@@ -128,12 +128,12 @@ func (s *Server) enqueue(ctx context.Context, device string, sub protocol.Submit
 	// 429 for a request that exists and may run.
 	if sub.Key == "" || !s.hub.keyKept(owner, sub.Key) {
 		if err := s.limitSubmit(ctx, device); err != nil {
-			return nil, err
+			return queued{}, err
 		}
 	}
 	select {
 	case <-s.shutdown:
-		return nil, ErrClosed
+		return queued{}, ErrClosed
 	default:
 	}
 	return s.hub.enqueue(device, owner, sub)
