@@ -119,7 +119,14 @@ func (d *device) removeLocked(e *entry) bool {
 func (d *device) popLocked() *entry {
 	e := d.queue[0]
 	d.queue[0] = nil
-	d.queue = d.queue[1:]
+	if len(d.queue) == 1 {
+		// Emptied, the queue starts over at the front of its array: a
+		// device that takes every request as it comes would otherwise
+		// leave it no room, and every submit would allocate another.
+		d.queue = d.queue[:0]
+	} else {
+		d.queue = d.queue[1:]
+	}
 	return e
 }
 
