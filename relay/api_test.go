@@ -3,6 +3,7 @@ package relay
 import (
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -436,4 +437,32 @@ func FuzzQueryValue(f *testing.F) {
 			t.Fatalf("queryValue(%q, %q) = %q, Query gives %q", q, key, got, want)
 		}
 	})
+}
+
+// The access log names the client a REST call authenticated as, with the
+// call's status, and one refused by its key without a client.
+func TestAccessLogNamesTheClient(t *testing.T) {
+	logs := &logBuffer{}
+	e := newEnv(t, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	})
+	if st, body := e.do("GET", "/v1/devices/dev1", nil); st != http.StatusOK {
+		t.Fatalf("%d %s", st, body)
+	}
+	if st, _ := e.doAs(ClientKeyPrefix+"nope", nil, "GET", "/v1/devices", nil); st != http.StatusUnauthorized {
+		t.Fatalf("unknown key: %d", st)
+	}
+	e.stop()
+	var ok, refused bool
+	for _, line := range strings.Split(logs.String(), "\n") {
+		switch {
+		case strings.Contains(line, "uri=/v1/devices/dev1 "):
+			ok = strings.Contains(line, "status=200") && strings.Contains(line, "client=web")
+		case strings.Contains(line, "uri=/v1/devices "):
+			refused = strings.Contains(line, "status=401") && !strings.Contains(line, "client=")
+		}
+	}
+	if !ok || !refused {
+		t.Fatalf("access log (200 with client=web: %v, 401 without a client: %v):\n%s", ok, refused, logs)
+	}
 }
