@@ -17,7 +17,7 @@ import (
 
 // scriptedRelay welcomes the agent with maxFrame, waits for its first
 // pull, runs script on the connection and reports what script returns.
-func scriptedRelay(t *testing.T, maxFrame int, script func(c *websocket.Conn) string) (url string, outcome <-chan string) {
+func scriptedRelay(t testing.TB, maxFrame int, script func(c *websocket.Conn) string) (url string, outcome <-chan string) {
 	t.Helper()
 	out := make(chan string, 1)
 	up := websocket.Upgrader{Subprotocols: []string{protocol.Version}}
@@ -53,7 +53,14 @@ func scriptedRelay(t *testing.T, maxFrame int, script func(c *websocket.Conn) st
 
 func runAgainst(t *testing.T, url string, outcome <-chan string) string {
 	t.Helper()
-	a, err := New(Config{Relay: url, Token: "t", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, &countingExec{})
+	return runWith(t, url, outcome, &countingExec{})
+}
+
+// runWith runs an agent with exec against url until outcome tells how
+// the relay's script ended.
+func runWith(t testing.TB, url string, outcome <-chan string, exec Executor) string {
+	t.Helper()
+	a, err := New(Config{Relay: url, Token: "t", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, exec)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -265,7 +265,7 @@ func TestInstantRequestRunsOnReader(t *testing.T) {
 // attachedAgent returns an agent (journaled in stateDir, if set) attached
 // to a session with no connection behind it, its first pull already
 // taken from the session's queue. The agent is closed when t ends.
-func attachedAgent(t *testing.T, stateDir string, exec Executor) (*Agent, *session) {
+func attachedAgent(t testing.TB, stateDir string, exec Executor) (*Agent, *session) {
 	t.Helper()
 	a, s := detachedAgent(t, stateDir, exec)
 	a.attach(s, 0)
@@ -274,7 +274,7 @@ func attachedAgent(t *testing.T, stateDir string, exec Executor) (*Agent, *sessi
 }
 
 // detachedAgent is attachedAgent before the attach.
-func detachedAgent(t *testing.T, stateDir string, exec Executor) (*Agent, *session) {
+func detachedAgent(t testing.TB, stateDir string, exec Executor) (*Agent, *session) {
 	t.Helper()
 	a, err := New(Config{
 		Relay:    "ws://127.0.0.1:1",
