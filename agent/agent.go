@@ -44,7 +44,9 @@ type Pure interface {
 // once, never blocking (an echo). A pure method that is also instant runs
 // on the goroutine that read its request, instead of one started for it:
 // it costs no hand-off between goroutines and, for as short as it runs,
-// holds up nothing else the reader would do.
+// holds up nothing else the reader would do. It starts as it arrives and
+// ends at once, so its deadline cannot pass meanwhile: its context has
+// none, and is canceled only when the agent shuts down.
 type Instant interface {
 	Instant(method string) bool
 }
@@ -548,10 +550,18 @@ func (a *Agent) finishedLocked(s *session, id string) bool {
 // let go of the lock. The deadline is taken from the remaining duration on
 // the monotonic clock, so the board's wall clock never matters.
 func (a *Agent) startLocked(r *protocol.Request) (runNow func()) {
-	deadline := time.Now().Add(time.Duration(r.TimeoutMs) * time.Millisecond)
-	ctx, cancel := context.WithDeadline(a.jobsCtx, deadline)
 	p, ok := a.exec.(Pure)
-	j := &job{req: r, cancel: cancel, pure: ok && p.Pure(r.Method)}
+	in, _ := a.exec.(Instant)
+	pure := ok && p.Pure(r.Method)
+	instant := pure && in != nil && in.Instant(r.Method)
+	// An instant request runs now, well before its deadline (1 ms away
+	// at the least), and returns at once: its context needs no deadline,
+	// nor the timer behind one that context.WithDeadline starts and stops.
+	ctx, cancel := a.jobsCtx, context.CancelFunc(func() {})
+	if !instant {
+		ctx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Duration(r.TimeoutMs)*time.Millisecond))
+	}
+	j := &job{req: r, cancel: cancel, pure: pure}
 	if !j.pure {
 		// A journal that failed is rewritten first, if the disk lets
 		// it, so that this request can run.
@@ -579,7 +589,7 @@ func (a *Agent) startLocked(r *protocol.Request) (runNow func()) {
 		cancel()
 		a.finish(res)
 	}
-	if in, ok := a.exec.(Instant); ok && j.pure && in.Instant(r.Method) {
+	if instant {
 		return run
 	}
 	go run()
