@@ -410,16 +410,8 @@ func TestSubmitBodyLimit(t *testing.T) {
 		if tc.chunked {
 			body = io.MultiReader(body) // a length net/http cannot know: sent chunked
 		}
-		req, _ := http.NewRequest("POST", e.ts.URL+"/v1/devices/dev1/requests", body)
-		req.Header.Set("Authorization", "Bearer "+e.key)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != tc.status {
-			t.Errorf("%s: %d %s", tc.name, resp.StatusCode, b)
+		if status, b := e.do("POST", "/v1/devices/dev1/requests", body); status != tc.status {
+			t.Errorf("%s: %d %s", tc.name, status, b)
 		}
 	}
 }

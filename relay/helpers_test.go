@@ -134,6 +134,8 @@ func (e *env) doAs(ck string, hdr http.Header, method, path string, body any) (i
 		r = bytes.NewReader(b)
 	case string:
 		r = strings.NewReader(b)
+	case io.Reader:
+		r = b
 	default:
 		j, err := json.Marshal(b)
 		if err != nil {
